@@ -1,0 +1,46 @@
+"""syncbridge: keep GPU containers and an S3/R2 bucket in step.
+
+Library entry points (each takes a :class:`~syncbridge.config.Config` built once
+with :func:`~syncbridge.config.load_config` from a mapping you pass in)::
+
+    import os
+    from syncbridge import load_config, push, pull, bisync
+
+    config = load_config(os.environ)
+    print(push(config, "/workspace/ComfyUI/user/default/workflows", "workflows").line())
+
+Names are imported lazily, so ``import syncbridge`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "Config": "config",
+    "load_config": "config",
+    "push": "bulk",
+    "pull": "bulk",
+    "bisync": "bulk",
+    "TransferSummary": "bulk",
+    "SyncBridgeError": "errors",
+    "ConfigError": "errors",
+    "RcloneError": "errors",
+    "StoreError": "errors",
+    "open_store": "store",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'syncbridge' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

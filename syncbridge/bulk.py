@@ -1,0 +1,263 @@
+"""Bulk operations through rclone: push, pull, bisync.
+
+Each call is one rclone process (see :mod:`syncbridge.rclone` for why) and
+returns a :class:`TransferSummary`. Keys from the bucket are untrusted: pull
+lists first and refuses any key that would land outside the local folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import attrs
+
+from .config import Config
+from .errors import RcloneError, SyncBridgeError, UnsafePathError
+from .fsutil import private_state_dir
+from .keys import key_to_relpath
+from .rclone import Rclone
+from .rclonecmd import Progress, bisync_argv, copy_argv, remote_path
+
+__all__ = ["TransferSummary", "push", "pull", "bisync", "BisyncError", "bisync_workdir"]
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class TransferSummary:
+    """What a bulk operation did."""
+
+    operation: str
+    source: str
+    destination: str
+    files: int
+    bytes: int
+    seconds: float
+    dry_run: bool = False
+    skipped: tuple[str, ...] = ()
+    errors: int = 0
+    deletes: int = 0
+    resync: bool = False
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        verb = "would transfer" if self.dry_run else "transferred"
+        text = (f"{self.operation}: {verb} {self.files} file{'s' if self.files != 1 else ''}, "
+                f"{_human(self.bytes)} in {self.seconds:.1f}s ({self.mb_per_s:.1f} MB/s)")
+        if self.deletes:
+            text += f", {self.deletes} deleted"
+        if self.skipped:
+            text += f", {len(self.skipped)} skipped (unsafe names)"
+        return text
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"  # pragma: no cover
+
+
+class BisyncError(SyncBridgeError):
+    """bisync stopped; :attr:`recover` is the command that gets it going again."""
+
+    def __init__(self, message: str, *, recover: str, cause: RcloneError | None = None) -> None:
+        self.recover = recover
+        self.cause = cause
+        super().__init__(f"{message}\n  to recover, check both sides, then run: {recover}")
+
+
+def _summary(op: str, src: str, dst: str, started: float, progress: Progress | None, transferred: Sequence[str],
+             *, dry_run: bool, skipped: Sequence[str] = (), resync: bool = False) -> TransferSummary:
+    files = progress.transfers if progress else len(transferred)
+    if dry_run:
+        files = len(transferred) or files
+    return TransferSummary(op, src, dst, files, progress.bytes if progress else 0, time.monotonic() - started,
+                           dry_run=dry_run, skipped=tuple(skipped), errors=progress.errors if progress else 0,
+                           deletes=progress.deletes if progress else 0, resync=resync)
+
+
+def push(
+    config: Config,
+    local: str | os.PathLike[str],
+    prefix: str,
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    dry_run: bool = False,
+    transfers: int | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    cancel: threading.Event | None = None,
+    rclone: Rclone | None = None,
+) -> TransferSummary:
+    """Copy a local folder (or one file) to ``<bucket>/<prefix>``. Nothing is deleted in the bucket.
+
+    A single file goes to ``<prefix>`` itself, or to ``<prefix>/<name>`` when
+    ``prefix`` ends with ``/``.
+    """
+    rc = rclone or Rclone(config)
+    src = Path(local)
+    if not src.exists():
+        raise SyncBridgeError(f"push: {src} does not exist")
+    single = src.is_file()
+    key = prefix.strip("/")
+    if single and (prefix.endswith("/") or not key):
+        key = f"{key}/{src.name}" if key else src.name
+    dst = remote_path(config.remote, key)
+    extra = ["--transfers", str(transfers)] if transfers else []
+    started = time.monotonic()
+    result = rc.run(copy_argv(str(src), dst, single_file=single, include=include, exclude=exclude,
+                              dry_run=dry_run, extra=extra),
+                    on_progress=on_progress, cancel=cancel, what=f"push {src} -> {key or '/'}")
+    return _summary("push", str(src), key, started, result.progress, result.transferred, dry_run=dry_run)
+
+
+def pull(
+    config: Config,
+    prefix: str,
+    local: str | os.PathLike[str],
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    dry_run: bool = False,
+    transfers: int | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    cancel: threading.Event | None = None,
+    rclone: Rclone | None = None,
+) -> TransferSummary:
+    """Copy ``<bucket>/<prefix>`` (a folder, or one object) to a local folder or file.
+
+    Keys that would escape ``local`` (``..``, absolute, backslashes) are skipped
+    with a warning naming each; nothing else in the run is affected.
+    """
+    rc = rclone or Rclone(config)
+    key = prefix.strip("/")
+    dest = Path(local)
+    extra = ["--transfers", str(transfers)] if transfers else []
+    started = time.monotonic()
+    entries = rc.lsjson(remote_path(config.remote, key))
+    single = False
+    if not entries and key:
+        # Maybe the prefix names one object.
+        parent, _, name = key.rpartition("/")
+        for entry in rc.lsjson(remote_path(config.remote, parent), recursive=False):
+            if entry.get("Path") == name and not entry.get("IsDir"):
+                single = True
+                break
+    if single:
+        target = dest / key.rpartition("/")[2] if dest.is_dir() else dest
+        result = rc.run(copy_argv(remote_path(config.remote, key), str(target), single_file=True, dry_run=dry_run,
+                                  extra=extra), on_progress=on_progress, cancel=cancel, what=f"pull {key}")
+        return _summary("pull", key, str(target), started, result.progress, result.transferred, dry_run=dry_run)
+
+    if not entries:
+        log.warning("nothing to pull: no objects under %r in %s", key or "/", config.remote.describe(),
+                    extra={"event": "pull.empty", "prefix": key})
+        if not dry_run:
+            dest.mkdir(parents=True, exist_ok=True)
+        return TransferSummary("pull", key, str(dest), 0, 0, time.monotonic() - started, dry_run=dry_run)
+    unsafe: list[str] = []
+    for entry in entries:
+        rel = entry.get("Path", "")
+        try:
+            key_to_relpath(rel)
+        except UnsafePathError as exc:
+            unsafe.append(rel)
+            log.warning("pull.unsafe_key", extra={"event": "pull.unsafe_key", "key": f"{key}/{rel}",
+                                                   "reason": str(exc)})
+    argv_extra = list(extra)
+    list_file: Path | None = None
+    if unsafe:
+        # Copy exactly the safe keys: --files-from-raw takes each line verbatim.
+        safe = [e["Path"] for e in entries if e.get("Path") not in set(unsafe) and "\n" not in e.get("Path", "")]
+        tmp_dir = private_state_dir(config.state_dir, "tmp")
+        list_file = tmp_dir / f"pull-{os.getpid()}-{threading.get_ident()}.lst"
+        list_file.write_text("".join(p + "\n" for p in safe), encoding="utf-8", errors="surrogateescape")
+        argv_extra += ["--files-from-raw", str(list_file)]
+    if not dry_run:
+        dest.mkdir(parents=True, exist_ok=True)
+    try:
+        result = rc.run(copy_argv(remote_path(config.remote, key), str(dest), include=include, exclude=exclude,
+                                  dry_run=dry_run, extra=argv_extra),
+                        on_progress=on_progress, cancel=cancel, what=f"pull {key or '/'} -> {dest}")
+    finally:
+        if list_file is not None:
+            list_file.unlink(missing_ok=True)
+    return _summary("pull", key, str(dest), started, result.progress, result.transferred, dry_run=dry_run,
+                    skipped=unsafe)
+
+
+def bisync_workdir(config: Config, local: Path, prefix: str) -> Path:
+    """Where bisync keeps its listings and lock for one (local, prefix) pair."""
+    ident = f"{local.resolve()}\0{config.remote.describe()}\0{prefix.strip('/')}"
+    digest = hashlib.sha256(ident.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return private_state_dir(config.state_dir, "bisync", digest)
+
+
+def bisync(
+    config: Config,
+    local: str | os.PathLike[str],
+    prefix: str,
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    dry_run: bool = False,
+    resync: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
+    cancel: threading.Event | None = None,
+    rclone: Rclone | None = None,
+) -> TransferSummary:
+    """Two-way sync of a local folder with ``<bucket>/<prefix>``.
+
+    The first run (no listings in the state directory) is done as a resync,
+    which only adds files on both sides. Later runs use rclone's unattended
+    settings (resilient, recover, lock timeout, max-delete guard) and the
+    configured conflict policy.
+
+    Raises:
+        BisyncError: bisync needs attention; the message carries the command
+            that recovers.
+    """
+    rc = rclone or Rclone(config)
+    src = Path(local)
+    key = prefix.strip("/")
+    workdir = bisync_workdir(config, src, key)
+    first = not any(workdir.glob("*.path1.lst"))
+    do_resync = resync or first
+    if not dry_run:
+        src.mkdir(parents=True, exist_ok=True)
+        if do_resync:
+            # bisync --resync needs path2 to exist; an empty folder on the local backend, nothing on S3.
+            if config.remote.is_local:
+                (config.remote.local_bucket_dir / key).mkdir(parents=True, exist_ok=True)
+    recover = f"syncbridge bisync {src} {key or '/'} --resync"
+    args = bisync_argv(
+        str(src), remote_path(config.remote, key), workdir=str(workdir), resync=do_resync,
+        conflict_resolve=config.bisync.conflict_resolve, conflict_loser=config.bisync.conflict_loser,
+        max_delete=config.bisync.max_delete, max_lock=config.bisync.max_lock, include=include, exclude=exclude,
+        dry_run=dry_run,
+    )
+    started = time.monotonic()
+    try:
+        result = rc.run(args, on_progress=on_progress, cancel=cancel, what=f"bisync {src} <-> {key or '/'}")
+    except RcloneError as exc:
+        tail = exc.stderr_tail.lower()
+        if "max-delete" in tail or "too many deletes" in tail:
+            raise BisyncError(f"bisync {src} <-> {key}: stopped, more than {config.bisync.max_delete}% of files "
+                              f"would be deleted (bisync.max_delete)", recover=recover, cause=exc) from exc
+        if exc.returncode == 7 or "must run --resync" in tail or "critical" in tail:
+            raise BisyncError(f"bisync {src} <-> {key}: critical error, bisync stopped to protect your files:\n"
+                              f"{exc.stderr_tail}", recover=recover, cause=exc) from exc
+        raise
+    return _summary("bisync", str(src), key, started, result.progress, result.transferred, dry_run=dry_run,
+                    resync=do_resync)

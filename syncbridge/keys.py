@@ -1,0 +1,162 @@
+"""Pure mapping between local relative paths and object keys, plus glob filters.
+
+A key from the bucket is untrusted input: on pull it becomes a path, so any
+key that would escape the local folder (``..``, absolute, backslashes, NUL,
+empty segments) is refused with :class:`~syncbridge.errors.UnsafePathError`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from functools import lru_cache
+from typing import Iterable, Sequence
+
+from .errors import UnsafePathError
+
+__all__ = ["key_to_relpath", "relpath_to_key", "join_key", "render_prefix", "PathFilter", "glob_to_regex",
+           "MAX_KEY_BYTES"]
+
+MAX_KEY_BYTES = 1024  # R2 and S3 limit
+
+
+def _check_segments(text: str, what: str) -> list[str]:
+    if not text:
+        raise UnsafePathError(f"empty {what}", path=text)
+    if "\x00" in text:
+        raise UnsafePathError(f"{what} {text!r} contains a NUL byte", path=text)
+    if "\\" in text:
+        raise UnsafePathError(f"{what} {text!r} contains a backslash", path=text)
+    if text.startswith("/"):
+        raise UnsafePathError(f"{what} {text!r} is absolute", path=text)
+    if re.match(r"^[A-Za-z]:", text):
+        raise UnsafePathError(f"{what} {text!r} starts with a drive letter", path=text)
+    parts = text.split("/")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise UnsafePathError(f"{what} {text!r} has an empty, '.' or '..' segment", path=text)
+    return parts
+
+
+def key_to_relpath(key: str) -> str:
+    """A key (below some prefix) as a relative POSIX path that stays inside its folder.
+
+    Raises:
+        UnsafePathError: the key would escape the folder or cannot be a path.
+    """
+    return "/".join(_check_segments(key, "key"))
+
+
+def relpath_to_key(rel: str) -> str:
+    """A relative local path (with ``/`` separators) as a key segment; refuses anything that escapes."""
+    return "/".join(_check_segments(rel, "path"))
+
+
+def join_key(prefix: str, rel: str) -> str:
+    """``<prefix>/<rel>`` with a checked ``rel``; keys over 1,024 bytes are refused."""
+    rel = relpath_to_key(rel)
+    prefix = prefix.strip("/")
+    key = f"{prefix}/{rel}" if prefix else rel
+    if len(key.encode("utf-8", "surrogateescape")) > MAX_KEY_BYTES:
+        raise UnsafePathError(f"key for {rel!r} is longer than {MAX_KEY_BYTES} bytes", path=rel)
+    return key
+
+
+_FIELD_RE = re.compile(r"\{(pod_id|date|hostname)(?::([^{}]*))?\}")
+
+
+def render_prefix(template: str, *, pod_id: str, now: dt.datetime, hostname: str = "") -> str:
+    """Fill ``{pod_id}``, ``{hostname}`` and ``{date}`` / ``{date:%Y/%m}`` into a key prefix."""
+
+    def fill(match: re.Match[str]) -> str:
+        name, fmt = match.group(1), match.group(2)
+        if name == "pod_id":
+            value = pod_id
+        elif name == "hostname":
+            value = hostname or pod_id
+        else:
+            value = now.strftime(fmt or "%Y-%m-%d")
+        return re.sub(r"[^A-Za-z0-9._=-]+", "-", value) if name != "date" else value
+
+    out = _FIELD_RE.sub(fill, template).strip("/")
+    if out:
+        _check_segments(out, "prefix")
+    return out
+
+
+@lru_cache(maxsize=512)
+def glob_to_regex(pattern: str) -> re.Pattern[str]:
+    """rclone-style glob: ``*`` and ``?`` stay within a segment, ``**`` crosses them.
+
+    A pattern without ``/`` matches the base name anywhere; one with ``/`` is
+    anchored at the folder root.
+    """
+    anchored = "/" in pattern.rstrip("/")
+    pattern = pattern.lstrip("/")
+    out = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+            continue
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            end = pattern.find("]", i + 1)
+            if end == -1:
+                out.append(re.escape(c))
+            else:
+                body = pattern[i + 1:end].replace("\\", "\\\\")
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                out.append(f"[{body}]")
+                i = end
+        elif c == "{":
+            end = pattern.find("}", i + 1)
+            if end == -1:
+                out.append(re.escape(c))
+            else:
+                alts = pattern[i + 1:end].split(",")
+                out.append("(?:" + "|".join(re.escape(a) for a in alts) + ")")
+                i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    body = "".join(out)
+    if anchored:
+        return re.compile(rf"^{body}$")
+    return re.compile(rf"^(?:.*/)?{body}$")
+
+
+class PathFilter:
+    """Include/exclude globs over relative paths. Excludes win; no include list means everything."""
+
+    def __init__(self, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> None:
+        self.include: Sequence[str] = tuple(include)
+        self.exclude: Sequence[str] = tuple(exclude)
+        self._inc = [glob_to_regex(p) for p in self.include]
+        self._exc = [glob_to_regex(p) for p in self.exclude]
+
+    def excluded(self, rel: str) -> bool:
+        return any(rx.match(rel) for rx in self._exc)
+
+    def __call__(self, rel: str) -> bool:
+        """Whether the file at relative path ``rel`` is selected."""
+        if self.excluded(rel):
+            return False
+        if not self._inc:
+            return True
+        return any(rx.match(rel) for rx in self._inc)
+
+    def dir_excluded(self, rel_dir: str) -> bool:
+        """Whether a whole folder is excluded (so it need not be watched or scanned)."""
+        probe = rel_dir.rstrip("/") + "/\x00probe"
+        return any(rx.match(probe) for rx in self._exc) or any(rx.match(rel_dir) for rx in self._exc)

@@ -1,0 +1,507 @@
+"""Object-store adapters: the bucket as syncbridge's in-process code sees it.
+
+Two implementations of one small interface:
+
+* :class:`S3Store`: boto3 against any S3-compatible endpoint (R2, AWS, MinIO,
+  ``rclone serve s3``, moto). Every client has checksums set to
+  ``when_required``: botocore >= 1.36 sends CRC32 headers by default, which R2
+  and other S3-compatible stores reject (boto/boto3#4392).
+* :class:`LocalStore`: the embedded default, a folder standing for the bucket
+  (the same folder rclone's local backend uses), with real conditional writes
+  (``os.link`` of a complete temp file is create-if-absent; If-Match holds a
+  lock while it compares), so every command works without credentials.
+
+Conditional writes (``If-None-Match: *``, ``If-Match: <etag>``) are what lets
+many pods share a bucket without a coordinator. Some stores accept the header
+and ignore it (``rclone serve s3``); :meth:`Store.conditional_writes` probes
+once and remembers, so callers can refuse to pretend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import fcntl
+import hashlib
+import io
+import logging
+import math
+import os
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import BinaryIO, Iterator, Mapping
+
+import attrs
+
+from .config import RemoteConfig
+from .errors import PreconditionFailedError, StoreError, UnsafePathError
+from .fsutil import TEMP_SUFFIX, ensure_private_dir
+from .keys import key_to_relpath
+
+__all__ = ["ObjectInfo", "Store", "S3Store", "LocalStore", "open_store", "make_s3_client", "RETRYABLE_CODES"]
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_CODES = frozenset({
+    "SlowDown", "RequestTimeout", "RequestTimeTooSkewed_", "InternalError", "ServiceUnavailable", "Throttling",
+    "ThrottlingException", "TooManyRequests", "ConditionalRequestConflict", "OperationAborted", "RequestLimitExceeded",
+    "503", "500", "502", "504", "429",
+})
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
+_MIN_PART = 8 * 1024 * 1024
+_MAX_PARTS = 10_000
+
+
+@attrs.frozen
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str  # without quotes
+    last_modified: dt.datetime  # aware, UTC
+    metadata: Mapping[str, str] = attrs.field(factory=dict)
+
+
+class Store:
+    """Interface shared by :class:`S3Store` and :class:`LocalStore`."""
+
+    description: str = ""
+    _conditional: bool | None = None
+
+    def head(self, key: str) -> ObjectInfo | None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def put_file(self, path: str | os.PathLike[str], key: str, *, if_none_match: bool = False,
+                 if_match: str | None = None, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        raise NotImplementedError  # pragma: no cover
+
+    def put_bytes(self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None,
+                  metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        raise NotImplementedError  # pragma: no cover
+
+    def get_bytes(self, key: str) -> tuple[bytes, ObjectInfo]:
+        raise NotImplementedError  # pragma: no cover
+
+    def download_to(self, key: str, fileobj: BinaryIO, *, offset: int = 0) -> ObjectInfo:
+        """Write the object (from byte ``offset``) to an open binary file."""
+        raise NotImplementedError  # pragma: no cover
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        raise NotImplementedError  # pragma: no cover
+
+    def delete(self, key: str) -> None:
+        raise NotImplementedError  # pragma: no cover
+
+    def check_bucket(self) -> None:
+        """Raise :class:`StoreError` when the bucket does not exist or cannot be listed."""
+        next(iter(self.list("")), None)
+
+    def conditional_writes(self, probe_prefix: str = ".syncbridge/probe") -> bool:
+        """Whether the store enforces ``If-None-Match: *`` (probed once: two creates of one key)."""
+        if self._conditional is None:
+            key = f"{probe_prefix}/{uuid.uuid4().hex}"
+            self.put_bytes(key, b"1", if_none_match=True)
+            try:
+                self.put_bytes(key, b"2", if_none_match=True)
+                self._conditional = False
+                log.warning("store.no_conditional_writes", extra={"event": "store.no_conditional_writes",
+                                                                   "store": self.description})
+            except PreconditionFailedError:
+                self._conditional = True
+            finally:
+                with contextlib.suppress(StoreError):
+                    self.delete(key)
+        return self._conditional
+
+    def close(self) -> None:
+        pass
+
+
+# -- S3 -------------------------------------------------------------------------------
+
+
+def make_s3_client(remote: RemoteConfig, *, max_pool_connections: int = 10, max_attempts: int = 3,
+                   connect_timeout: float = 5.0, read_timeout: float = 60.0):
+    """A boto3 S3 client for ``remote`` with R2-safe checksum settings."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    if remote.is_local:
+        raise ValueError("the local bucket has no S3 client")
+    session = boto3.session.Session()
+    return session.client(
+        "s3",
+        endpoint_url=remote.endpoint,
+        aws_access_key_id=remote.access_key,
+        aws_secret_access_key=remote.secret_key,
+        region_name="auto" if remote.provider == "Cloudflare" else remote.region,
+        config=BotoConfig(
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            signature_version="s3v4",
+            s3={"addressing_style": "virtual" if remote.provider == "AWS" else "path"},
+            max_pool_connections=max_pool_connections,
+            retries={"total_max_attempts": max_attempts, "mode": "standard"},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            tcp_keepalive=True,
+        ),
+    )
+
+
+def _store_error(exc: BaseException, *, key: str | None, action: str) -> StoreError:
+    """Map a botocore exception to a StoreError carrying code, status and retryability."""
+    from botocore import exceptions as bexc
+
+    if isinstance(exc, bexc.ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code") or "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        message = str(err.get("Message") or code)
+        where = f" {key!r}" if key else ""
+        if status == 412 or code == "PreconditionFailed":
+            return PreconditionFailedError(f"{action}{where}: precondition failed (the object exists or changed)",
+                                           key=key, code=code or "PreconditionFailed", status=412)
+        retryable = code in RETRYABLE_CODES or (status is not None and (status >= 500 or status == 429))
+        hint = {
+            "NoSuchBucket": " (the bucket does not exist: check R2_BUCKET)",
+            "InvalidAccessKeyId": " (unknown access key: check R2_ACCESS_KEY)",
+            "SignatureDoesNotMatch": " (wrong secret: check R2_SECRET_KEY)",
+            "AccessDenied": " (the token has no access to this bucket or key)",
+            "RequestTimeTooSkewed": " (this machine's clock is off: sync it)",
+        }.get(code, "")
+        return StoreError(f"{action}{where} failed: {code or status}: {message}{hint}", key=key, code=code,
+                          status=status, retryable=retryable)
+    if isinstance(exc, (bexc.EndpointConnectionError, bexc.ConnectionClosedError, bexc.ReadTimeoutError,
+                        bexc.ConnectTimeoutError, bexc.ResponseStreamingError, bexc.ProxyConnectionError,
+                        bexc.HTTPClientError, ConnectionError, TimeoutError)):
+        return StoreError(f"{action} {key!r} failed: {type(exc).__name__}: {exc}", key=key,
+                          code=type(exc).__name__, retryable=True)
+    if isinstance(exc, bexc.NoCredentialsError):
+        return StoreError(f"{action} failed: no credentials (set R2_ACCESS_KEY and R2_SECRET_KEY)", key=key,
+                          code="NoCredentials")
+    return StoreError(f"{action} {key!r} failed: {type(exc).__name__}: {exc}", key=key, code=type(exc).__name__,
+                      retryable=isinstance(exc, OSError))
+
+
+def _strip_etag(etag: str | None) -> str:
+    return (etag or "").strip('"')
+
+
+class S3Store(Store):
+    """A bucket behind an S3-compatible endpoint."""
+
+    def __init__(self, remote: RemoteConfig, *, max_pool_connections: int = 10, max_attempts: int = 3,
+                 multipart_threshold: int = MULTIPART_THRESHOLD) -> None:
+        self.remote = remote
+        self.bucket = remote.bucket
+        self.description = remote.describe()
+        self.multipart_threshold = multipart_threshold
+        self.client = make_s3_client(remote, max_pool_connections=max_pool_connections, max_attempts=max_attempts)
+
+    def _call(self, action: str, key: str | None, fn, **kwargs):
+        from botocore import exceptions as bexc
+
+        try:
+            return fn(Bucket=self.bucket, **kwargs)
+        except (bexc.BotoCoreError, bexc.ClientError, OSError) as exc:
+            raise _store_error(exc, key=key, action=action) from exc
+
+    def head(self, key: str) -> ObjectInfo | None:
+        from botocore import exceptions as bexc
+
+        try:
+            r = self.client.head_object(Bucket=self.bucket, Key=key)
+        except bexc.ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 404 or exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise _store_error(exc, key=key, action="head") from exc
+        except (bexc.BotoCoreError, OSError) as exc:
+            raise _store_error(exc, key=key, action="head") from exc
+        return ObjectInfo(key, int(r.get("ContentLength", 0)), _strip_etag(r.get("ETag")),
+                          r["LastModified"].astimezone(dt.timezone.utc), dict(r.get("Metadata") or {}))
+
+    def _cond_kwargs(self, if_none_match: bool, if_match: str | None) -> dict[str, str]:
+        kwargs: dict[str, str] = {}
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        if if_match is not None:
+            kwargs["IfMatch"] = f'"{if_match}"'
+        return kwargs
+
+    def put_bytes(self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None,
+                  metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        r = self._call("put", key, self.client.put_object, Key=key, Body=data, Metadata=dict(metadata or {}),
+                       **self._cond_kwargs(if_none_match, if_match))
+        return ObjectInfo(key, len(data), _strip_etag(r.get("ETag")), dt.datetime.now(dt.timezone.utc),
+                          dict(metadata or {}))
+
+    def put_file(self, path: str | os.PathLike[str], key: str, *, if_none_match: bool = False,
+                 if_match: str | None = None, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size >= self.multipart_threshold:
+                etag = self._multipart(fh, size, key, self._cond_kwargs(if_none_match, if_match), metadata or {})
+            else:
+                r = self._call("put", key, self.client.put_object, Key=key, Body=fh, ContentLength=size,
+                               Metadata=dict(metadata or {}), **self._cond_kwargs(if_none_match, if_match))
+                etag = _strip_etag(r.get("ETag"))
+        return ObjectInfo(key, size, etag, dt.datetime.now(dt.timezone.utc), dict(metadata or {}))
+
+    def _multipart(self, fh: BinaryIO, size: int, key: str, cond: Mapping[str, str],
+                   metadata: Mapping[str, str]) -> str:
+        # All non-trailing parts the same size: R2 rejects anything else (InvalidPart).
+        part_size = max(_MIN_PART, math.ceil(size / (_MAX_PARTS - 1)))
+        part_size = math.ceil(part_size / (1024 * 1024)) * 1024 * 1024
+        upload = self._call("create multipart upload", key, self.client.create_multipart_upload, Key=key,
+                            Metadata=dict(metadata))
+        upload_id = upload["UploadId"]
+        fd = fh.fileno()
+        count = math.ceil(size / part_size)
+
+        def send(number: int) -> dict:
+            data = os.pread(fd, part_size, (number - 1) * part_size)
+            r = self._call("upload part", key, self.client.upload_part, Key=key, UploadId=upload_id,
+                           PartNumber=number, Body=data)
+            return {"PartNumber": number, "ETag": r["ETag"]}
+
+        try:
+            with ThreadPoolExecutor(max_workers=min(4, count)) as pool:
+                parts = list(pool.map(send, range(1, count + 1)))
+            r = self._call("complete multipart upload", key, self.client.complete_multipart_upload, Key=key,
+                           UploadId=upload_id, MultipartUpload={"Parts": parts}, **cond)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            raise
+        return _strip_etag(r.get("ETag"))
+
+    def get_bytes(self, key: str) -> tuple[bytes, ObjectInfo]:
+        r = self._call("get", key, self.client.get_object, Key=key)
+        try:
+            data = r["Body"].read()
+        except Exception as exc:  # noqa: BLE001 - streaming errors of every kind
+            raise _store_error(exc, key=key, action="get") from exc
+        info = ObjectInfo(key, int(r.get("ContentLength", len(data))), _strip_etag(r.get("ETag")),
+                          r["LastModified"].astimezone(dt.timezone.utc), dict(r.get("Metadata") or {}))
+        if len(data) != info.size:
+            raise StoreError(f"get {key!r}: got {len(data)} of {info.size} bytes", key=key, code="ShortRead",
+                             retryable=True)
+        return data, info
+
+    def download_to(self, key: str, fileobj: BinaryIO, *, offset: int = 0) -> ObjectInfo:
+        kwargs = {"Range": f"bytes={offset}-"} if offset else {}
+        r = self._call("get", key, self.client.get_object, Key=key, **kwargs)
+        expected = int(r.get("ContentLength", 0))
+        got = 0
+        try:
+            for chunk in r["Body"].iter_chunks(1024 * 1024):
+                fileobj.write(chunk)
+                got += len(chunk)
+        except Exception as exc:  # noqa: BLE001
+            raise _store_error(exc, key=key, action="get") from exc
+        if got != expected:
+            raise StoreError(f"get {key!r}: got {got} of {expected} bytes", key=key, code="ShortRead",
+                             retryable=True)
+        total = offset + expected
+        return ObjectInfo(key, total, _strip_etag(r.get("ETag")), r["LastModified"].astimezone(dt.timezone.utc),
+                          dict(r.get("Metadata") or {}))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        from botocore import exceptions as bexc
+
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    yield ObjectInfo(item["Key"], int(item["Size"]), _strip_etag(item.get("ETag")),
+                                     item["LastModified"].astimezone(dt.timezone.utc))
+        except (bexc.BotoCoreError, bexc.ClientError, OSError) as exc:
+            raise _store_error(exc, key=prefix or None, action="list") from exc
+
+    def delete(self, key: str) -> None:
+        self._call("delete", key, self.client.delete_object, Key=key)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
+
+
+# -- local folder ----------------------------------------------------------------------
+
+
+class LocalStore(Store):
+    """The embedded default: a folder that stands for the bucket.
+
+    Keys map to paths below the folder (refusing any key that would escape it).
+    ETags are MD5 of the content (as S3 gives for single-part uploads), kept
+    with metadata in ``user.*`` extended attributes where the file system has
+    them. Writes go to a temp file and are linked/renamed into place, so a
+    reader never sees a torn object.
+    """
+
+    _locks = threading.Lock()
+
+    def __init__(self, root: Path, *, lock_dir: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.lock_dir = ensure_private_dir(Path(lock_dir))
+        self.description = f"local bucket folder {self.root}"
+        self._conditional = True
+
+    def _path(self, key: str) -> Path:
+        try:
+            return self.root / key_to_relpath(key)
+        except UnsafePathError as exc:
+            raise StoreError(f"key {key!r} is not a safe object key: {exc}", key=key, code="InvalidKey") from exc
+
+    @contextlib.contextmanager
+    def _key_lock(self, key: str):
+        name = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        with open(self.lock_dir / name, "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _xattrs(path: Path) -> dict[str, str]:
+        out: dict[str, str] = {}
+        try:
+            for name in os.listxattr(path):
+                if name.startswith("user.sb."):
+                    out[name[8:]] = os.getxattr(path, name).decode("utf-8", "replace")
+        except OSError:
+            pass
+        return out
+
+    def _info(self, key: str, path: Path, st: os.stat_result | None = None) -> ObjectInfo:
+        st = st or path.stat()
+        attrs_ = self._xattrs(path)
+        etag = attrs_.pop("etag", "") or f"{st.st_size:x}-{st.st_mtime_ns:x}"
+        meta = {k[5:]: v for k, v in attrs_.items() if k.startswith("meta.")}
+        return ObjectInfo(key, st.st_size, etag, dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc), meta)
+
+    def head(self, key: str) -> ObjectInfo | None:
+        path = self._path(key)
+        try:
+            st = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not path.is_file():
+            return None
+        return self._info(key, path, st)
+
+    def _write(self, key: str, source: BinaryIO | bytes, *, if_none_match: bool, if_match: str | None,
+               metadata: Mapping[str, str] | None) -> ObjectInfo:
+        target = self._path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise StoreError(f"put {key!r}: a parent of the key is an object", key=key, code="InvalidKey") from exc
+        tmp = target.with_name(f".{target.name[:60]}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
+        md5 = hashlib.md5(usedforsecurity=False)
+        try:
+            with open(tmp, "wb") as out:
+                if isinstance(source, (bytes, bytearray, memoryview)):
+                    md5.update(source)
+                    out.write(source)
+                else:
+                    for chunk in iter(lambda: source.read(1024 * 1024), b""):
+                        md5.update(chunk)
+                        out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            etag = md5.hexdigest()
+            with contextlib.suppress(OSError):
+                os.setxattr(tmp, "user.sb.etag", etag.encode())
+                for name, value in (metadata or {}).items():
+                    os.setxattr(tmp, f"user.sb.meta.{name.lower()}", str(value).encode())
+            with self._key_lock(key):
+                current = self.head(key)
+                if if_none_match and current is not None:
+                    raise PreconditionFailedError(f"put {key!r}: precondition failed (the object exists)", key=key,
+                                                  code="PreconditionFailed", status=412)
+                if if_match is not None and (current is None or current.etag != if_match):
+                    raise PreconditionFailedError(f"put {key!r}: precondition failed (the object changed)",
+                                                  key=key, code="PreconditionFailed", status=412)
+                if if_none_match:
+                    try:
+                        os.link(tmp, target)  # atomic create-if-absent, also against other processes
+                    except FileExistsError as exc:
+                        raise PreconditionFailedError(f"put {key!r}: precondition failed (the object exists)",
+                                                      key=key, code="PreconditionFailed", status=412) from exc
+                else:
+                    os.replace(tmp, target)
+        except OSError as exc:
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(f"put {key!r} failed: {exc.strerror or exc}", key=key, code=errno.errorcode.get(
+                exc.errno or 0, "OSError"), retryable=exc.errno in (errno.ENOSPC, errno.EAGAIN)) from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        return self._info(key, target)
+
+    def put_bytes(self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None,
+                  metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        return self._write(key, data, if_none_match=if_none_match, if_match=if_match, metadata=metadata)
+
+    def put_file(self, path: str | os.PathLike[str], key: str, *, if_none_match: bool = False,
+                 if_match: str | None = None, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        with open(path, "rb") as fh:
+            return self._write(key, fh, if_none_match=if_none_match, if_match=if_match, metadata=metadata)
+
+    def get_bytes(self, key: str) -> tuple[bytes, ObjectInfo]:
+        buf = io.BytesIO()
+        info = self.download_to(key, buf)
+        return buf.getvalue(), info
+
+    def download_to(self, key: str, fileobj: BinaryIO, *, offset: int = 0) -> ObjectInfo:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as fh:
+                info = self._info(key, path, os.fstat(fh.fileno()))
+                fh.seek(offset)
+                for chunk in iter(lambda: fh.read(1024 * 1024), b""):
+                    fileobj.write(chunk)
+        except FileNotFoundError as exc:
+            raise StoreError(f"get {key!r}: no such object in {self.description}", key=key, code="NoSuchKey",
+                             status=404) from exc
+        return info
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        if not self.root.is_dir():
+            raise StoreError(f"{self.description} does not exist", code="NoSuchBucket", status=404)
+        base = self.root
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            rel_dir = os.path.relpath(dirpath, base)
+            rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+            if prefix and not (rel_dir.startswith(prefix) or prefix.startswith(rel_dir)):
+                dirnames[:] = []
+                continue
+            for name in sorted(filenames):
+                if name.endswith((TEMP_SUFFIX, ".partial")):
+                    continue
+                key = rel_dir + name
+                if key.startswith(prefix):
+                    path = Path(dirpath) / name
+                    with contextlib.suppress(FileNotFoundError):
+                        yield self._info(key, path)
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(key).unlink()
+
+
+def open_store(remote: RemoteConfig, *, state_dir: Path, max_pool_connections: int = 10,
+               max_attempts: int = 3) -> Store:
+    """The store for ``remote``: S3 when an endpoint is set, else the local bucket folder."""
+    if remote.is_local:
+        return LocalStore(remote.local_bucket_dir, lock_dir=state_dir / "locks")
+    return S3Store(remote, max_pool_connections=max_pool_connections, max_attempts=max_attempts)

@@ -1,0 +1,120 @@
+"""The dependency direction: pure < io < orchestration < cli. No module imports upward.
+
+Every module in syncbridge/ must be listed here, so a new module states its layer.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "syncbridge"
+
+PURE, IO, ORCH, CLI = 0, 1, 2, 3
+LAYERS = {
+    # pure: no processes, threads, sockets, inotify, environment
+    "__init__": PURE,
+    "errors": PURE,
+    "redact": PURE,
+    "config": PURE,
+    "keys": PURE,
+    "rclonecmd": PURE,
+    # I/O adapters
+    "fsutil": IO,
+    "rclone": IO,
+    "store": IO,
+    "localserver": IO,
+    # orchestration
+    "bulk": ORCH,
+    "doctor": ORCH,
+    # command line
+    "ui": CLI,
+    "cli": CLI,
+    "cli_bulk": CLI,
+    "__main__": CLI,
+}
+NAMES = {0: "pure", 1: "io", 2: "orchestration", 3: "cli"}
+FORBIDDEN_IN_PURE = {"subprocess", "threading", "socket", "inotify_simple", "boto3", "botocore", "sqlite3",
+                     "concurrent", "asyncio", "multiprocessing", "signal", "requests", "urllib.request",
+                     "huggingface_hub"}
+
+
+def _modules() -> list[str]:
+    return sorted(p.stem for p in PKG.glob("*.py"))
+
+
+def _imports(name: str) -> list[tuple[str, int]]:
+    tree = ast.parse((PKG / f"{name}.py").read_text())
+    found: list[tuple[str, int]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level and node.level > 0:
+                if node.module:
+                    found.append(("syncbridge." + node.module.split(".")[0], node.lineno))
+                else:
+                    found += [("syncbridge." + a.name, node.lineno) for a in node.names]
+            elif node.module:
+                found.append((node.module, node.lineno))
+        elif isinstance(node, ast.Import):
+            found += [(a.name, node.lineno) for a in node.names]
+    return found
+
+
+def test_every_module_has_a_layer() -> None:
+    missing = [m for m in _modules() if m not in LAYERS]
+    assert not missing, f"add these modules to LAYERS in tests/test_layers.py: {missing}"
+
+
+@pytest.mark.parametrize("name", _modules())
+def test_no_upward_import(name: str) -> None:
+    own = LAYERS.get(name)
+    if own is None:
+        pytest.skip("not in LAYERS (see test_every_module_has_a_layer)")
+    for target, line in _imports(name):
+        if target.startswith("syncbridge."):
+            dep = target.split(".")[1]
+            if dep == "__version__":
+                continue
+            assert dep in LAYERS, f"{name}.py:{line} imports unknown module {dep}"
+            # __init__ exports lazily (by name); importing syncbridge.__init__ from below is fine
+            if dep == "__init__":
+                continue
+            assert LAYERS[dep] <= own, (f"{name}.py ({NAMES[own]}) imports {dep} ({NAMES[LAYERS[dep]]}) "
+                                        f"at line {line}: imports must point down")
+        elif own == PURE:
+            root = target.split(".")[0]
+            assert root not in FORBIDDEN_IN_PURE and target not in FORBIDDEN_IN_PURE, \
+                f"pure module {name}.py imports {target} at line {line}"
+
+
+@pytest.mark.parametrize("name", [m for m, layer in LAYERS.items() if layer == PURE])
+def test_pure_modules_do_not_read_the_environment(name: str) -> None:
+    tree = ast.parse((PKG / f"{name}.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "environb"):
+            pytest.fail(f"{name}.py:{node.lineno} reads the environment ({node.attr})")
+
+
+def test_library_never_configures_logging() -> None:
+    for name, layer in LAYERS.items():
+        if layer == CLI:
+            continue
+        text = (PKG / f"{name}.py").read_text()
+        for bad in ("basicConfig(", "addHandler(", "setLevel("):
+            assert bad not in text, f"{name}.py configures logging ({bad}); only the CLI may"
+
+
+def test_no_shell_anywhere() -> None:
+    """No call passes shell=True, and nothing calls os.system / os.popen."""
+    for path in PKG.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                for kw in node.keywords:
+                    if kw.arg == "shell":
+                        pytest.fail(f"{path.name}:{node.lineno} passes shell= to a call")
+                func = node.func
+                if isinstance(func, ast.Attribute) and func.attr in ("system", "popen") and \
+                        isinstance(func.value, ast.Name) and func.value.id == "os":
+                    pytest.fail(f"{path.name}:{node.lineno} calls os.{func.attr}")
