@@ -14,10 +14,58 @@ from typing import Iterable, Sequence
 
 from .errors import UnsafePathError
 
-__all__ = ["key_to_relpath", "relpath_to_key", "join_key", "render_prefix", "PathFilter", "glob_to_regex",
+__all__ = ["key_to_relpath", "relpath_to_key", "join_key", "encode_name", "decode_name", "render_prefix", "PathFilter", "glob_to_regex",
            "MAX_KEY_BYTES"]
 
 MAX_KEY_BYTES = 1024  # R2 and S3 limit
+
+
+_QUOTE = "\u201b"  # rclone's encoder quote character
+
+
+def encode_name(name: str) -> str:
+    """Map control characters to their Unicode control pictures, as rclone's ``Ctl`` encoding does.
+
+    The S3 remote is configured with ``Slash,InvalidUtf8,Dot,Ctl`` (see
+    :func:`syncbridge.rclonecmd.remote_env`), so a file named ``a\nb.png`` is the key
+    ``a\u240ab.png`` whether rclone or syncbridge's own uploader put it there. A name
+    that already contains a control picture is quoted with U+201B, so the mapping
+    stays reversible.
+    """
+    out = []
+    for ch in name:
+        code = ord(ch)
+        if code < 0x20:
+            out.append(chr(0x2400 + code))
+        elif code == 0x7F:
+            out.append("\u2421")
+        elif 0x2400 <= code <= 0x241F or code == 0x2421:
+            out.append(_QUOTE + ch)
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def decode_name(name: str) -> str:
+    """Inverse of :func:`encode_name`."""
+    out = []
+    i = 0
+    while i < len(name):
+        ch = name[i]
+        nxt = ord(name[i + 1]) if i + 1 < len(name) else 0
+        if ch == _QUOTE and (0x2400 <= nxt <= 0x241F or nxt == 0x2421):
+            out.append(name[i + 1])  # a quoted, literal control picture
+            i += 2
+            continue
+        code = ord(ch)
+        if 0x2400 <= code <= 0x241F:
+            out.append(chr(code - 0x2400))
+        elif code == 0x2421:
+            out.append("\x7f")
+        else:
+            out.append(ch)
+        i += 1
+    return "".join(out)
 
 
 def _check_segments(text: str, what: str) -> list[str]:
