@@ -194,12 +194,14 @@ class S3Store(Store):
     """A bucket behind an S3-compatible endpoint."""
 
     def __init__(self, remote: RemoteConfig, *, max_pool_connections: int = 10, max_attempts: int = 3,
-                 multipart_threshold: int = MULTIPART_THRESHOLD) -> None:
+                 multipart_threshold: int = MULTIPART_THRESHOLD, connect_timeout: float = 5.0,
+                 read_timeout: float = 60.0) -> None:
         self.remote = remote
         self.bucket = remote.bucket
         self.description = remote.describe()
         self.multipart_threshold = multipart_threshold
-        self.client = make_s3_client(remote, max_pool_connections=max_pool_connections, max_attempts=max_attempts)
+        self.client = make_s3_client(remote, max_pool_connections=max_pool_connections, max_attempts=max_attempts,
+                                     connect_timeout=connect_timeout, read_timeout=read_timeout)
 
     def _call(self, action: str, key: str | None, fn, **kwargs):
         from botocore import exceptions as bexc
