@@ -209,6 +209,9 @@ SETTINGS: tuple[Setting, ...] = (
     S("start.folders", ("SYNCBRIDGE_START_FOLDERS",), "bool", True, "syncbridge start: pull/bisync the folders."),
     S("start.final_push", ("SYNCBRIDGE_START_FINAL_PUSH",), "bool", True,
       "syncbridge start: push/bisync the folders once more when the app exits."),
+    S("start.stop_seconds", ("SYNCBRIDGE_STOP_SECONDS",), "float", 4.5,
+      "syncbridge start: on SIGTERM, the whole shutdown (app exit, watcher drain, final push) is bounded by "
+      "this many seconds (a spot pod is killed 5 s after SIGTERM).", minimum=0),
     S("start.folders_spec", ("SYNCBRIDGE_FOLDERS",), "list", (),
       "Folders for start, as MODE:LOCAL=PREFIX entries separated by ';' (MODE: pull, push or bisync). "
       "In TOML use [[folder]] tables instead.", sep=";"),
@@ -321,6 +324,7 @@ class StartConfig:
     models: bool
     folders: bool
     final_push: bool
+    stop_seconds: float = 4.5
 
 
 @attrs.frozen
@@ -698,6 +702,7 @@ def build_config(
             models=get("start.models"),
             folders=get("start.folders"),
             final_push=get("start.final_push"),
+            stop_seconds=get("start.stop_seconds"),
         ),
         fleet=FleetConfig(
             heartbeat_seconds=get("fleet.heartbeat_seconds"),
