@@ -88,6 +88,14 @@ class Store:
         """Write the object (from byte ``offset``) to an open binary file."""
         raise NotImplementedError  # pragma: no cover
 
+    def download_range(self, key: str, fd: int, *, start: int, end: int) -> int:
+        """Write bytes ``[start, end)`` of the object at the same offsets of the open file ``fd`` (``os.pwrite``).
+
+        Several ranges of one object can be fetched at once from different threads.
+        Returns the number of bytes written; a short read raises a retryable :class:`StoreError`.
+        """
+        raise NotImplementedError  # pragma: no cover
+
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         raise NotImplementedError  # pragma: no cover
 
@@ -312,6 +320,23 @@ class S3Store(Store):
         return ObjectInfo(key, total, _strip_etag(r.get("ETag")), r["LastModified"].astimezone(dt.timezone.utc),
                           dict(r.get("Metadata") or {}))
 
+    def download_range(self, key: str, fd: int, *, start: int, end: int) -> int:
+        r = self._call("get", key, self.client.get_object, Key=key, Range=f"bytes={start}-{end - 1}")
+        pos = start
+        try:
+            for chunk in r["Body"].iter_chunks(1024 * 1024):
+                view = memoryview(chunk)
+                while view:
+                    written = os.pwrite(fd, view, pos)
+                    view = view[written:]
+                    pos += written
+        except Exception as exc:  # noqa: BLE001 - streaming errors of every kind
+            raise _store_error(exc, key=key, action="get") from exc
+        if pos != end:
+            raise StoreError(f"get {key!r} bytes {start}-{end - 1}: got {pos - start} of {end - start} bytes",
+                             key=key, code="ShortRead", retryable=True)
+        return pos - start
+
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         from botocore import exceptions as bexc
 
@@ -475,6 +500,28 @@ class LocalStore(Store):
             raise StoreError(f"get {key!r}: no such object in {self.description}", key=key, code="NoSuchKey",
                              status=404) from exc
         return info
+
+    def download_range(self, key: str, fd: int, *, start: int, end: int) -> int:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as fh:
+                pos = start
+                while pos < end:
+                    data = os.pread(fh.fileno(), min(8 * 1024 * 1024, end - pos), pos)
+                    if not data:
+                        break
+                    view = memoryview(data)
+                    while view:
+                        written = os.pwrite(fd, view, pos)
+                        view = view[written:]
+                        pos += written
+        except FileNotFoundError as exc:
+            raise StoreError(f"get {key!r}: no such object in {self.description}", key=key, code="NoSuchKey",
+                             status=404) from exc
+        if pos != end:
+            raise StoreError(f"get {key!r} bytes {start}-{end - 1}: the object is shorter", key=key,
+                             code="ShortRead", retryable=True)
+        return pos - start
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         if not self.root.is_dir():
