@@ -1,0 +1,660 @@
+"""``syncbridge start``: a container's start-up and shutdown as one supervised run.
+
+In the order a template needs:
+
+1. **system**: storage mode (persistent when the workspace is a mount point)
+   and GPU tier;
+2. **models**: pull the configured manifests (a failure stops start-up or
+   only warns, per ``models.on_failure``);
+3. **folders**: pull or bisync the configured folders (workflows, inputs);
+4. **watch**: start the output watcher in this process when
+   ``ENABLE_R2_SYNC`` is true;
+5. **app**: run the application given after ``--`` as a child in its own
+   process group, forwarding SIGTERM/SIGINT to that group;
+6. **drain**: when the app exits (or on SIGTERM), stop the watcher, pushing
+   what is pending within the deadline;
+7. **final push**: push (or bisync) the configured folders once more with
+   whatever time is left.
+
+Each step logs one line with its outcome and duration (``models: 1 pulled
+from cache, 2 present (12.4s)``). With no app the watcher runs in the
+foreground until SIGTERM.
+
+The spot-pod budget: a spot pod gets SIGTERM and SIGKILL 5 seconds later.
+The first stop signal fixes a deadline ``start.stop_seconds`` (4.5 s) ahead;
+the app gets the signal at once and may use the time up to shortly before
+that deadline to exit (the watcher keeps pushing meanwhile), the watcher
+drains for at most ``watch.drain_seconds`` of what is left, and the final
+folder push gets the rest, or is skipped with a log line when nothing is
+left. Whatever the watcher could not push stays in its journal for the next
+start.
+
+Signals: :class:`Starter` never installs handlers by itself; the caller wraps
+the run in :func:`forward_signals` (the CLI does), or calls
+:meth:`Starter.request_stop` from its own handler. The handler only records
+the signal and forwards it to the app's process group; everything else
+happens in the main loop, which polls, so no lock is ever taken inside a
+signal handler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import attrs
+
+from .bulk import TransferSummary, bisync, pull, push
+from .config import Config, Folder
+from .errors import SyncBridgeError
+from .keys import render_prefix
+
+__all__ = [
+    "Step",
+    "StartOptions",
+    "StartResult",
+    "Starter",
+    "forward_signals",
+    "run_start",
+    "exit_status",
+    "models_line",
+]
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.05
+# A setup step that was asked to stop gets this long to clean up (rclone is
+# terminated by its runner) before start-up gives up on it.
+SETUP_CANCEL_GRACE = 1.0
+# Below this much time left, the final push is not even started.
+MIN_FINAL_PUSH_SECONDS = 0.25
+
+
+def exit_status(returncode: int) -> int:
+    """A child's return code as a shell reports it: ``128 + N`` when killed by signal N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
+@attrs.frozen
+class Step:
+    """The outcome of one step, as logged.
+
+    Attributes:
+        name: ``system``, ``models``, ``folders``, ``watch``, ``app``,
+            ``drain``, ``final_push``.
+        status: ``ok``, ``warn`` (failed, start-up went on), ``failed``,
+            ``skipped``.
+        line: the one log line (without the ``[syncbridge]`` prefix).
+        seconds: how long the step took.
+        details: per-item records (models: one per model).
+    """
+
+    name: str
+    status: str
+    line: str
+    seconds: float
+    details: tuple[Mapping[str, Any], ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status, "line": self.line, "seconds": round(self.seconds, 3),
+                "details": [dict(d) for d in self.details]}
+
+
+@attrs.frozen
+class StartOptions:
+    """Which steps run, and the shutdown budget. Build with :meth:`from_config`."""
+
+    models: bool = True
+    folders: bool = True
+    watch: bool = False
+    final_push: bool = True
+    models_on_failure: str = "stop"
+    stop_seconds: float = 4.5
+    drain_seconds: float = 4.0
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Config,
+        *,
+        models: bool | None = None,
+        folders: bool | None = None,
+        watch: bool | None = None,
+        final_push: bool | None = None,
+        models_on_failure: str | None = None,
+        stop_seconds: float | None = None,
+    ) -> StartOptions:
+        """The configured options; each keyword that is not ``None`` overrides its setting (CLI flags)."""
+
+        def pick(value: Any, default: Any) -> Any:
+            return default if value is None else value
+
+        return cls(
+            models=pick(models, config.start.models),
+            folders=pick(folders, config.start.folders),
+            watch=pick(watch, config.watch.enabled),
+            final_push=pick(final_push, config.start.final_push),
+            models_on_failure=pick(models_on_failure, config.models.on_failure),
+            stop_seconds=pick(stop_seconds, config.start.stop_seconds),
+            drain_seconds=config.watch.drain_seconds,
+        )
+
+
+@attrs.frozen
+class StartResult:
+    """What a start run did.
+
+    Attributes:
+        exit_code: what ``syncbridge start`` exits with: the app's status
+            (``128 + N`` when killed by signal N); with no app, 0 when every
+            step succeeded and the watcher drained everything, else 1;
+            ``128 + N`` when signal N stopped start-up before the app ran;
+            1 when a model failed and ``models.on_failure`` is ``stop``.
+        steps: every step, in order.
+        app_returncode: the app's raw return code (``None``: no app ran).
+        stop_signal: the first stop signal received, if any.
+        shutdown_seconds: from that signal to the end of the run.
+    """
+
+    exit_code: int
+    steps: tuple[Step, ...]
+    app_returncode: int | None = None
+    stop_signal: int | None = None
+    shutdown_seconds: float | None = None
+
+    def step(self, name: str) -> Step | None:
+        return next((s for s in self.steps if s.name == name), None)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "exit_code": self.exit_code,
+            "app_returncode": self.app_returncode,
+            "stop_signal": signal_name(self.stop_signal) if self.stop_signal else None,
+            "shutdown_seconds": None if self.shutdown_seconds is None else round(self.shutdown_seconds, 3),
+            "steps": [s.as_dict() for s in self.steps],
+        }
+
+
+def _model_record(result: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+    for name in ("name", "path", "source", "size", "seconds", "verified", "status"):
+        value = getattr(result, name, None)
+        record[name] = str(value) if isinstance(value, Path) else value
+    attempts = getattr(result, "attempts", ()) or ()
+    record["attempts"] = [str(a) for a in attempts]
+    return record
+
+
+def models_line(results: Sequence[Any]) -> str:
+    """``1 pulled from cache, 2 present, 1 failed (sdxl-vae)`` from per-model results.
+
+    Each result needs ``name``, ``status`` and ``source``; statuses are shown in
+    the order they first appear, with the sources of models that were fetched.
+    """
+    if not results:
+        return "nothing to pull (no model enabled for this pod)"
+    groups: dict[str, list[Any]] = {}
+    for result in results:
+        groups.setdefault(str(result.status), []).append(result)
+    parts = []
+    for status, members in groups.items():
+        text = f"{len(members)} {status}"
+        if status == "failed":
+            text += " (" + ", ".join(str(m.name) for m in members) + ")"
+        elif status not in ("present", "skipped"):
+            sources: dict[str, int] = {}
+            for member in members:
+                if member.source:
+                    sources[str(member.source)] = sources.get(str(member.source), 0) + 1
+            if len(sources) == 1 and sum(sources.values()) == len(members):
+                text += f" from {next(iter(sources))}"
+            elif sources:
+                text += " (" + ", ".join(f"{n} from {s}" for s, n in sources.items()) + ")"
+        parts.append(text)
+    return ", ".join(parts)
+
+
+def _summary_part(folder: Folder, op: str, summary: TransferSummary) -> str:
+    arrow = {"pull": "<-", "push": "->", "bisync": "<->"}[op]
+    text = f"{op} {folder.local} {arrow} {folder.prefix or '/'}/: {summary.files} file{'s' if summary.files != 1 else ''}"
+    if summary.bytes:
+        text += f", {_human(summary.bytes)}"
+    if summary.skipped:
+        text += f", {len(summary.skipped)} unsafe skipped"
+    return text
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+class Starter:
+    """One supervised start-up, app run and shutdown. Use once: ``Starter(config, app).run()``.
+
+    Args:
+        config: the resolved configuration.
+        app: the application's argv (empty: run the watcher in the foreground
+            until a stop signal, or just the set-up steps when the watcher is off).
+        options: which steps run (default: :meth:`StartOptions.from_config`).
+        environ: the app's base environment (default ``os.environ``); the
+            detected ``SYNCBRIDGE_STORAGE_MODE`` and ``SYNCBRIDGE_GPU_TIER`` are
+            added to it.
+        clock: a monotonic clock (tests pass their own).
+    """
+
+    def __init__(self, config: Config, app: Sequence[str] = (), *, options: StartOptions | None = None,
+                 environ: Mapping[str, str] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.app = list(app)
+        self.options = options or StartOptions.from_config(config)
+        self.environ = dict(os.environ if environ is None else environ)
+        self.clock = clock
+        self.steps: list[Step] = []
+        self.storage_mode = config.storage_mode
+        self.gpu_tier = config.gpu_tier
+        # Written by the signal handler (plain attribute stores only, see module docstring).
+        self._stop_signal: int | None = None
+        self._stop_at: float | None = None
+        self._app_pgid: int | None = None
+        self._app_done = False
+        self._watcher: Any = None
+        self._app_returncode: int | None = None
+
+    # -- signals --------------------------------------------------------------------
+    def request_stop(self, signum: int = signal.SIGTERM) -> None:
+        """Ask the run to stop (safe to call from a signal handler).
+
+        The first call fixes the shutdown deadline; every call forwards the
+        signal to the app's process group while the app runs.
+        """
+        if self._stop_signal is None:
+            self._stop_at = self.clock()
+            self._stop_signal = signum
+        pgid = self._app_pgid
+        if pgid is not None and not self._app_done:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signum)
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_signal is not None
+
+    def _deadline(self) -> float | None:
+        return None if self._stop_at is None else self._stop_at + self.options.stop_seconds
+
+    def _remaining(self) -> float | None:
+        deadline = self._deadline()
+        return None if deadline is None else deadline - self.clock()
+
+    # -- helpers --------------------------------------------------------------------
+    def _record(self, name: str, status: str, text: str, started: float, *,
+                details: Sequence[Mapping[str, Any]] = (), show_seconds: bool = True) -> Step:
+        seconds = self.clock() - started
+        line = f"{name.replace('_', ' ')}: {text}" + (f" ({seconds:.1f}s)" if show_seconds else "")
+        step = Step(name, status, line, seconds, tuple(details))
+        self.steps.append(step)
+        level = logging.WARNING if status in ("warn", "failed") else logging.INFO
+        log.log(level, line, extra={"event": f"start.{name}"})
+        return step
+
+    def _in_thread(self, what: str, fn: Callable[[threading.Event], Any], *, stop_when: Callable[[], bool],
+                   grace: float) -> tuple[Any, BaseException | None, bool]:
+        """Run ``fn(cancel)`` in a worker thread while the main thread keeps watching for stop requests.
+
+        Returns ``(value, exception, abandoned)``; ``abandoned`` means ``stop_when``
+        became true, ``cancel`` was set and the worker did not finish within ``grace``.
+        """
+        cancel = threading.Event()
+        box: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                box["value"] = fn(cancel)
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                box["error"] = exc
+
+        worker = threading.Thread(target=target, name=f"syncbridge-start-{what}", daemon=True)
+        worker.start()
+        cancelled_at: float | None = None
+        while worker.is_alive():
+            worker.join(POLL_SECONDS)
+            if not worker.is_alive():
+                break
+            if cancelled_at is None and stop_when():
+                cancel.set()
+                cancelled_at = self.clock()
+            if cancelled_at is not None and self.clock() - cancelled_at >= grace:
+                return None, None, True
+        return box.get("value"), box.get("error"), False
+
+    # -- steps ----------------------------------------------------------------------
+    def _system(self) -> None:
+        started = self.clock()
+        try:
+            from .system import detect_gpu_tier, detect_storage_mode
+        except ImportError:  # pragma: no cover - until the system module lands
+            detect_gpu_tier = detect_storage_mode = None  # type: ignore[assignment]
+        if detect_storage_mode is not None:
+            self.storage_mode = detect_storage_mode(self.config)
+            self.gpu_tier = detect_gpu_tier(self.config)
+        mode_note = "" if self.config.storage_mode == self.storage_mode else f" (configured {self.config.storage_mode})"
+        tier_note = " (detected)" if self.config.gpu_tier == "auto" else ""
+        self._record("system", "ok", f"storage {self.storage_mode}{mode_note}, workspace {self.config.workspace}, "
+                                     f"GPU tier {self.gpu_tier}{tier_note}", started)
+
+    def _models(self) -> bool:
+        """Pull models; False when start-up must stop."""
+        started = self.clock()
+        if not self.options.models:
+            self._record("models", "skipped", "off (--no-models or SYNCBRIDGE_START_MODELS=false)", started,
+                         show_seconds=False)
+            return True
+        if not self.config.models.manifests:
+            self._record("models", "skipped", "no manifest configured (SYNCBRIDGE_MODELS)", started,
+                         show_seconds=False)
+            return True
+        from .models import pull_models
+
+        value, error, abandoned = self._in_thread("models", lambda cancel: pull_models(self.config),
+                                                  stop_when=lambda: self.stop_requested, grace=0.0)
+        stop = self.options.models_on_failure == "stop"
+        consequence = ("not starting the app (models.on_failure = stop)" if stop
+                       else "continuing (models.on_failure = warn)")
+        if abandoned:
+            self._record("models", "failed", f"interrupted by {signal_name(self._stop_signal or 15)}", started)
+            return False
+        if error is not None:
+            if not isinstance(error, SyncBridgeError):
+                raise error
+            self._record("models", "failed" if stop else "warn", f"{_first_line(error)}; {consequence}", started)
+            for extra in str(error).splitlines()[1:]:
+                log.warning("  %s", extra.strip(), extra={"event": "start.models.detail"})
+            return not stop
+        results = list(getattr(value, "results", ()))
+        details = [_model_record(r) for r in results]
+        text = models_line(results)
+        if getattr(value, "ok", True):
+            self._record("models", "ok", text, started, details=details)
+            return True
+        self._record("models", "failed" if stop else "warn", f"{text}; {consequence}", started, details=details)
+        for result in results:
+            if str(result.status) == "failed":
+                for attempt in getattr(result, "attempts", ()) or ():
+                    log.warning("  %s: %s", result.name, attempt, extra={"event": "start.models.attempt"})
+        return not stop
+
+    def _sync_folders(self, name: str, modes: Sequence[str], *, stop_when: Callable[[], bool],
+                      grace: float) -> Step:
+        started = self.clock()
+        folders = [f for f in self.config.folders if f.mode in modes]
+        if not folders:
+            which = " or ".join(modes)
+            return self._record(name, "skipped", f"no {which} folder configured (SYNCBRIDGE_FOLDERS or [[folder]])",
+                                started, show_seconds=False)
+        parts: list[str] = []
+        failed = False
+        for index, folder in enumerate(folders):
+            if stop_when():
+                parts.append(f"stopped before {len(folders) - index} more")
+                failed = True
+                break
+            op = folder.mode
+            if op == "pull":
+                def fn(cancel: threading.Event, f: Folder = folder) -> TransferSummary:
+                    return pull(self.config, f.prefix, f.local, include=f.include, exclude=f.exclude, cancel=cancel)
+            elif op == "push":
+                def fn(cancel: threading.Event, f: Folder = folder) -> TransferSummary:
+                    return push(self.config, f.local, f.prefix, include=f.include, exclude=f.exclude, cancel=cancel)
+            else:
+                def fn(cancel: threading.Event, f: Folder = folder) -> TransferSummary:
+                    return bisync(self.config, f.local, f.prefix, include=f.include, exclude=f.exclude,
+                                  cancel=cancel)
+            if op == "push" and not folder.local.exists():
+                parts.append(f"push {folder.local}: nothing there")
+                continue
+            value, error, abandoned = self._in_thread(f"{name}-{index}", fn, stop_when=stop_when, grace=grace)
+            if abandoned:
+                parts.append(f"{op} {folder.local}: stopped at the deadline")
+                failed = True
+                break
+            if error is not None:
+                if not isinstance(error, SyncBridgeError):
+                    raise error
+                parts.append(f"{op} {folder.local} FAILED: {_first_line(error)}")
+                failed = True
+                for extra in str(error).splitlines()[1:]:
+                    log.warning("  %s", extra.rstrip(), extra={"event": f"start.{name}.detail"})
+                continue
+            parts.append(_summary_part(folder, op, value))
+        return self._record(name, "warn" if failed else "ok", "; ".join(parts), started)
+
+    def _start_watcher(self) -> None:
+        started = self.clock()
+        if not self.options.watch:
+            self._record("watch", "skipped", "off (ENABLE_R2_SYNC is not true)", started, show_seconds=False)
+            return
+        from .watch import OutputWatcher
+
+        watch = self.config.watch
+        try:
+            prefix = render_prefix(watch.prefix, pod_id=self.config.pod_id, now=dt.datetime.now(dt.timezone.utc))
+        except SyncBridgeError:
+            prefix = watch.prefix
+        try:
+            watcher = OutputWatcher(self.config)
+            watcher.start()
+        except SyncBridgeError as exc:
+            # The app still runs (a pod that cannot push is better than one that does not start),
+            # but loudly: outputs are only on the local disk.
+            self._record("watch", "failed", f"could not start: {_first_line(exc)}; outputs will NOT be pushed",
+                         started)
+            return
+        self._watcher = watcher
+        self._record("watch", "ok", f"pushing {watch.dir} -> {prefix or '/'}/ as files are written", started)
+
+    def _run_app(self) -> int:
+        started = self.clock()
+        env = dict(self.environ)
+        env["SYNCBRIDGE_STORAGE_MODE"] = self.storage_mode
+        env["SYNCBRIDGE_GPU_TIER"] = self.gpu_tier
+        shown = shlex.join(self.app)
+        try:
+            # Own session and process group: signals reach the app (and its children) only
+            # through us, once each, and a terminal's Ctrl-C is not delivered twice.
+            proc = subprocess.Popen(self.app, env=env, start_new_session=True)  # noqa: S603 - argv list
+        except OSError as exc:
+            code = 127 if isinstance(exc, FileNotFoundError) else 126
+            self._record("app", "failed", f"cannot run {shown}: {exc.strerror or exc}; exit {code}", started)
+            return code
+        self._app_pgid = proc.pid
+        log.info("app: started %s (pid %d)", shown, proc.pid, extra={"event": "start.app.started"})
+        if self._stop_signal is not None:
+            # A signal that arrived between the check in run() and the pgid store.
+            self.request_stop(self._stop_signal)
+        reported_stop = False
+        killed = False
+        while True:
+            try:
+                returncode = proc.wait(timeout=POLL_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if self._stop_signal is not None and not reported_stop:
+                reported_stop = True
+                log.info("stop: %s received, forwarded to the app (pid %d); shutdown budget %.1fs",
+                         signal_name(self._stop_signal), proc.pid, self.options.stop_seconds,
+                         extra={"event": "start.stop"})
+            remaining = self._remaining()
+            if remaining is not None and not killed and remaining <= self._after_app_reserve():
+                # The app used its share of the budget: kill it so the drain still fits.
+                killed = True
+                log.warning("app: still running %.1fs after %s; killing it so the drain fits the budget",
+                            self.clock() - (self._stop_at or 0), signal_name(self._stop_signal or 15),
+                            extra={"event": "start.app.kill"})
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        self._app_done = True
+        code = exit_status(returncode)
+        how = (f"killed by {signal_name(-returncode)}" if returncode < 0 else f"exited with status {returncode}")
+        self._record("app", "ok" if returncode == 0 or self.stop_requested else "warn",
+                     f"{how} after {self.clock() - started:.1f}s", started, show_seconds=False)
+        self._app_returncode = returncode
+        return code
+
+    def _after_app_reserve(self) -> float:
+        """Time kept back from the app for the drain and the final push."""
+        return min(1.0, self.options.stop_seconds / 4)
+
+    def _drain(self) -> bool:
+        started = self.clock()
+        watcher = self._watcher
+        if watcher is None:
+            return True
+        remaining = self._remaining()
+        budget = self.options.drain_seconds if remaining is None else max(0.0, min(self.options.drain_seconds,
+                                                                                  remaining))
+        try:
+            result = watcher.stop(drain_seconds=budget)
+        except SyncBridgeError as exc:
+            self._record("drain", "failed", f"watcher stopped with an error: {_first_line(exc)}", started)
+            return False
+        finally:
+            self._watcher = None
+        pushed, pending, failed = (getattr(result, name, 0) for name in ("pushed", "pending", "failed"))
+        text = f"{pushed} pushed, {pending} pending, {failed} failed"
+        if pending or failed:
+            text += "; the rest is in the journal and is pushed on the next start"
+        ok = bool(getattr(result, "ok", not (pending or failed)))
+        self._record("drain", "ok" if ok else "warn", text + f" (budget {budget:.1f}s)", started)
+        return ok
+
+    def _final_push(self, setup_done: bool) -> bool:
+        started = self.clock()
+        if not self.options.final_push:
+            self._record("final_push", "skipped", "off (--no-final-push or SYNCBRIDGE_START_FINAL_PUSH=false)",
+                         started, show_seconds=False)
+            return True
+        if not any(f.mode in ("push", "bisync") for f in self.config.folders):
+            self._record("final_push", "skipped", "no push or bisync folder configured", started,
+                         show_seconds=False)
+            return True
+        if not setup_done:
+            self._record("final_push", "skipped", "start-up did not finish, folders left as they are", started,
+                         show_seconds=False)
+            return True
+        remaining = self._remaining()
+        if remaining is not None and remaining < MIN_FINAL_PUSH_SECONDS:
+            self._record("final_push", "warn", f"skipped, no time left of the {self.options.stop_seconds:g}s "
+                                               f"shutdown budget (SYNCBRIDGE_STOP_SECONDS)", started)
+            return False
+
+        def past_deadline() -> bool:
+            left = self._remaining()
+            return left is not None and left <= 0
+
+        step = self._sync_folders("final_push", ("push", "bisync"), stop_when=past_deadline, grace=0.0)
+        return step.status == "ok"
+
+    def _foreground(self) -> None:
+        log.info("watch: running in the foreground until SIGTERM or SIGINT", extra={"event": "start.foreground"})
+        while not self.stop_requested:
+            time.sleep(POLL_SECONDS)
+        log.info("stop: %s received; draining (budget %.1fs)", signal_name(self._stop_signal or 15),
+                 self.options.stop_seconds, extra={"event": "start.stop"})
+
+    # -- the run --------------------------------------------------------------------
+    def run(self) -> StartResult:
+        """Run every step; see the module docstring. A step's :class:`SyncBridgeError` is logged, not raised."""
+        exit_code = 0
+        setup_done = False
+        try:
+            self._system()
+            if not self._models():
+                exit_code = 128 + self._stop_signal if self._stop_signal else 1
+            else:
+                folders_ok = True
+                if self.options.folders:
+                    step = self._sync_folders("folders", ("pull", "bisync"), stop_when=lambda: self.stop_requested,
+                                              grace=SETUP_CANCEL_GRACE)
+                    folders_ok = step.status in ("ok", "skipped")
+                else:
+                    self._record("folders", "skipped", "off (--no-folders or SYNCBRIDGE_START_FOLDERS=false)",
+                                 self.clock(), show_seconds=False)
+                if not self.stop_requested:
+                    self._start_watcher()
+                setup_done = not self.stop_requested
+                if not setup_done:
+                    exit_code = 128 + (self._stop_signal or signal.SIGTERM)
+                    log.warning("stop: %s during start-up; the app was not started",
+                                signal_name(self._stop_signal or 15), extra={"event": "start.stop"})
+                elif self.app:
+                    exit_code = self._run_app()
+                else:
+                    watch_failed = self.options.watch and self._watcher is None
+                    if self._watcher is not None:
+                        self._foreground()
+                    if not folders_ok or watch_failed:
+                        exit_code = 1
+            drained = self._drain()
+            pushed = self._final_push(setup_done)
+            if not self.app and exit_code == 0 and not (drained and pushed):
+                exit_code = 1
+        finally:
+            if self._watcher is not None:  # an unexpected error: still leave the journal consistent
+                with contextlib.suppress(Exception):
+                    self._watcher.stop(drain_seconds=0)
+        shutdown = None if self._stop_at is None else self.clock() - self._stop_at
+        tail = f" (shutdown took {shutdown:.1f}s of {self.options.stop_seconds:g}s)" if shutdown is not None else ""
+        log.info("exit: %d%s", exit_code, tail, extra={"event": "start.exit"})
+        return StartResult(exit_code, tuple(self.steps), self._app_returncode, self._stop_signal, shutdown)
+
+
+@contextlib.contextmanager
+def forward_signals(starter: Starter, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+                    ) -> Iterator[Starter]:
+    """Route ``signals`` to :meth:`Starter.request_stop` for the block (main thread only)."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        starter.request_stop(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    try:
+        yield starter
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def run_start(config: Config, app: Sequence[str] = (), *, options: StartOptions | None = None,
+              environ: Mapping[str, str] | None = None, handle_signals: bool = True) -> StartResult:
+    """Run :class:`Starter` for ``config`` and ``app``; with ``handle_signals``, SIGTERM/SIGINT/SIGHUP stop it."""
+    starter = Starter(config, app, options=options, environ=environ)
+    if not handle_signals:
+        return starter.run()
+    with forward_signals(starter):
+        return starter.run()
