@@ -26,6 +26,8 @@ LAYERS = {
     "rclone": IO,
     "store": IO,
     "localserver": IO,
+    "lease": IO,
+    "fleet": IO,
     # orchestration
     "bulk": ORCH,
     "doctor": ORCH,
@@ -33,6 +35,7 @@ LAYERS = {
     "ui": CLI,
     "cli": CLI,
     "cli_bulk": CLI,
+    "cli_fleet": CLI,
     "__main__": CLI,
 }
 NAMES = {0: "pure", 1: "io", 2: "orchestration", 3: "cli"}

@@ -1,0 +1,482 @@
+"""Many pods, one bucket: heartbeats, fleet status, and single-flight cache fills.
+
+Everything here goes through the bucket itself (no server of our own):
+
+* **Heartbeats**: each watcher writes ``<fleet.prefix>/pods/<pod_id>.json``
+  every ``fleet.heartbeat_seconds`` (pending count, uploaded, failed, last and
+  p95 push latency, version). :func:`fleet_status` reads them back; a pod is
+  *live* while its heartbeat is younger than three intervals, by the bucket's
+  clock (its Last-Modified), so skewed pod clocks do not make pods look dead.
+* **Single-flight fills** (:class:`CacheFill`): when several pods miss the same
+  model at once, one takes the fill lease
+  ``<fleet.prefix>/leases/models/<hash of the cache key>`` and downloads it
+  upstream; the others wait for its cache entry and copy it from the bucket.
+  A filler that dies lets go by lease expiry, and a waiter takes over. A cache
+  entry is published with a conditional put (``If-None-Match: *``) carrying its
+  sha256 in metadata; a PUT is atomic, so an entry is visible only once
+  complete, and readers verify the sha256 they copied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, TypeVar
+
+import attrs
+
+from . import __version__
+from .config import Config
+from .errors import PreconditionFailedError, StoreError, SyncBridgeError
+from .fsutil import temp_beside
+from .lease import BucketClock, CLOCK_GRACE, HeldLease, Lease, Leases, Verdict, judge, lease_key, poll_delay
+from .store import ObjectInfo, Store, open_store
+
+__all__ = [
+    "PodStatus", "LeaseStatus", "Heartbeat", "CacheFill", "FillResult", "CacheEntryError",
+    "fleet_status", "lease_status", "heartbeat_key", "pod_key_name", "publish_entry", "fetch_entry",
+    "file_sha256", "heartbeat_body", "pod_status_from", "SHA256_META",
+]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+SHA256_META = "sha256"  # user metadata name of a cache entry's checksum (x-amz-meta-sha256)
+LIVE_INTERVALS = 3  # a pod is live while its heartbeat is younger than this many intervals
+
+
+class CacheEntryError(SyncBridgeError, ValueError):
+    """A cache entry is incomplete or does not match its checksum."""
+
+    def __init__(self, message: str, *, key: str) -> None:
+        self.key = key
+        super().__init__(message)
+
+
+# -- heartbeats -------------------------------------------------------------------------------
+
+
+def pod_key_name(pod_id: str) -> str:
+    """A pod id as one safe key segment (ids come from host names and env vars)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", pod_id).strip(".") or "_"
+    return name[:200]
+
+
+def heartbeat_key(prefix: str, pod_id: str) -> str:
+    return f"{prefix.strip('/')}/pods/{pod_key_name(pod_id)}.json"
+
+
+def _num(stats: Mapping[str, Any], *names: str) -> float | None:
+    for name in names:
+        value = stats.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+def heartbeat_body(*, pod_id: str, stats: Mapping[str, Any], interval: float, state: str, started: float,
+                   now: float, role: str = "watch", host: str = "", pid: int = 0) -> dict[str, Any]:
+    """The heartbeat document (pure): known counters picked from ``stats`` under their usual names."""
+    def count(*names: str) -> int | None:
+        value = _num(stats, *names)
+        return None if value is None else int(value)
+
+    return {
+        "format": 1, "pod_id": pod_id, "role": role, "state": state, "version": __version__, "host": host,
+        "pid": pid, "started": round(started, 3), "written": round(now, 3), "heartbeat_seconds": interval,
+        "pending": count("pending", "queued", "pending_count"),
+        "uploaded": count("uploaded", "uploads", "done", "pushed"),
+        "failed": count("failed", "errors", "failures"),
+        "bytes": count("bytes", "bytes_uploaded", "uploaded_bytes"),
+        "last_latency": _num(stats, "last_latency", "latency_last", "last_latency_seconds"),
+        "p95_latency": _num(stats, "p95_latency", "latency_p95", "p95_latency_seconds"),
+    }
+
+
+class Heartbeat:
+    """Writes this pod's heartbeat object every ``interval`` seconds from a daemon thread.
+
+    Use as a context manager (or :meth:`start` / :meth:`stop`); the last beat
+    says ``stopped``, so ``fleet status`` tells a pod that shut down from one
+    that vanished. A failing write is logged and retried at the next beat: a
+    heartbeat must never stop the work it reports on.
+
+    Args:
+        store: the bucket.
+        pod_id: this pod.
+        prefix: ``fleet.prefix``.
+        interval: seconds between beats (``fleet.heartbeat_seconds``).
+        stats: returns the counters to publish (a watcher's thread-safe ``stats()``).
+        role: what this process is (``watch``, ``start``...).
+    """
+
+    def __init__(self, store: Store, *, pod_id: str, prefix: str, interval: float,
+                 stats: Callable[[], Mapping[str, Any]] = dict, role: str = "watch",
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.pod_id = pod_id
+        self.key = heartbeat_key(prefix, pod_id)
+        self.interval = interval
+        self.stats = stats
+        self.role = role
+        self.clock = clock
+        self.started = clock()
+        self.beats = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._host = socket.gethostname()
+
+    def beat(self, state: str = "running") -> None:
+        try:
+            stats = self.stats() or {}
+        except Exception as exc:  # noqa: BLE001 - a stats bug must not kill the heartbeat
+            log.warning("heartbeat: stats() failed: %s", exc, extra={"event": "fleet.stats_failed"})
+            stats = {}
+        body = heartbeat_body(pod_id=self.pod_id, stats=stats, interval=self.interval, state=state,
+                              started=self.started, now=self.clock(), role=self.role, host=self._host,
+                              pid=os.getpid())
+        try:
+            self.store.put_bytes(self.key, (json.dumps(body, sort_keys=True) + "\n").encode())
+            self.beats += 1
+        except StoreError as exc:
+            log.warning("heartbeat %s not written: %s", self.key, exc,
+                        extra={"event": "fleet.heartbeat_failed", "key": self.key})
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.beat()
+
+    def start(self) -> "Heartbeat":
+        self.beat()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{self.pod_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, *, final_state: str = "stopped") -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=max(5.0, self.interval))
+            self._thread = None
+            self.beat(final_state)
+
+    def __enter__(self) -> "Heartbeat":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@attrs.frozen
+class PodStatus:
+    """One pod as its heartbeat shows it."""
+
+    pod_id: str
+    state: str  # running / stopped (what the pod last said)
+    live: bool  # heartbeat younger than LIVE_INTERVALS intervals, by the bucket's clock
+    age_seconds: float  # since the last heartbeat, bucket clock
+    version: str = ""
+    host: str = ""
+    role: str = ""
+    heartbeat_seconds: float = 0.0
+    pending: int | None = None
+    uploaded: int | None = None
+    failed: int | None = None
+    bytes: int | None = None
+    last_latency: float | None = None
+    p95_latency: float | None = None
+    key: str = ""
+
+    @property
+    def status(self) -> str:
+        if self.state == "stopped":
+            return "stopped"
+        return "live" if self.live else "silent"
+
+
+def pod_status_from(doc: Mapping[str, Any], *, key: str, last_modified: dt.datetime,
+                    bucket_now: dt.datetime) -> PodStatus:
+    """A :class:`PodStatus` from a heartbeat document (pure)."""
+    age = max(0.0, (bucket_now - last_modified).total_seconds())
+    interval = float(doc.get("heartbeat_seconds") or 30.0)
+    state = str(doc.get("state") or "running")
+
+    def opt_int(name: str) -> int | None:
+        v = doc.get(name)
+        return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    def opt_float(name: str) -> float | None:
+        v = doc.get(name)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    return PodStatus(
+        pod_id=str(doc.get("pod_id") or key.rsplit("/", 1)[-1].removesuffix(".json")), state=state,
+        live=state != "stopped" and age <= LIVE_INTERVALS * interval + CLOCK_GRACE, age_seconds=age,
+        version=str(doc.get("version") or ""), host=str(doc.get("host") or ""), role=str(doc.get("role") or ""),
+        heartbeat_seconds=interval, pending=opt_int("pending"), uploaded=opt_int("uploaded"),
+        failed=opt_int("failed"), bytes=opt_int("bytes"), last_latency=opt_float("last_latency"),
+        p95_latency=opt_float("p95_latency"), key=key)
+
+
+def _bucket_now(store: Store, prefix: str, owner: str) -> dt.datetime:
+    """The bucket's clock; a store we may not write to falls back to this machine's clock."""
+    key = f"{prefix.strip('/')}/clock/status-{pod_key_name(owner)}"
+    try:
+        return BucketClock(store, key).now()
+    except StoreError as exc:
+        log.warning("cannot read the bucket's clock (%s); ages use this machine's clock", exc,
+                    extra={"event": "fleet.no_bucket_clock"})
+        return dt.datetime.now(dt.timezone.utc)
+
+
+def fleet_status(config: Config, *, store: Store | None = None) -> list[PodStatus]:
+    """Every pod with a heartbeat in the bucket, live ones first, then by pod id."""
+    own = store is None
+    store = store or open_store(config.remote, state_dir=config.state_dir)
+    try:
+        prefix = f"{config.fleet.prefix.strip('/')}/pods/"
+        infos = [i for i in store.list(prefix) if i.key.endswith(".json")]
+        now = _bucket_now(store, config.fleet.prefix, config.pod_id)
+        pods = []
+        for info in infos:
+            try:
+                data, got = store.get_bytes(info.key)
+                doc = json.loads(data.decode("utf-8"))
+                if not isinstance(doc, dict):
+                    raise ValueError("not a JSON object")
+            except StoreError as exc:
+                if exc.status == 404 or exc.code == "NoSuchKey":
+                    continue  # deleted since the listing
+                raise
+            except (UnicodeDecodeError, ValueError) as exc:
+                log.warning("heartbeat %s is unreadable: %s", info.key, exc, extra={"event": "fleet.bad_heartbeat"})
+                continue
+            pods.append(pod_status_from(doc, key=info.key, last_modified=got.last_modified, bucket_now=now))
+        return sorted(pods, key=lambda p: (not p.live, p.pod_id))
+    finally:
+        if own:
+            store.close()
+
+
+@attrs.frozen
+class LeaseStatus:
+    key: str
+    kind: str  # bisync, models, ...
+    verdict: Verdict
+
+
+def lease_status(config: Config, *, store: Store | None = None, include_free: bool = False) -> list[LeaseStatus]:
+    """The leases in the bucket and who holds them (released ones only with ``include_free``)."""
+    own = store is None
+    store = store or open_store(config.remote, state_dir=config.state_dir)
+    try:
+        prefix = f"{config.fleet.prefix.strip('/')}/leases/"
+        leases = Leases(store, owner=config.pod_id, prefix=config.fleet.prefix,
+                        bucket_clock=BucketClock(store, f"{config.fleet.prefix.strip('/')}/clock/status-"
+                                                        f"{pod_key_name(config.pod_id)}"))
+        out = []
+        for info in store.list(prefix):
+            view = leases.read(info.key)
+            if view is None:
+                continue
+            verdict = judge(view, bucket_now=leases.bucket_clock.now(), default_ttl=config.fleet.lease_seconds)
+            if verdict.state in ("released", "absent") and not include_free:
+                continue
+            kind = info.key[len(prefix):].split("/", 1)[0]
+            out.append(LeaseStatus(info.key, kind, verdict))
+        return out
+    finally:
+        if own:
+            store.close()
+
+
+# -- cache entries ------------------------------------------------------------------------------
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(4 * 1024 * 1024), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def publish_entry(store: Store, path: str | os.PathLike[str], key: str, *, sha256: str | None = None,
+                  metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+    """Publish a verified file as cache entry ``key``: create-only, sha256 in metadata.
+
+    A PUT is atomic, so the entry is never visible half-written. If another pod
+    published first, its entry is checked against ours instead (same sha256:
+    fine; different: :class:`CacheEntryError`, nothing overwritten).
+    """
+    digest = sha256 or file_sha256(path)
+    meta = {**(metadata or {}), SHA256_META: digest}
+    try:
+        return store.put_file(path, key, if_none_match=True, metadata=meta)
+    except PreconditionFailedError:
+        existing = store.head(key)
+        if existing is None:  # pragma: no cover - deleted in between: try once more
+            return store.put_file(path, key, if_none_match=True, metadata=meta)
+        theirs = existing.metadata.get(SHA256_META, "")
+        if theirs != digest:
+            raise CacheEntryError(f"cache entry {key!r} already exists with sha256 {theirs or '(none)'}, "
+                                  f"not {digest}: left as it is", key=key) from None
+        log.info("cache entry %s was published by another pod meanwhile (same sha256)", key,
+                 extra={"event": "fleet.entry_exists", "key": key})
+        return existing
+
+
+def entry_ready(store: Store, key: str) -> ObjectInfo | None:
+    """The cache entry when it is published (an object carrying its sha256), else ``None``."""
+    info = store.head(key)
+    if info is None or not info.metadata.get(SHA256_META):
+        return None
+    return info
+
+
+def fetch_entry(store: Store, key: str, dest: Path, *, expected_sha256: str | None = None) -> ObjectInfo:
+    """Copy cache entry ``key`` to ``dest`` (temp file beside it, renamed once verified).
+
+    Raises:
+        CacheEntryError: the copy does not match the entry's (or the expected) sha256.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with temp_beside(dest) as (fd, tmp):
+        with os.fdopen(os.dup(fd), "wb") as out:
+            info = store.download_to(key, out)
+        got = file_sha256(tmp)
+        want = expected_sha256 or info.metadata.get(SHA256_META)
+        if not want or got != want:
+            raise CacheEntryError(f"cache entry {key!r}: sha256 {got} does not match {want or '(none recorded)'}",
+                                  key=key)
+        os.replace(tmp, dest)
+    return info
+
+
+@attrs.frozen
+class FillResult:
+    """How one pod got a cache entry: ``filled`` (it downloaded upstream) or ``cached`` (copied it)."""
+
+    key: str
+    how: str
+    value: Any
+    waited_seconds: float = 0.0
+    took_over_from: str = ""
+
+
+class CacheFill:
+    """Single-flight of cache fills across the fleet.
+
+    ``run(key, fill=..., from_cache=...)``: if the entry is published, call
+    ``from_cache(info)``; else try to take the fill lease: the winner calls
+    ``fill(held)`` (download upstream, verify, :func:`publish_entry`) while the
+    lease is renewed in the background; the others poll for the entry (and
+    for the lease expiring, should the winner die) and then copy.
+
+    Args:
+        store: the bucket (must enforce conditional writes: see :class:`Leases`).
+        leases: this pod's :class:`Leases`.
+        prefix: ``fleet.prefix``.
+        ttl: ``fleet.lease_seconds``.
+        max_poll: longest pause between two looks at a busy entry.
+    """
+
+    def __init__(self, store: Store, *, leases: Leases, prefix: str, ttl: float, max_poll: float = 2.0) -> None:
+        self.store = store
+        self.leases = leases
+        self.prefix = prefix
+        self.ttl = ttl
+        self.max_poll = max_poll
+
+    @classmethod
+    def for_config(cls, config: Config, store: Store) -> "CacheFill":
+        leases = Leases(store, owner=config.pod_id, prefix=config.fleet.prefix)
+        return cls(store, leases=leases, prefix=config.fleet.prefix, ttl=config.fleet.lease_seconds)
+
+    def lease_key(self, key: str) -> str:
+        return lease_key(self.prefix, "models", key)
+
+    def run(self, key: str, *, fill: Callable[[HeldLease], T], from_cache: Callable[[ObjectInfo], T],
+            cancel: threading.Event | None = None,
+            on_wait: Callable[[Verdict], None] | None = None) -> FillResult:
+        """Get cache entry ``key`` once for the whole fleet (see the class doc).
+
+        Raises:
+            LeaseUnsupportedError: the store ignores conditional writes (callers
+                then fill without coordination, as a single pod would).
+            LeaseLostError: we were filling and lost the lease (too slow to renew).
+        """
+        from .errors import CancelledError
+
+        mono = self.leases.monotonic
+        started = mono()
+        attempt = 0
+        said = False
+        lkey = self.lease_key(key)
+        while True:
+            info = entry_ready(self.store, key)
+            if info is not None:
+                return FillResult(key, "cached", from_cache(info), waited_seconds=mono() - started)
+            got = self.leases.try_acquire(lkey, purpose=f"fill {key}", ttl=self.ttl, subject=key)
+            if isinstance(got, Lease):
+                return self._fill(key, got, fill=fill, from_cache=from_cache, cancel=cancel,
+                                  waited=mono() - started)
+            if not said:
+                log.info("%s: pod %s is filling it; waiting for its cache entry", key, got.holder,
+                         extra={"event": "fleet.fill_wait", "key": key, "holder": got.holder})
+                said = True
+            if on_wait is not None:
+                on_wait(got)
+            delay = min(self.max_poll, poll_delay(attempt, ttl=self.ttl))
+            attempt += 1
+            if cancel is not None:
+                if cancel.wait(delay):
+                    raise CancelledError(f"{key}: cancelled while waiting for pod {got.holder} to fill it")
+            else:
+                self.leases.sleep(delay)
+
+    def _fill(self, key: str, lease: Lease, *, fill: Callable[[HeldLease], T],
+              from_cache: Callable[[ObjectInfo], T], cancel: threading.Event | None, waited: float) -> FillResult:
+        held = HeldLease(self.leases, lease, cancel=cancel)
+        held.start()
+        try:
+            # Filled between our last look and our lease (the previous filler finished): copy it.
+            info = entry_ready(self.store, key)
+            if info is not None:
+                return FillResult(key, "cached", from_cache(info), waited_seconds=waited)
+            if lease.stolen_from:
+                log.warning("%s: pod %s stopped filling it (its lease expired); filling it here", key,
+                            lease.stolen_from, extra={"event": "fleet.fill_takeover", "key": key,
+                                                      "previous": lease.stolen_from})
+            value = fill(held)
+            held.check()
+            return FillResult(key, "filled", value, waited_seconds=waited, took_over_from=lease.stolen_from)
+        finally:
+            held.stop()
+            if not held.lost.is_set():
+                with contextlib.suppress(StoreError):
+                    self.leases.release(held.lease)
+
+
+def describe_pods(pods: Iterable[PodStatus]) -> list[str]:
+    """Table lines for ``syncbridge fleet status``."""
+    def f(v: float | None, unit: str = "s") -> str:
+        return "-" if v is None else f"{v:.2f}{unit}"
+
+    def i(v: int | None) -> str:
+        return "-" if v is None else str(v)
+
+    rows = [("pod", "status", "last beat", "pending", "uploaded", "failed", "last", "p95", "version", "host")]
+    for p in pods:
+        rows.append((p.pod_id, p.status, f"{p.age_seconds:.0f}s ago", i(p.pending), i(p.uploaded), i(p.failed),
+                     f(p.last_latency), f(p.p95_latency), p.version, p.host))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]

@@ -1,0 +1,644 @@
+"""Leases in the bucket: mutual exclusion between pods with no coordinator.
+
+A lease is one small JSON object (``<fleet.prefix>/leases/<kind>/<hash>``)
+holding ``{owner, purpose, subject, acquired, renewed, ttl_seconds, token}``.
+The only coordination is what the bucket offers (R2 is strongly consistent and
+supports conditional writes):
+
+* **acquire**: ``PutObject`` with ``If-None-Match: *`` (create only if absent);
+* **renew**: ``PutObject`` with ``If-Match: <etag we wrote last>`` (compare and
+  swap), every ``ttl/3``;
+* **release**: compare-and-swap to a *released* record (``If-Match`` again), so
+  a release can never remove a lease someone else took meanwhile; the next
+  acquirer swaps over it at once. (A plain DELETE after a re-check has a window
+  in which it would delete a fresh lease of another pod; R2's conditional
+  DELETE is not something every S3 store offers.)
+* **steal**: only once the lease has expired, again with ``If-Match`` on the
+  expired object's etag, so of several pods racing to take it over exactly one
+  wins.
+
+Expiry is judged from the bucket's own clock: the lease object's
+``Last-Modified`` against the bucket's current time, read from a tiny probe
+object this pod writes (:class:`BucketClock`). Pods' local clocks are never
+compared with each other, so a pod whose clock is ten minutes off neither
+steals a live lease nor holds on to a dead one. The holder, for its part, gives
+the lease up (and stops its work) when it has not managed to renew for
+``ttl - grace`` seconds of its own monotonic clock: that is before anyone may
+steal it, whatever the wall clocks say.
+
+A store that accepts ``If-None-Match`` and ignores it (``rclone serve s3``)
+cannot host a lease: :class:`Leases` detects that
+(:meth:`~syncbridge.store.Store.conditional_writes`) and raises
+:class:`LeaseUnsupportedError` rather than pretend.
+
+The decision logic (:func:`judge`, :func:`renew_interval`,
+:func:`holder_must_give_up`, :func:`poll_delay`) is pure and takes times as
+arguments; :class:`Leases` does the I/O.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import random
+import socket
+import threading
+import time
+import uuid
+from typing import Any, Callable, Iterator, Mapping
+
+import attrs
+
+from .errors import PreconditionFailedError, StoreError, SyncBridgeError
+from .store import Store
+
+__all__ = [
+    "LeaseRecord", "LeaseView", "Verdict", "Lease", "HeldLease", "Leases", "BucketClock",
+    "LeaseError", "LeaseBusyError", "LeaseLostError", "LeaseUnsupportedError",
+    "judge", "renew_interval", "holder_must_give_up", "poll_delay", "lease_key", "leases_enabled",
+    "CLOCK_GRACE",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+# S3 Last-Modified has one-second resolution and the probe that reads the bucket's
+# clock takes a round trip: two seconds covers both, on top of the lease's ttl.
+CLOCK_GRACE = 2.0
+
+
+# -- errors ----------------------------------------------------------------------------
+
+
+class LeaseError(SyncBridgeError):
+    """Base of the lease errors."""
+
+
+class LeaseBusyError(LeaseError, BlockingIOError):
+    """Another pod holds the lease (and it has not expired).
+
+    Attributes:
+        key: the lease object's key.
+        holder: the pod id that holds it (``"?"`` when its record is unreadable).
+        purpose: what the holder said it is doing.
+        expires_in: seconds (bucket clock) until it may be taken over if not renewed.
+    """
+
+    def __init__(self, message: str, *, key: str, holder: str, purpose: str = "", expires_in: float = 0.0) -> None:
+        self.key = key
+        self.holder = holder
+        self.purpose = purpose
+        self.expires_in = expires_in
+        super().__init__(message)
+
+
+class LeaseLostError(LeaseError, RuntimeError):
+    """We held a lease and no longer do (another pod took it over, or we could not renew in time)."""
+
+    def __init__(self, message: str, *, key: str) -> None:
+        self.key = key
+        super().__init__(message)
+
+
+class LeaseUnsupportedError(LeaseError, NotImplementedError):
+    """The store does not enforce conditional writes, so a lease there would exclude nobody."""
+
+    exit_code = 2
+
+
+# -- the record and the pure decisions ------------------------------------------------------
+
+
+@attrs.frozen
+class LeaseRecord:
+    """The JSON body of a lease object.
+
+    ``acquired`` and ``renewed`` are the holder's local wall clock, for people
+    reading the object; expiry is never judged from them (see :func:`judge`).
+    """
+
+    owner: str
+    purpose: str
+    acquired: float
+    renewed: float
+    ttl_seconds: float
+    token: str
+    subject: str = ""
+    host: str = ""
+    released: bool = False
+    detail: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def to_json(self) -> bytes:
+        doc = {"format": FORMAT, "owner": self.owner, "purpose": self.purpose, "subject": self.subject,
+               "acquired": round(self.acquired, 3), "renewed": round(self.renewed, 3),
+               "ttl_seconds": self.ttl_seconds, "token": self.token, "host": self.host, "released": self.released}
+        if self.detail:
+            doc["detail"] = dict(self.detail)
+        return (json.dumps(doc, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "LeaseRecord":
+        """Parse a lease body.
+
+        Raises:
+            ValueError: not a lease record (malformed JSON, missing or mistyped fields).
+        """
+        try:
+            doc = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"not JSON: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        try:
+            ttl = float(doc["ttl_seconds"])
+            if not ttl > 0:
+                raise ValueError("ttl_seconds must be positive")
+            detail = doc.get("detail") or {}
+            return cls(owner=str(doc["owner"]), purpose=str(doc.get("purpose", "")),
+                       acquired=float(doc.get("acquired", 0)), renewed=float(doc.get("renewed", 0)),
+                       ttl_seconds=ttl, token=str(doc.get("token", "")), subject=str(doc.get("subject", "")),
+                       host=str(doc.get("host", "")), released=bool(doc.get("released", False)),
+                       detail=detail if isinstance(detail, dict) else {})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a lease record: {exc}") from exc
+
+
+@attrs.frozen
+class LeaseView:
+    """A lease object as read from the bucket.
+
+    ``record`` is ``None`` when the body is not a valid lease (then it expires
+    ``default ttl`` after its ``last_modified``).
+    """
+
+    key: str
+    record: LeaseRecord | None
+    etag: str
+    last_modified: dt.datetime
+
+
+@attrs.frozen
+class Verdict:
+    """What :func:`judge` decided about a lease object.
+
+    ``state`` is one of ``absent`` (no object: create it), ``released`` (the
+    holder let go: take it over now), ``expired`` (not renewed in time: take it
+    over), ``held`` (someone holds it: wait or give up).
+    """
+
+    state: str
+    holder: str = ""
+    purpose: str = ""
+    subject: str = ""
+    age: float = 0.0  # bucket seconds since the object was last written
+    expires_in: float = 0.0  # bucket seconds until it may be taken over (0 unless held)
+
+    @property
+    def takeable(self) -> bool:
+        return self.state != "held"
+
+    def describe(self) -> str:
+        if self.state == "held":
+            what = f" ({self.purpose})" if self.purpose else ""
+            return (f"held by pod {self.holder}{what}, renewed {self.age:.0f}s ago, "
+                    f"may be taken over in {self.expires_in:.0f}s if not renewed")
+        if self.state == "expired":
+            return f"expired (pod {self.holder} last renewed it {self.age:.0f}s ago)"
+        return self.state
+
+
+def judge(view: LeaseView | None, *, bucket_now: dt.datetime, default_ttl: float,
+          grace: float = CLOCK_GRACE) -> Verdict:
+    """Decide whether a lease object may be taken, from the bucket's clock only.
+
+    Args:
+        view: the lease object as read (``None``: there is none).
+        bucket_now: the bucket's current time (see :class:`BucketClock`).
+        default_ttl: lifetime assumed for an unreadable object.
+        grace: slack for Last-Modified's one-second resolution and the clock probe.
+    """
+    if view is None:
+        return Verdict("absent")
+    age = (bucket_now - view.last_modified).total_seconds()
+    record = view.record
+    if record is None:
+        ttl, holder, purpose, subject = default_ttl, "?", "", ""
+    else:
+        if record.released:
+            return Verdict("released", holder=record.owner, purpose=record.purpose, subject=record.subject,
+                           age=age)
+        ttl, holder, purpose, subject = record.ttl_seconds, record.owner, record.purpose, record.subject
+    left = ttl + grace - age
+    if left <= 0:
+        return Verdict("expired", holder=holder, purpose=purpose, subject=subject, age=age)
+    return Verdict("held", holder=holder, purpose=purpose, subject=subject, age=age, expires_in=left)
+
+
+def renew_interval(ttl: float) -> float:
+    """How often a holder renews: three chances before the lease could expire."""
+    return max(0.2, ttl / 3.0)
+
+
+def holder_must_give_up(*, since_renew_sent: float, ttl: float, grace: float = CLOCK_GRACE) -> bool:
+    """Whether a holder must consider its lease lost.
+
+    ``since_renew_sent`` is measured on the holder's monotonic clock from the
+    moment it *sent* its last successful write; the bucket stamped that write
+    later, so others cannot steal before ``ttl + grace`` from here. Giving up at
+    ``ttl - grace`` leaves a margin on both sides.
+    """
+    return since_renew_sent >= max(ttl - grace, ttl / 2)
+
+
+def poll_delay(attempt: int, *, ttl: float, rng: Callable[[], float] = random.random) -> float:
+    """Seconds to wait before looking at a busy lease again: grows to ``ttl/4``, with jitter.
+
+    Jitter keeps twenty waiting pods from probing the bucket in lock step.
+    """
+    base = min(max(0.25, ttl / 4.0), 0.25 * (2 ** min(attempt, 6)))
+    return max(0.05, base * (0.75 + 0.5 * rng()))
+
+
+def lease_key(prefix: str, kind: str, subject: str) -> str:
+    """The key of the lease guarding ``subject`` (a prefix, a cache key...): a hash, so any subject fits."""
+    digest = hashlib.sha256(subject.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return f"{prefix.strip('/')}/leases/{kind}/{digest}"
+
+
+# -- I/O ---------------------------------------------------------------------------------
+
+
+def _utc(ts: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc)
+
+
+class BucketClock:
+    """The bucket's current time, read from the Last-Modified of a probe object this pod writes.
+
+    One put and one head every ``refresh`` seconds; in between, the reading is
+    carried forward on the local monotonic clock (rates agree to parts per
+    million; offsets between machines do not matter). The estimate errs late
+    (Last-Modified is truncated to the second), which only makes a steal later.
+    """
+
+    def __init__(self, store: Store, key: str, *, refresh: float = 15.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.key = key
+        self.refresh = refresh
+        self.monotonic = monotonic
+        self._reading: tuple[dt.datetime, float] | None = None
+        self._lock = threading.Lock()
+
+    def now(self, *, fresh: bool = False) -> dt.datetime:
+        with self._lock:
+            mono = self.monotonic()
+            if fresh or self._reading is None or mono - self._reading[1] >= self.refresh:
+                self.store.put_bytes(self.key, b"clock probe\n")
+                info = self.store.head(self.key)
+                if info is None:  # pragma: no cover - strongly consistent stores never do this
+                    raise StoreError(f"clock probe {self.key!r} vanished right after it was written", key=self.key)
+                self._reading = (info.last_modified, self.monotonic())
+            stamp, at = self._reading
+            return stamp + dt.timedelta(seconds=max(0.0, self.monotonic() - at))
+
+
+@attrs.frozen
+class Lease:
+    """A lease we hold: the record we wrote and its etag (for the next compare-and-swap)."""
+
+    key: str
+    record: LeaseRecord
+    etag: str
+    sent_at: float  # our monotonic clock when the last successful write was sent
+    stolen_from: str = ""
+
+
+def _not_found(exc: StoreError) -> bool:
+    return exc.status == 404 or exc.code in ("NoSuchKey", "404", "NotFound")
+
+
+class Leases:
+    """Acquire, renew, release and take over leases in one bucket, as pod ``owner``.
+
+    Args:
+        store: the bucket.
+        owner: this pod's id (written in the lease, shown to waiting pods).
+        prefix: ``fleet.prefix``; the clock probe lives under it.
+        clock: local wall clock, only for the informational timestamps in the record.
+        monotonic: local monotonic clock, for the holder's own renew schedule.
+        sleep: how to wait (tests may pass something faster).
+        bucket_clock: how to read the bucket's time (default: a probe object per owner).
+    """
+
+    def __init__(self, store: Store, *, owner: str, prefix: str = ".syncbridge",
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep, bucket_clock: BucketClock | None = None,
+                 host: str | None = None) -> None:
+        self.store = store
+        self.owner = owner
+        self.prefix = prefix.strip("/")
+        self.clock = clock
+        self.monotonic = monotonic
+        self.sleep = sleep
+        self.host = host if host is not None else socket.gethostname()
+        probe = f"{self.prefix}/clock/{hashlib.sha256(owner.encode()).hexdigest()[:16]}-{uuid.uuid4().hex[:8]}"
+        self.bucket_clock = bucket_clock or BucketClock(store, probe, monotonic=monotonic)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def check_store(self) -> None:
+        """Refuse a store that does not enforce conditional writes.
+
+        Raises:
+            LeaseUnsupportedError: naming the store.
+        """
+        if not self.store.conditional_writes(f"{self.prefix}/probe"):
+            raise LeaseUnsupportedError(
+                f"{self.store.description} does not enforce conditional writes (If-None-Match / If-Match): a lease "
+                f"there would not keep two pods apart. Use a store that does (Cloudflare R2, AWS S3, MinIO), or "
+                f"turn the lease off (bisync.lease = off) if only one pod uses this bucket.")
+
+    def read(self, key: str) -> LeaseView | None:
+        """The lease object at ``key`` as it is now, or ``None``."""
+        try:
+            data, info = self.store.get_bytes(key)
+        except StoreError as exc:
+            if _not_found(exc):
+                return None
+            raise
+        try:
+            record: LeaseRecord | None = LeaseRecord.from_json(data)
+        except ValueError as exc:
+            log.warning("lease.unreadable", extra={"event": "lease.unreadable", "key": key, "reason": str(exc)})
+            record = None
+        return LeaseView(key, record, info.etag, info.last_modified)
+
+    def inspect(self, key: str, *, default_ttl: float) -> tuple[LeaseView | None, Verdict]:
+        view = self.read(key)
+        if view is None:
+            return None, Verdict("absent")
+        return view, judge(view, bucket_now=self.bucket_clock.now(), default_ttl=default_ttl)
+
+    # -- writing --------------------------------------------------------------------------
+
+    def _record(self, *, purpose: str, subject: str, ttl: float, token: str, acquired: float | None = None,
+                released: bool = False, detail: Mapping[str, Any] | None = None) -> LeaseRecord:
+        now = self.clock()
+        return LeaseRecord(owner=self.owner, purpose=purpose, acquired=now if acquired is None else acquired,
+                           renewed=now, ttl_seconds=ttl, token=token, subject=subject, host=self.host,
+                           released=released, detail=dict(detail or {}))
+
+    def try_acquire(self, key: str, *, purpose: str, ttl: float, subject: str = "") -> Lease | Verdict:
+        """One attempt: the :class:`Lease` when we got it, else the :class:`Verdict` on the holder.
+
+        Raises:
+            LeaseUnsupportedError: the store ignores conditional writes.
+        """
+        self.check_store()
+        record = self._record(purpose=purpose, subject=subject, ttl=ttl, token=uuid.uuid4().hex)
+        sent = self.monotonic()
+        try:
+            info = self.store.put_bytes(key, record.to_json(), if_none_match=True)
+        except PreconditionFailedError:
+            pass
+        else:
+            log.info("lease.acquired", extra={"event": "lease.acquired", "key": key, "owner": self.owner,
+                                              "purpose": purpose})
+            return Lease(key, record, info.etag, sent)
+        view, verdict = self.inspect(key, default_ttl=ttl)
+        if view is None:
+            # Released by deletion between our create and our read: next attempt creates it.
+            return verdict
+        if not verdict.takeable:
+            return verdict
+        sent = self.monotonic()
+        try:
+            info = self.store.put_bytes(key, record.to_json(), if_match=view.etag)
+        except PreconditionFailedError:
+            # Another pod took it over (or the holder renewed) between our read and our write.
+            _, verdict = self.inspect(key, default_ttl=ttl)
+            return verdict if verdict.state == "held" else Verdict("held", holder="?", expires_in=ttl)
+        stolen = verdict.holder if verdict.state == "expired" else ""
+        if stolen:
+            log.warning("lease %s: took over from pod %s, whose lease expired (last renewed %.0fs ago)", key, stolen,
+                        verdict.age, extra={"event": "lease.taken_over", "key": key, "owner": self.owner,
+                                            "previous": stolen})
+        else:
+            log.info("lease.acquired", extra={"event": "lease.acquired", "key": key, "owner": self.owner,
+                                              "purpose": purpose})
+        return Lease(key, record, info.etag, sent, stolen_from=stolen)
+
+    def acquire(self, key: str, *, purpose: str, ttl: float, subject: str = "", wait: bool = True,
+                timeout: float | None = None, cancel: threading.Event | None = None,
+                on_wait: Callable[[Verdict], None] | None = None) -> Lease:
+        """Take the lease, waiting for it when ``wait`` (until ``timeout``, if given).
+
+        Raises:
+            LeaseBusyError: another pod holds it and we are not waiting (or the wait timed out).
+            LeaseUnsupportedError: the store ignores conditional writes.
+            CancelledError: ``cancel`` was set while waiting.
+        """
+        from .errors import CancelledError
+
+        started = self.monotonic()
+        attempt = 0
+        while True:
+            got = self.try_acquire(key, purpose=purpose, ttl=ttl, subject=subject)
+            if isinstance(got, Lease):
+                return got
+            verdict = got
+            waited = self.monotonic() - started
+            if not wait or (timeout is not None and waited >= timeout):
+                what = f" ({verdict.purpose})" if verdict.purpose else ""
+                raise LeaseBusyError(
+                    f"{subject or key}: pod {verdict.holder} holds the lease{what}; it may be taken over in "
+                    f"{verdict.expires_in:.0f}s if not renewed" + (f" (waited {waited:.0f}s)" if wait else ""),
+                    key=key, holder=verdict.holder, purpose=verdict.purpose, expires_in=verdict.expires_in)
+            if attempt == 0 or on_wait is not None:
+                if attempt == 0:
+                    log.info("%s: waiting, %s", subject or key, verdict.describe(),
+                             extra={"event": "lease.waiting", "key": key, "holder": verdict.holder})
+                if on_wait is not None:
+                    on_wait(verdict)
+            delay = poll_delay(attempt, ttl=ttl)
+            if verdict.state == "held":
+                delay = min(delay, max(0.05, verdict.expires_in))
+            if timeout is not None:
+                delay = min(delay, max(0.05, timeout - waited))
+            attempt += 1
+            if cancel is not None:
+                if cancel.wait(delay):
+                    raise CancelledError(f"{subject or key}: cancelled while waiting for pod {verdict.holder}")
+            else:
+                self.sleep(delay)
+
+    def renew(self, lease: Lease, *, detail: Mapping[str, Any] | None = None) -> Lease:
+        """Compare-and-swap a fresh record over ours.
+
+        Raises:
+            LeaseLostError: the object is no longer the one we wrote.
+            StoreError: the bucket could not be reached (retryable: try again).
+        """
+        old = lease.record
+        record = self._record(purpose=old.purpose, subject=old.subject, ttl=old.ttl_seconds, token=old.token,
+                              acquired=old.acquired, detail=detail if detail is not None else old.detail)
+        sent = self.monotonic()
+        try:
+            info = self.store.put_bytes(lease.key, record.to_json(), if_match=lease.etag)
+        except PreconditionFailedError as exc:
+            holder = ""
+            with contextlib.suppress(StoreError):
+                view = self.read(lease.key)
+                holder = view.record.owner if view and view.record else ""
+            raise LeaseLostError(f"lease {lease.key}: lost" + (f" to pod {holder}" if holder else "") +
+                                 " (it changed since we last renewed it)", key=lease.key) from exc
+        return attrs.evolve(lease, record=record, etag=info.etag, sent_at=sent)
+
+    def release(self, lease: Lease) -> bool:
+        """Let go: swap a *released* record over ours. False when it was no longer ours."""
+        record = self._record(purpose=lease.record.purpose, subject=lease.record.subject,
+                              ttl=lease.record.ttl_seconds, token=lease.record.token,
+                              acquired=lease.record.acquired, released=True)
+        try:
+            self.store.put_bytes(lease.key, record.to_json(), if_match=lease.etag)
+        except PreconditionFailedError:
+            log.warning("lease %s was no longer ours at release", lease.key,
+                        extra={"event": "lease.release_lost", "key": lease.key})
+            return False
+        log.info("lease.released", extra={"event": "lease.released", "key": lease.key, "owner": self.owner})
+        return True
+
+    @contextlib.contextmanager
+    def hold(self, key: str, *, purpose: str, ttl: float, subject: str = "", wait: bool = True,
+             timeout: float | None = None, cancel: threading.Event | None = None,
+             on_wait: Callable[[Verdict], None] | None = None) -> Iterator["HeldLease"]:
+        """Acquire, keep renewing in a background thread, release on exit.
+
+        The yielded :class:`HeldLease` has a ``cancel`` event that is set when
+        the caller's ``cancel`` is set or the lease is lost: pass it to the work
+        the lease protects so it stops. On exit, raises :class:`LeaseLostError`
+        if the lease was lost while the block ran (unless the block raised).
+        """
+        lease = self.acquire(key, purpose=purpose, ttl=ttl, subject=subject, wait=wait, timeout=timeout,
+                             cancel=cancel, on_wait=on_wait)
+        held = HeldLease(self, lease, cancel=cancel)
+        held.start()
+        try:
+            yield held
+        except BaseException as exc:
+            held.stop()
+            if held.lost.is_set():
+                # The work most likely stopped because we cancelled it: say why.
+                raise LeaseLostError(f"{subject or key}: lease lost while working ({held.lost_reason})",
+                                     key=key) from exc
+            with contextlib.suppress(StoreError):
+                self.release(held.lease)
+            raise
+        held.stop()
+        if held.lost.is_set():
+            raise LeaseLostError(f"{subject or key}: lease lost while working ({held.lost_reason})", key=key)
+        with contextlib.suppress(StoreError):
+            self.release(held.lease)
+
+
+class HeldLease:
+    """A lease kept alive by a background thread until :meth:`stop`.
+
+    Attributes:
+        lease: the latest :class:`Lease` (its etag changes at each renewal).
+        lost: set when the lease was lost (taken over, or not renewed in time).
+        cancel: set when ``lost`` is, or when the caller's cancel event is.
+    """
+
+    def __init__(self, leases: Leases, lease: Lease, *, cancel: threading.Event | None = None) -> None:
+        self.leases = leases
+        self.lease = lease
+        self.lost = threading.Event()
+        self.cancel = threading.Event()
+        self.lost_reason = ""
+        self._outer = cancel
+        self._stop = threading.Event()
+        self._detail: Mapping[str, Any] | None = None
+        self._thread = threading.Thread(target=self._run, name=f"lease-{lease.key[-8:]}", daemon=True)
+
+    @property
+    def stolen_from(self) -> str:
+        return self.lease.stolen_from
+
+    def set_detail(self, detail: Mapping[str, Any]) -> None:
+        """Publish progress (for example bytes done) in the next renewal."""
+        self._detail = dict(detail)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLostError` when the lease is gone."""
+        if self.lost.is_set():
+            raise LeaseLostError(f"lease {self.lease.key} lost: {self.lost_reason}", key=self.lease.key)
+
+    def _lose(self, reason: str) -> None:
+        self.lost_reason = reason
+        self.lost.set()
+        self.cancel.set()
+        log.error("lease %s lost: %s; stopping the work it protects", self.lease.key, reason,
+                  extra={"event": "lease.lost", "key": self.lease.key, "reason": reason})
+
+    def _run(self) -> None:
+        leases = self.leases
+        ttl = self.lease.record.ttl_seconds
+        interval = renew_interval(ttl)
+        due = leases.monotonic() + interval
+        while not self._stop.is_set():
+            if self._outer is not None and self._outer.is_set():
+                self.cancel.set()
+            now = leases.monotonic()
+            if now < due:
+                self._stop.wait(min(0.5, due - now))
+                continue
+            try:
+                self.lease = leases.renew(self.lease, detail=self._detail)
+                due = leases.monotonic() + interval
+            except LeaseLostError as exc:
+                self._lose(str(exc))
+                return
+            except StoreError as exc:
+                since = leases.monotonic() - self.lease.sent_at
+                if holder_must_give_up(since_renew_sent=since, ttl=ttl):
+                    self._lose(f"could not renew for {since:.0f}s: {exc}")
+                    return
+                log.warning("lease %s: renew failed, retrying: %s", self.lease.key, exc,
+                            extra={"event": "lease.renew_failed", "key": self.lease.key})
+                due = leases.monotonic() + min(interval / 4, 2.0)
+
+
+def leases_enabled(store: Store, mode: str, *, prefix: str, what: str) -> bool:
+    """Resolve a lease setting (``auto``/``on``/``off``) against the store.
+
+    ``auto`` uses a lease when the store enforces conditional writes and
+    otherwise warns loudly that nothing keeps pods apart.
+
+    Raises:
+        LeaseUnsupportedError: ``on`` with a store that ignores conditional writes.
+    """
+    if mode == "off":
+        return False
+    if store.conditional_writes(f"{prefix.strip('/')}/probe"):
+        return True
+    if mode == "on":
+        raise LeaseUnsupportedError(
+            f"{what}: a lease is required (lease = on), but {store.description} does not enforce conditional "
+            f"writes (If-None-Match), so a lease there would not keep two pods apart. Use a store that does "
+            f"(Cloudflare R2, AWS S3, MinIO) or set the lease to auto/off.")
+    log.warning("%s: running WITHOUT a lease: %s does not enforce conditional writes, so nothing stops another "
+                "pod from doing the same at the same time (set the lease to off to silence this, or use R2)",
+                what, store.description, extra={"event": "lease.unavailable", "store": store.description})
+    return False

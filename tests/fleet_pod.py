@@ -1,0 +1,196 @@
+"""A simulated pod, run as its own process by the fleet tests and the benchmark.
+
+Subcommands (JSON on the last stdout line):
+
+* ``race KEY``: wait for the start time in ``FLEET_START_AT`` (wall clock), try once to
+  take lease KEY, print ``{"won": bool, "holder": ...}``. Exactly one of N racers wins.
+* ``hold KEY SECONDS``: take lease KEY (waiting), print ``{"held": true}``, keep it
+  (renewing) for SECONDS or until killed (``kill -9`` leaves it to expire).
+* ``fill KEY URL SHA256``: get cache entry KEY once for the fleet: copy it from the bucket
+  or, as the single filler, download URL (the loopback "upstream"), verify and publish it.
+  ``--to PATH`` is where the model lands locally.
+* ``pod``: the simulation pod: models (fill), outputs (push to ``outputs/<pod_id>``, through
+  the watcher when syncbridge.watch exists, else through push), bisync of one shared
+  workflows prefix while editing its own files, heartbeats. See tests/test_fleet_sim.py.
+
+Configuration comes from the environment like any pod (R2_*, SYNCBRIDGE_*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from syncbridge.config import load_config
+from syncbridge.errors import SyncBridgeError
+from syncbridge.fleet import CacheFill, Heartbeat, fetch_entry, file_sha256, publish_entry
+from syncbridge.lease import Lease, LeaseBusyError, Leases, lease_key
+from syncbridge.store import open_store
+
+
+def _wait_start() -> None:
+    at = float(os.environ.get("FLEET_START_AT", "0") or 0)
+    delay = at - time.time()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def _say(doc: dict) -> None:
+    print(json.dumps(doc), flush=True)
+
+
+def download(url: str, dest: Path, sha256: str) -> int:
+    """Fetch ``url`` to ``dest`` (temp beside, verified, renamed); returns bytes."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
+    h = hashlib.sha256()
+    n = 0
+    with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:
+        for chunk in iter(lambda: resp.read(1 << 20), b""):
+            h.update(chunk)
+            out.write(chunk)
+            n += len(chunk)
+    if h.hexdigest() != sha256:
+        tmp.unlink()
+        raise SyncBridgeError(f"{url}: sha256 mismatch")
+    os.replace(tmp, dest)
+    return n
+
+
+def fill_model(config, store, key: str, url: str, sha256: str, dest: Path, *, slow_fill: float = 0.0) -> dict:
+    """Single-flight fill of one model: returns how it was got."""
+    fill = CacheFill.for_config(config, store)
+
+    def from_upstream(held) -> str:
+        download(url, dest, sha256)
+        if slow_fill:
+            time.sleep(slow_fill)
+        held.check()
+        publish_entry(store, dest, key, sha256=sha256)
+        return "upstream"
+
+    def from_cache(info) -> str:
+        fetch_entry(store, key, dest, expected_sha256=sha256)
+        return "cache"
+
+    result = fill.run(key, fill=from_upstream, from_cache=from_cache)
+    return {"key": key, "how": result.how, "waited": round(result.waited_seconds, 2),
+            "took_over_from": result.took_over_from, "sha256_ok": file_sha256(dest) == sha256}
+
+
+def cmd_race(args, config, store) -> int:
+    leases = Leases(store, owner=config.pod_id, prefix=config.fleet.prefix)
+    leases.check_store()
+    _wait_start()
+    got = leases.try_acquire(args.key, purpose="race", ttl=config.fleet.lease_seconds)
+    if isinstance(got, Lease):
+        _say({"won": True, "pod": config.pod_id})
+    else:
+        _say({"won": False, "pod": config.pod_id, "holder": got.holder})
+    return 0
+
+
+def cmd_hold(args, config, store) -> int:
+    leases = Leases(store, owner=config.pod_id, prefix=config.fleet.prefix)
+    with leases.hold(args.key, purpose=args.purpose, ttl=config.fleet.lease_seconds, subject=args.key) as held:
+        _say({"held": True, "pod": config.pod_id, "stolen_from": held.stolen_from})
+        deadline = time.monotonic() + args.seconds
+        while time.monotonic() < deadline and not held.lost.is_set():
+            time.sleep(0.1)
+    _say({"released": True})
+    return 0
+
+
+def cmd_fill(args, config, store) -> int:
+    _wait_start()
+    doc = fill_model(config, store, args.key, args.url, args.sha256, Path(args.to), slow_fill=args.slow)
+    _say(doc)
+    return 0
+
+
+def cmd_pod(args, config, store) -> int:
+    """The simulation pod (see tests/test_fleet_sim.py)."""
+    from syncbridge.bulk import bisync, push
+
+    spec = json.loads(Path(args.spec).read_text())
+    work = Path(spec["work"])
+    out_dir = work / "output"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report: dict = {"pod": config.pod_id, "models": [], "outputs": [], "bisync": [], "edits": []}
+    heartbeat = Heartbeat(store, pod_id=config.pod_id, prefix=config.fleet.prefix,
+                          interval=config.fleet.heartbeat_seconds or 1.0, role="sim",
+                          stats=lambda: {"pending": 0, "uploaded": len(report["outputs"])})
+    heartbeat.start()
+    _wait_start()
+    try:
+        for model in spec["models"]:
+            report["models"].append(fill_model(config, store, model["key"], model["url"], model["sha256"],
+                                               work / "models" / model["name"]))
+        wf_local = work / "workflows"
+        wf_local.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + spec["seconds"]
+        n = 0
+        while True:
+            # an output, pushed to this pod's own namespace
+            name = f"img_{n:05d}_.png"
+            (out_dir / name).write_bytes(f"{config.pod_id} output {n}\n".encode() * 50)
+            push(config, out_dir / name, f"{spec['outputs_prefix']}/{config.pod_id}/")
+            report["outputs"].append(name)
+            # an edit of this pod's own workflow file, then bisync of the shared prefix
+            wf = wf_local / f"{config.pod_id}.json"
+            wf.write_text(json.dumps({"pod": config.pod_id, "edit": n}))
+            report["edits"].append(n)
+            summary = bisync(config, wf_local, spec["workflows_prefix"])
+            report["bisync"].append({"resync": summary.resync, "skipped": bool(getattr(summary, "held_by", ""))})
+            n += 1
+            if time.monotonic() >= deadline and n >= spec.get("min_rounds", 1):
+                break
+        # A last bisync so the final edit is in the bucket even if the previous run was skipped.
+        for _ in range(20):
+            summary = bisync(config, wf_local, spec["workflows_prefix"])
+            if not getattr(summary, "held_by", ""):
+                break
+        report["done"] = True
+    finally:
+        heartbeat.stop()
+        _say(report)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("race")
+    p.add_argument("key")
+    p = sub.add_parser("hold")
+    p.add_argument("key")
+    p.add_argument("seconds", type=float)
+    p.add_argument("--purpose", default="hold")
+    p = sub.add_parser("fill")
+    p.add_argument("key")
+    p.add_argument("url")
+    p.add_argument("sha256")
+    p.add_argument("--to", required=True)
+    p.add_argument("--slow", type=float, default=0.0)
+    p = sub.add_parser("pod")
+    p.add_argument("spec")
+    args = parser.parse_args(argv)
+    config = load_config(os.environ)
+    store = open_store(config.remote, state_dir=config.state_dir)
+    try:
+        return {"race": cmd_race, "hold": cmd_hold, "fill": cmd_fill, "pod": cmd_pod}[args.cmd](args, config, store)
+    except LeaseBusyError as exc:
+        _say({"busy": True, "holder": exc.holder})
+        return 3
+    finally:
+        store.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
