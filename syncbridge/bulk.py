@@ -7,7 +7,9 @@ lists first and refuses any key that would land outside the local folder.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -204,6 +206,39 @@ def bisync_workdir(config: Config, local: Path, prefix: str) -> Path:
     return private_state_dir(config.state_dir, "bisync", digest)
 
 
+def _clear_stale_locks(workdir: Path) -> None:
+    """Remove bisync lock files whose rclone is gone (killed with -9, pod restarted).
+
+    rclone writes ``{"PID": ...}`` to ``<workdir>/*.lck`` and refuses to start while
+    the file exists and has not expired (``--max-lock``), so after an impatient
+    SIGKILL every run failed with "prior lock file found" until someone deleted it.
+    The lock only guards against a second rclone on this machine (cross-pod safety
+    is the lease's job), so a lock whose process no longer runs bisync is stale.
+    """
+    for lock in workdir.glob("*.lck"):
+        try:
+            pid = int(json.loads(lock.read_text(encoding="utf-8"))["PID"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            argv = []
+        if b"bisync" in argv:
+            continue  # a live bisync holds it: let rclone refuse
+        log.warning("bisync.stale_lock", extra={"event": "bisync.stale_lock", "lock": str(lock), "pid": pid})
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+
+
+def _make_private(workdir: Path) -> None:
+    """rclone writes its listings 0644; the state directory's files are 0600 (they list every file name)."""
+    for path in workdir.iterdir():
+        with contextlib.suppress(OSError):
+            if path.is_file() and path.stat().st_mode & 0o077:
+                os.chmod(path, 0o600)
+
+
 def bisync(
     config: Config,
     local: str | os.PathLike[str],
@@ -248,6 +283,7 @@ def bisync(
         dry_run=dry_run,
     )
     started = time.monotonic()
+    _clear_stale_locks(workdir)
     try:
         result = rc.run(args, on_progress=on_progress, cancel=cancel, what=f"bisync {src} <-> {key or '/'}")
     except RcloneError as exc:
@@ -259,5 +295,7 @@ def bisync(
             raise BisyncError(f"bisync {src} <-> {key}: critical error, bisync stopped to protect your files:\n"
                               f"{exc.stderr_tail}", recover=recover, cause=exc) from exc
         raise
+    finally:
+        _make_private(workdir)
     return _summary("bisync", str(src), key, started, result.progress, result.transferred, dry_run=dry_run,
                     resync=do_resync)
