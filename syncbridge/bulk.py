@@ -21,7 +21,9 @@ import attrs
 
 from .config import Config
 from .errors import RcloneError, SyncBridgeError, UnsafePathError
+from .fleet import bisync_lease
 from .fsutil import private_state_dir
+from .lease import LeaseBusyError
 from .keys import key_to_relpath
 from .rclone import Rclone
 from .rclonecmd import Progress, bisync_argv, copy_argv, remote_path
@@ -46,12 +48,15 @@ class TransferSummary:
     errors: int = 0
     deletes: int = 0
     resync: bool = False
+    held_by: str = ""  # bisync skipped: another pod holds the prefix's lease (bisync.on_busy = skip)
 
     @property
     def mb_per_s(self) -> float:
         return self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
 
     def line(self) -> str:
+        if self.held_by:
+            return f"{self.operation}: skipped: {self.held_by}"
         verb = "would transfer" if self.dry_run else "transferred"
         text = (f"{self.operation}: {verb} {self.files} file{'s' if self.files != 1 else ''}, "
                 f"{_human(self.bytes)} in {self.seconds:.1f}s ({self.mb_per_s:.1f} MB/s)")
@@ -283,6 +288,16 @@ def bisync(
         dry_run=dry_run,
     )
     started = time.monotonic()
+    # rclone's bisync lock is a local file; the lease in the bucket keeps other pods off this prefix.
+    lease = contextlib.ExitStack()
+    if not dry_run:
+        try:
+            held = lease.enter_context(bisync_lease(config, key, cancel=cancel))
+        except LeaseBusyError as exc:
+            log.warning("bisync %s: skipped (bisync.on_busy = skip): %s", key or "/", exc,
+                        extra={"event": "bisync.skipped_busy", "holder": exc.holder})
+            return TransferSummary("bisync", str(src), key, 0, 0, time.monotonic() - started, held_by=str(exc))
+        cancel = held.cancel if held is not None else cancel
     _clear_stale_locks(workdir)
     try:
         result = rc.run(args, on_progress=on_progress, cancel=cancel, what=f"bisync {src} <-> {key or '/'}")
@@ -297,5 +312,6 @@ def bisync(
         raise
     finally:
         _make_private(workdir)
+        lease.close()  # renewals stop; released, or LeaseLostError if another pod took it over
     return _summary("bisync", str(src), key, started, result.progress, result.transferred, dry_run=dry_run,
                     resync=do_resync)

@@ -30,7 +30,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 import attrs
 
@@ -38,13 +38,14 @@ from . import __version__
 from .config import Config
 from .errors import PreconditionFailedError, StoreError, SyncBridgeError
 from .fsutil import temp_beside
-from .lease import BucketClock, CLOCK_GRACE, HeldLease, Lease, Leases, Verdict, judge, lease_key, poll_delay
+from .lease import (BucketClock, CLOCK_GRACE, HeldLease, Lease, Leases, Verdict, judge, lease_key, leases_enabled,
+                    poll_delay)
 from .store import ObjectInfo, Store, open_store
 
 __all__ = [
     "PodStatus", "LeaseStatus", "Heartbeat", "CacheFill", "FillResult", "CacheEntryError",
     "fleet_status", "lease_status", "heartbeat_key", "pod_key_name", "publish_entry", "fetch_entry",
-    "file_sha256", "heartbeat_body", "pod_status_from", "SHA256_META",
+    "file_sha256", "heartbeat_body", "pod_status_from", "SHA256_META", "bisync_lease", "entry_ready",
 ]
 
 log = logging.getLogger(__name__)
@@ -293,6 +294,50 @@ def lease_status(config: Config, *, store: Store | None = None, include_free: bo
             kind = info.key[len(prefix):].split("/", 1)[0]
             out.append(LeaseStatus(info.key, kind, verdict))
         return out
+    finally:
+        if own:
+            store.close()
+
+
+# -- bisync of a shared prefix ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def bisync_lease(config: Config, prefix: str, *, cancel: threading.Event | None = None,
+                 store: Store | None = None) -> Iterator[HeldLease | None]:
+    """Hold the bucket lease of ``prefix`` around a bisync run, as ``bisync.lease`` says.
+
+    Yields the :class:`~syncbridge.lease.HeldLease` (pass its ``cancel`` to
+    rclone: it is set if the lease is lost), or ``None`` when no lease is used
+    (``off``, or ``auto`` on a store without conditional writes, which is
+    logged loudly). With ``bisync.on_busy = wait`` it waits while another pod
+    holds the lease (taking it over once expired); with ``skip`` it raises.
+
+    Raises:
+        LeaseBusyError: another pod holds it and ``on_busy`` is ``skip``; the
+            message names the pod.
+        LeaseUnsupportedError: ``bisync.lease = on`` and the store ignores conditional writes.
+        LeaseLostError: the lease was lost while bisync ran (it was cancelled).
+    """
+    mode = config.bisync.lease
+    if mode == "off":
+        yield None
+        return
+    own = store is None
+    store = store or open_store(config.remote, state_dir=config.state_dir)
+    subject = prefix.strip("/") or "/"
+    try:
+        if not leases_enabled(store, mode, prefix=config.fleet.prefix, what=f"bisync of {subject}"):
+            yield None
+            return
+        leases = Leases(store, owner=config.pod_id, prefix=config.fleet.prefix)
+        key = lease_key(config.fleet.prefix, "bisync", subject)
+        with leases.hold(key, purpose=f"bisync {subject}", ttl=config.fleet.lease_seconds, subject=subject,
+                         wait=config.bisync.on_busy == "wait", cancel=cancel) as held:
+            if held.stolen_from:
+                log.warning("bisync of %s: took over the lease of pod %s, which stopped renewing it", subject,
+                            held.stolen_from, extra={"event": "bisync.lease_takeover", "previous": held.stolen_from})
+            yield held
     finally:
         if own:
             store.close()
