@@ -21,20 +21,25 @@ LAYERS = {
     "config": PURE,
     "keys": PURE,
     "rclonecmd": PURE,
+    "manifest": PURE,
     # I/O adapters
     "fsutil": IO,
     "rclone": IO,
     "store": IO,
     "localserver": IO,
+    "system": IO,
+    "sources": IO,
     "lease": IO,
     "fleet": IO,
     # orchestration
     "bulk": ORCH,
     "doctor": ORCH,
+    "models": ORCH,
     # command line
     "ui": CLI,
     "cli": CLI,
     "cli_bulk": CLI,
+    "cli_models": CLI,
     "cli_fleet": CLI,
     "__main__": CLI,
 }

@@ -1,0 +1,524 @@
+"""Model manifests (TOML): parse, validate, merge, select. Pure.
+
+A manifest lists the models a pod needs and where each can come from::
+
+    [settings]
+    models_dir = "/workspace/ComfyUI/models"
+    cache_prefix = "models"
+    write_back = false
+    parallel = 3
+
+    [[model]]
+    name = "sdxl-vae"
+    path = "vae/sdxl_vae.safetensors"
+    sha256 = "..."
+    hf = { repo = "stabilityai/sdxl-vae", file = "sdxl_vae.safetensors" }
+
+Every problem in every manifest is reported together in one
+:class:`ManifestError`, each naming the file, line and key (with a "did you
+mean" for unknown keys). Several manifests merge into one
+:class:`Manifest`; two entries with the same ``path`` (or a path inside
+another model's folder) are an error naming both.
+
+The only I/O here is reading the files the caller names (as in
+:mod:`syncbridge.config`); selection by ``enabled_by`` takes the environment
+as a mapping passed in.
+"""
+
+from __future__ import annotations
+
+import difflib
+import posixpath
+import re
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import attrs
+
+from .config import parse_bool
+from .errors import ConfigError, Problem, UnsafePathError
+from .keys import relpath_to_key
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "TIERS",
+    "DEFAULT_MODELS_DIR",
+    "SNAPSHOT_INDEX",
+    "HfSpec",
+    "CivitaiSpec",
+    "ModelSpec",
+    "Manifest",
+    "ManifestError",
+    "Selection",
+    "parse_manifest",
+    "merge_manifests",
+    "load_manifests",
+    "select_models",
+    "tier_rank",
+]
+
+TIERS = ("consumer", "prosumer", "datacenter")
+DEFAULT_MODELS_DIR = "/workspace/ComfyUI/models"
+DEFAULT_CACHE_PREFIX = "models"
+DEFAULT_PARALLEL = 3
+# Written into a snapshot folder (and its cache prefix) once every file is verified.
+SNAPSHOT_INDEX = ".syncbridge-snapshot.json"
+
+SETTINGS_KEYS = ("models_dir", "cache_prefix", "write_back", "parallel")
+MODEL_KEYS = ("name", "path", "sha256", "size", "enabled_by", "min_tier", "optional", "write_back", "hf",
+              "civitai", "url")
+HF_KEYS = ("repo", "file", "revision", "repo_type", "snapshot", "allow")
+CIVITAI_KEYS = ("version_id", "file")
+REPO_TYPES = ("model", "dataset", "space")
+_SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+
+
+def tier_rank(tier: str) -> int:
+    """consumer 0 < prosumer 1 < datacenter 2."""
+    return TIERS.index(tier)
+
+
+@attrs.frozen
+class HfSpec:
+    """A file (``file``) or a whole snapshot (``snapshot = true``, filtered by ``allow``) of a Hub repo."""
+
+    repo: str
+    file: str | None
+    revision: str = "main"
+    repo_type: str = "model"
+    snapshot: bool = False
+    allow: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        what = f"{self.repo}@{self.revision}"
+        return f"{what} (snapshot)" if self.snapshot else f"{what}/{self.file}"
+
+
+@attrs.frozen
+class CivitaiSpec:
+    """A CivitAI model version; ``file`` picks one of its files by name (default: the primary file)."""
+
+    version_id: int
+    file: str | None = None
+
+
+@attrs.frozen
+class ModelSpec:
+    """One model entry after validation.
+
+    Attributes:
+        path: relative to the models folder, ``/``-separated, checked not to escape it.
+        write_back: resolved (the entry's own value, else its manifest's setting).
+        origin: ``file:line`` of the ``[[model]]`` header, for messages.
+    """
+
+    name: str
+    path: str
+    sha256: str | None = None
+    size: int | None = None
+    enabled_by: str | None = None
+    min_tier: str | None = None
+    optional: bool = False
+    write_back: bool = False
+    hf: HfSpec | None = None
+    civitai: CivitaiSpec | None = None
+    url: str | None = None
+    origin: str = ""
+
+    @property
+    def is_snapshot(self) -> bool:
+        """A whole Hugging Face snapshot placed in the folder ``path``."""
+        return self.hf is not None and self.hf.snapshot
+
+
+@attrs.frozen
+class Manifest:
+    """Merged manifests: settings plus every model, in file order."""
+
+    models_dir: Path
+    cache_prefix: str
+    parallel: int
+    models: tuple[ModelSpec, ...]
+    files: tuple[str, ...] = ()
+    write_back: bool = False
+
+
+class ManifestError(ConfigError):
+    """Every problem found in the manifests, each naming file, line and key."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        super().__init__(problems, title="invalid model manifest")
+
+
+@attrs.frozen
+class _Parsed:
+    """One manifest file: its settings (value, where) and its models."""
+
+    file: str
+    settings: Mapping[str, tuple[Any, str]]
+    models: tuple[ModelSpec, ...]
+
+
+class _Lines:
+    """Line numbers of keys in a TOML text: top-level tables and the n-th ``[[model]]``."""
+
+    def __init__(self, text: str) -> None:
+        self.headers: dict[tuple[str, int], int] = {}
+        self.keys: dict[tuple[str, int, str], int] = {}
+        counts: dict[str, int] = {}
+        current = ("", 0)
+        key_re = re.compile(r"^\s*[\"']?([A-Za-z0-9_-]+)[\"']?\s*=")
+        for number, line in enumerate(text.splitlines(), 1):
+            stripped = line.strip()
+            header = re.match(r"^\[(\[)?\s*([^\]]+?)\s*\]", stripped)
+            if header:
+                name = header.group(2).strip()
+                index = counts.get(name, 0)
+                counts[name] = index + 1
+                current = (name, index)
+                self.headers.setdefault(current, number)
+                continue
+            match = key_re.match(line)
+            if match:
+                self.keys.setdefault((current[0], current[1], match.group(1)), number)
+
+    def of(self, table: str, index: int, key: str | None = None) -> int | None:
+        if key is not None and (table, index, key) in self.keys:
+            return self.keys[(table, index, key)]
+        return self.headers.get((table, index))
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _check_path(text: str) -> str:
+    """A model path: relative, ``/``-separated, never leaving the models folder."""
+    if not isinstance(text, str) or not text.strip():
+        raise UnsafePathError("must be a non-empty relative path", path=str(text))
+    if text.startswith("/") or text.startswith("~"):
+        raise UnsafePathError(f"{text!r} is absolute; it must be relative to models_dir", path=text)
+    normal = posixpath.normpath(text)
+    if normal.startswith("../") or normal == "..":
+        raise UnsafePathError(f"{text!r} leaves models_dir", path=text)
+    try:
+        return relpath_to_key(text.rstrip("/"))
+    except UnsafePathError as exc:
+        raise UnsafePathError(f"{exc} (it must stay inside models_dir)", path=text) from None
+
+
+def parse_manifest(text: str, *, path: str | Path = "<manifest>") -> _Parsed:
+    """Parse and validate one manifest's text.
+
+    Raises:
+        ManifestError: every problem in this file.
+    """
+    file = str(path)
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = re.search(r"line (\d+)", str(exc))
+        where = f"{file}:{line.group(1)}" if line else file
+        raise ManifestError([Problem(where, f"not valid TOML: {exc}")]) from exc
+    lines = _Lines(text)
+    problems: list[Problem] = []
+
+    def where(table: str, index: int, key: str | None, label: str) -> str:
+        number = lines.of(table, index, key)
+        return f"{file}:{number}" + (f": {label}" if label else "") if number else f"{file}: {label}"
+
+    for top in doc:
+        if top not in ("settings", "model"):
+            problems.append(Problem(where(top, 0, None, top), "unknown table" + _suggest(top, ["settings", "model"])))
+
+    settings: dict[str, tuple[Any, str]] = {}
+    body = doc.get("settings", {})
+    if not isinstance(body, dict):
+        problems.append(Problem(where("settings", 0, None, "settings"), "must be a table: [settings]"))
+        body = {}
+    for key, value in body.items():
+        at = where("settings", 0, key, f"settings.{key}")
+        if key not in SETTINGS_KEYS:
+            problems.append(Problem(at, "unknown key" + _suggest(key, SETTINGS_KEYS)))
+        elif key == "models_dir":
+            if not isinstance(value, str) or not value.startswith(("/", "~")):
+                problems.append(Problem(at, f"must be an absolute path, got {value!r}"))
+            else:
+                settings[key] = (value, at)
+        elif key == "cache_prefix":
+            if not isinstance(value, str) or value.startswith("/") or ".." in value.split("/") or "\\" in value:
+                problems.append(Problem(at, f"must be a relative key prefix without '..', got {value!r}"))
+            else:
+                settings[key] = (value.strip("/"), at)
+        elif key == "write_back":
+            if not isinstance(value, bool):
+                problems.append(Problem(at, f"must be true or false, got {value!r}"))
+            else:
+                settings[key] = (value, at)
+        elif key == "parallel":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                problems.append(Problem(at, f"must be a whole number >= 1, got {value!r}"))
+            else:
+                settings[key] = (value, at)
+    default_write_back = settings.get("write_back", (False, ""))[0]
+
+    tables = doc.get("model", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        problems.append(Problem(where("model", 0, None, "model"), "must be an array of tables: [[model]]"))
+        tables = []
+    models: list[ModelSpec] = []
+    for index, table in enumerate(tables):
+        raw_name = table.get("name")
+        label = f"model {raw_name!r}" if isinstance(raw_name, str) else f"[[model]] #{index + 1}"
+
+        def at(key: str | None, _i: int = index, _label: str = label) -> str:
+            return where("model", _i, key, f"{_label} key {key}" if key else _label)
+
+        bad = len(problems)
+        for key in table:
+            if key not in MODEL_KEYS:
+                problems.append(Problem(at(key), "unknown key" + _suggest(key, MODEL_KEYS)))
+        if not isinstance(raw_name, str) or not raw_name.strip():
+            problems.append(Problem(at("name"), "every [[model]] needs name = \"...\""))
+        path = table.get("path")
+        rel = ""
+        if path is None:
+            problems.append(Problem(at("path"), "missing: path = \"folder/file.safetensors\" (relative to models_dir)"))
+        else:
+            try:
+                rel = _check_path(path)
+            except UnsafePathError as exc:
+                problems.append(Problem(at("path"), str(exc)))
+        sha = table.get("sha256")
+        if sha is not None and (not isinstance(sha, str) or not _SHA256_RE.match(sha)):
+            problems.append(Problem(at("sha256"), f"must be 64 hex digits, got {sha!r}"))
+        size = table.get("size")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+            problems.append(Problem(at("size"), f"must be a whole number of bytes, got {size!r}"))
+        enabled_by = table.get("enabled_by")
+        if enabled_by is not None and (not isinstance(enabled_by, str) or not _ENV_NAME_RE.match(enabled_by)):
+            problems.append(Problem(at("enabled_by"), f"must be an environment variable name, got {enabled_by!r}"))
+        tier = table.get("min_tier")
+        if tier is not None and tier not in TIERS:
+            problems.append(Problem(at("min_tier"), f"must be one of {', '.join(TIERS)}, got {tier!r}"
+                                    + _suggest(str(tier), TIERS)))
+        for flag in ("optional", "write_back"):
+            if flag in table and not isinstance(table[flag], bool):
+                problems.append(Problem(at(flag), f"must be true or false, got {table[flag]!r}"))
+        hf = _hf(table.get("hf"), at, problems) if "hf" in table else None
+        civitai = _civitai(table.get("civitai"), at, problems) if "civitai" in table else None
+        url = table.get("url")
+        if url is not None and (not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url)):
+            problems.append(Problem(at("url"), f"must be an http(s) URL, got {url!r}"))
+        if hf is not None and hf.snapshot:
+            if civitai is not None or url is not None:
+                problems.append(Problem(at("hf"), "a snapshot (a folder) cannot also have civitai or url sources"))
+            if sha is not None or size is not None:
+                problems.append(Problem(at("sha256" if sha is not None else "size"),
+                                        "a snapshot is a folder: its files are verified against the Hub's metadata"))
+        if len(problems) > bad:
+            continue
+        models.append(ModelSpec(
+            name=raw_name.strip(), path=rel, sha256=sha.lower() if sha else None, size=size, enabled_by=enabled_by,
+            min_tier=tier, optional=bool(table.get("optional", False)),
+            write_back=bool(table.get("write_back", default_write_back)), hf=hf, civitai=civitai, url=url,
+            origin=f"{file}:{lines.of('model', index)}"))
+    if problems:
+        raise ManifestError(problems)
+    return _Parsed(file, settings, tuple(models))
+
+
+def _hf(value: Any, at, problems: list[Problem]) -> HfSpec | None:
+    if not isinstance(value, dict):
+        problems.append(Problem(at("hf"), "must be a table: hf = { repo = \"owner/name\", file = \"...\" }"))
+        return None
+    count = len(problems)
+    for key in value:
+        if key not in HF_KEYS:
+            problems.append(Problem(at("hf"), f"unknown key hf.{key}" + _suggest(key, HF_KEYS)))
+    repo = value.get("repo")
+    if not isinstance(repo, str) or not _REPO_RE.match(repo):
+        problems.append(Problem(at("hf"), f"hf.repo must be \"owner/name\", got {repo!r}"))
+    snapshot = value.get("snapshot", False)
+    if not isinstance(snapshot, bool):
+        problems.append(Problem(at("hf"), f"hf.snapshot must be true or false, got {snapshot!r}"))
+    file = value.get("file")
+    if snapshot is True:
+        if file is not None:
+            problems.append(Problem(at("hf"), "hf.file and hf.snapshot = true exclude each other"))
+    elif not isinstance(file, str) or not file:
+        problems.append(Problem(at("hf"), "hf.file is required (or snapshot = true for a whole repo)"))
+    else:
+        try:
+            relpath_to_key(file)
+        except UnsafePathError as exc:
+            problems.append(Problem(at("hf"), f"hf.file: {exc}"))
+    revision = value.get("revision", "main")
+    if not isinstance(revision, str) or not revision or "\n" in revision:
+        problems.append(Problem(at("hf"), f"hf.revision must be a branch, tag or commit, got {revision!r}"))
+    repo_type = value.get("repo_type", "model")
+    if repo_type not in REPO_TYPES:
+        problems.append(Problem(at("hf"), f"hf.repo_type must be one of {', '.join(REPO_TYPES)}, got {repo_type!r}"))
+    allow = value.get("allow", [])
+    if not isinstance(allow, list) or not all(isinstance(a, str) and a for a in allow):
+        problems.append(Problem(at("hf"), "hf.allow must be a list of glob patterns"))
+    elif allow and snapshot is not True:
+        problems.append(Problem(at("hf"), "hf.allow only applies to snapshot = true"))
+    if len(problems) > count:
+        return None
+    return HfSpec(repo=repo, file=file, revision=revision, repo_type=repo_type, snapshot=snapshot,
+                  allow=tuple(allow))
+
+
+def _civitai(value: Any, at, problems: list[Problem]) -> CivitaiSpec | None:
+    if not isinstance(value, dict):
+        problems.append(Problem(at("civitai"), "must be a table: civitai = { version_id = 12345 }"))
+        return None
+    count = len(problems)
+    for key in value:
+        if key not in CIVITAI_KEYS:
+            problems.append(Problem(at("civitai"), f"unknown key civitai.{key}" + _suggest(key, CIVITAI_KEYS)))
+    version = value.get("version_id")
+    if isinstance(version, bool) or not isinstance(version, int) or version <= 0:
+        problems.append(Problem(at("civitai"), f"civitai.version_id must be a positive whole number, got {version!r}"))
+    file = value.get("file")
+    if file is not None and (not isinstance(file, str) or not file):
+        problems.append(Problem(at("civitai"), f"civitai.file must be a file name, got {file!r}"))
+    if len(problems) > count:
+        return None
+    return CivitaiSpec(version_id=version, file=file)
+
+
+def merge_manifests(parsed: Sequence[_Parsed], *, models_dir: str | Path | None = None) -> Manifest:
+    """Merge parsed manifests into one.
+
+    ``models_dir`` and ``cache_prefix`` must agree where several files set them;
+    ``parallel`` is the largest given; ``write_back`` was already resolved per
+    model from its own file. A duplicate ``path`` (or one inside another
+    model's snapshot folder) is an error naming both entries.
+
+    Args:
+        models_dir: overrides every file's ``models_dir`` (``SYNCBRIDGE_MODELS_DIR``).
+
+    Raises:
+        ManifestError: conflicts, naming each side.
+    """
+    problems: list[Problem] = []
+    chosen: dict[str, tuple[Any, str]] = {}
+    parallel = None
+    for item in parsed:
+        for key, (value, at) in item.settings.items():
+            if key == "parallel":
+                parallel = max(parallel or 0, value)
+                continue
+            if key == "write_back":
+                continue
+            if key in chosen and chosen[key][0] != value and not (key == "models_dir" and models_dir):
+                problems.append(Problem(at, f"{key} = {value!r} conflicts with {chosen[key][0]!r} set at "
+                                            f"{chosen[key][1]}"))
+            chosen.setdefault(key, (value, at))
+    by_path: dict[str, ModelSpec] = {}
+    by_name: dict[str, ModelSpec] = {}
+    models: list[ModelSpec] = []
+    for item in parsed:
+        for model in item.models:
+            other = by_path.get(model.path)
+            if other is not None:
+                problems.append(Problem(model.origin, f"model {model.name!r}: path {model.path!r} is also the path of "
+                                                      f"model {other.name!r} ({other.origin})"))
+                continue
+            clash = next((o for p, o in by_path.items()
+                          if (o.is_snapshot and model.path.startswith(p + "/"))
+                          or (model.is_snapshot and p.startswith(model.path + "/"))), None)
+            if clash is not None:
+                problems.append(Problem(model.origin, f"model {model.name!r}: path {model.path!r} overlaps the "
+                                                      f"snapshot folder of model {clash.name!r} ({clash.origin})"))
+                continue
+            if model.name in by_name:
+                other = by_name[model.name]
+                problems.append(Problem(model.origin, f"model name {model.name!r} is also used at {other.origin}"))
+                continue
+            by_path[model.path] = model
+            by_name[model.name] = model
+            models.append(model)
+    if problems:
+        raise ManifestError(problems)
+    base = models_dir if models_dir else chosen.get("models_dir", (DEFAULT_MODELS_DIR, ""))[0]
+    return Manifest(
+        models_dir=Path(str(base)).expanduser(),
+        cache_prefix=chosen.get("cache_prefix", (DEFAULT_CACHE_PREFIX, ""))[0],
+        parallel=parallel or DEFAULT_PARALLEL,
+        models=tuple(models),
+        files=tuple(p.file for p in parsed),
+        write_back=any(p.settings.get("write_back", (False, ""))[0] for p in parsed),
+    )
+
+
+def load_manifests(paths: Sequence[str | Path], *, models_dir: str | Path | None = None) -> Manifest:
+    """Read, validate and merge manifest files; all problems of all files in one error.
+
+    Raises:
+        ManifestError: unreadable files, invalid entries, conflicts.
+    """
+    parsed: list[_Parsed] = []
+    problems: list[Problem] = []
+    if not paths:
+        raise ManifestError([Problem("manifests", "none given: pass MANIFEST paths or set SYNCBRIDGE_MODELS "
+                                                  "(several separated by ':')")])
+    for path in paths:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            problems.append(Problem(str(path), f"cannot be read: {exc.strerror or exc}"))
+            continue
+        except UnicodeDecodeError:
+            problems.append(Problem(str(path), "is not UTF-8 text"))
+            continue
+        try:
+            parsed.append(parse_manifest(text, path=path))
+        except ManifestError as exc:
+            problems += exc.problems
+    if problems:
+        raise ManifestError(problems)
+    return merge_manifests(parsed, models_dir=models_dir)
+
+
+@attrs.frozen
+class Selection:
+    """Which models apply to this pod, and why the others do not."""
+
+    enabled: tuple[ModelSpec, ...]
+    skipped: tuple[tuple[ModelSpec, str], ...]
+
+
+def select_models(models: Iterable[ModelSpec], *, tier: str, environ: Mapping[str, str]) -> Selection:
+    """Filter by ``enabled_by`` (the variable must be true) and ``min_tier`` (this pod's tier or lower).
+
+    An ``enabled_by`` variable that is unset, empty or not a boolean disables the model.
+    """
+    enabled: list[ModelSpec] = []
+    skipped: list[tuple[ModelSpec, str]] = []
+    for model in models:
+        if model.enabled_by:
+            raw = environ.get(model.enabled_by, "")
+            try:
+                on = parse_bool(raw) if raw.strip() else False
+            except ValueError:
+                skipped.append((model, f"{model.enabled_by}={raw!r} is not a boolean"))
+                continue
+            if not on:
+                skipped.append((model, f"{model.enabled_by} is not true"))
+                continue
+        if model.min_tier and tier_rank(tier) < tier_rank(model.min_tier):
+            skipped.append((model, f"needs GPU tier {model.min_tier}, this pod is {tier}"))
+            continue
+        enabled.append(model)
+    return Selection(tuple(enabled), tuple(skipped))

@@ -1,0 +1,726 @@
+"""Where a model comes from: the R2 cache, Hugging Face, CivitAI, a plain URL.
+
+Each source is an object with two steps:
+
+* :meth:`Source.offer` asks (cheaply: one HEAD or metadata call) what the
+  source would deliver: the files, each with its size and sha256 when the
+  source knows them. :class:`NotAvailable` means "not here, try the next one".
+* :meth:`Source.fetch` writes one file to a temp path the caller chose (beside
+  the target) and returns what was written (:class:`Fetched`: size and sha256,
+  hashed while writing). The caller verifies and renames; a source never
+  touches the final path.
+
+Secrets: ``HF_TOKEN`` goes only to ``huggingface_hub`` (which drops it on
+redirects to another host); ``CIVITAI_API_KEY`` is sent only as an
+``Authorization: Bearer`` header, only to the CivitAI endpoint's own origin,
+never in a URL, never to the host a download redirects to. Redirects are
+followed by hand here for that reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Sequence
+from urllib.parse import urljoin, urlsplit
+
+import attrs
+
+from .errors import CancelledError, StoreError, SyncBridgeError
+from .keys import encode_name, join_key
+from .manifest import SNAPSHOT_INDEX, ModelSpec
+from .store import Store
+
+__all__ = [
+    "RemoteFile",
+    "Offer",
+    "Fetched",
+    "SourceError",
+    "NotAvailable",
+    "Source",
+    "CacheSource",
+    "HfSource",
+    "CivitaiSource",
+    "UrlSource",
+    "sha256_file",
+    "cache_key",
+    "origin_of",
+]
+
+log = logging.getLogger(__name__)
+
+OnBytes = Callable[[int], None]
+_CHUNK = 1024 * 1024
+_HASH_READ = 8 * 1024 * 1024
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+
+@attrs.frozen
+class RemoteFile:
+    """One file a source offers. ``rel`` is ``""`` for a single-file model, else the path inside the snapshot.
+
+    ``size`` is exact when set; ``approx_size`` (CivitAI's ``sizeKB``) only feeds the disk-space check.
+    """
+
+    rel: str
+    size: int | None
+    sha256: str | None
+    ref: Any = None
+    approx_size: int | None = None
+
+    @property
+    def planned_size(self) -> int:
+        return self.size if self.size is not None else (self.approx_size or 0)
+
+
+@attrs.frozen
+class Offer:
+    """What a source would deliver for one model."""
+
+    source: str
+    detail: str
+    files: tuple[RemoteFile, ...]
+    meta: Any = None  # snapshot: repo, revision (written into the snapshot index)
+
+    @property
+    def size(self) -> int:
+        return sum(f.planned_size for f in self.files)
+
+    @property
+    def size_known(self) -> bool:
+        return all(f.size is not None for f in self.files)
+
+
+@attrs.frozen
+class Fetched:
+    """What a fetch wrote: size and sha256 of the temp file."""
+
+    size: int
+    sha256: str
+
+
+class SourceError(SyncBridgeError, OSError):
+    """A source failed for one model; :attr:`retryable` says whether the same source may work on a retry."""
+
+    def __init__(self, message: str, *, source: str, retryable: bool = False) -> None:
+        self.source = source
+        self.retryable = retryable
+        super().__init__(message)
+
+
+class NotAvailable(SourceError):
+    """The source does not have this model (404, no cache entry): try the next one."""
+
+
+def sha256_file(path: str | os.PathLike[str], *, on_bytes: OnBytes | None = None) -> tuple[int, str]:
+    """(size, sha256 hex) of a file, read in large blocks (hashlib releases the GIL on them)."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb", buffering=0) as fh:
+        while True:
+            block = fh.read(_HASH_READ)
+            if not block:
+                break
+            digest.update(block)
+            size += len(block)
+            if on_bytes:
+                on_bytes(len(block))
+    return size, digest.hexdigest()
+
+
+def cache_key(cache_prefix: str, model_path: str, rel: str = "") -> str:
+    """``<cache_prefix>/<path>[/<rel>]``, each segment encoded as rclone's S3 remote would."""
+    rel_path = "/".join(encode_name(p) for p in model_path.split("/"))
+    if rel:
+        rel_path += "/" + "/".join(encode_name(p) for p in rel.split("/"))
+    return join_key(cache_prefix, rel_path)
+
+
+def origin_of(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a URL: two URLs are the same origin only when all three match."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port
+
+
+def _safe_url(url: str) -> str:
+    """A URL without its query (presigned URLs carry signatures) for messages and logs."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise CancelledError("model download cancelled")
+
+
+class Source:
+    """One rung of the model-source ladder."""
+
+    name = "source"
+    upstream = True  # False only for the team's own cache
+
+    def applies(self, model: ModelSpec) -> bool:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def offer(self, model: ModelSpec) -> Offer:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def fetch(self, model: ModelSpec, file: RemoteFile, temp: Path, *, on_bytes: OnBytes,
+              cancel: threading.Event | None = None) -> Fetched:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def resumable(self) -> bool:
+        """Whether a temp file left by an interrupted fetch is continued (else it is started over)."""
+        return False
+
+
+# -- the team's cache in the bucket -------------------------------------------------------
+
+
+class _HashingWriter:
+    def __init__(self, fh: BinaryIO, on_bytes: OnBytes, cancel: threading.Event | None) -> None:
+        self.fh = fh
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.on_bytes = on_bytes
+        self.cancel = cancel
+
+    def write(self, data: bytes) -> int:
+        _check_cancel(self.cancel)
+        self.fh.write(data)
+        self.digest.update(data)
+        self.size += len(data)
+        self.on_bytes(len(data))
+        return len(data)
+
+
+class CacheSource(Source):
+    """``<cache_prefix>/<path>`` in the bucket (R2: no egress fees, no rate limits).
+
+    Large objects are fetched as parallel ranged GETs written with ``pwrite``
+    into one temp file, while the calling thread hashes the parts in order as
+    they land (from the page cache), so verification overlaps the download.
+    ``benchmarks/bench_models.py`` compares this with tuned ``rclone copy`` and
+    ``s5cmd``.
+
+    Args:
+        store: a callable returning the (lazily opened) store.
+        streams: ranged GETs in flight per large object.
+        part_size: bytes per ranged GET.
+        big: objects at least this large use ranged GETs.
+    """
+
+    name = "cache"
+    upstream = False
+
+    def __init__(self, store: Callable[[], Store], cache_prefix: str, *, streams: int = 4,
+                 part_size: int = 32 * 1024 * 1024, big: int = 64 * 1024 * 1024) -> None:
+        self._store = store
+        self.cache_prefix = cache_prefix
+        self.streams = max(1, streams)
+        self.part_size = part_size
+        self.big = big
+
+    def applies(self, model: ModelSpec) -> bool:
+        return True
+
+    def key(self, model: ModelSpec, rel: str = "") -> str:
+        return cache_key(self.cache_prefix, model.path, rel)
+
+    def offer(self, model: ModelSpec) -> Offer:
+        store = self._store()
+        if model.is_snapshot:
+            key = self.key(model, SNAPSHOT_INDEX)
+            try:
+                data, _ = store.get_bytes(key)
+            except StoreError as exc:
+                if exc.status == 404 or exc.code in ("NoSuchKey", "404", "NotFound"):
+                    raise NotAvailable(f"no snapshot index at {key}", source=self.name) from exc
+                raise SourceError(f"cache: {exc}", source=self.name, retryable=exc.retryable) from exc
+            try:
+                index = json.loads(data)
+                files = tuple(RemoteFile(rel, int(v["size"]), str(v["sha256"]).lower(), self.key(model, rel))
+                              for rel, v in sorted(index["files"].items()))
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise SourceError(f"cache: snapshot index {key} is not valid: {exc}", source=self.name) from exc
+            return Offer(self.name, f"{store.description}: {self.key(model)}/", files, meta=index)
+        key = self.key(model)
+        try:
+            info = store.head(key)
+        except StoreError as exc:
+            raise SourceError(f"cache: {exc}", source=self.name, retryable=exc.retryable) from exc
+        if info is None:
+            raise NotAvailable(f"not in the cache ({key})", source=self.name)
+        sha = {k.lower(): v for k, v in info.metadata.items()}.get("sha256")
+        return Offer(self.name, key, (RemoteFile("", info.size, sha.lower() if sha else None, key),))
+
+    def fetch(self, model: ModelSpec, file: RemoteFile, temp: Path, *, on_bytes: OnBytes,
+              cancel: threading.Event | None = None) -> Fetched:
+        store = self._store()
+        key = file.ref
+        try:
+            if file.size is not None and file.size >= self.big:
+                return self._ranged(store, key, file.size, temp, on_bytes, cancel)
+            with open(temp, "wb") as fh:
+                writer = _HashingWriter(fh, on_bytes, cancel)
+                store.download_to(key, writer)  # type: ignore[arg-type]
+            return Fetched(writer.size, writer.digest.hexdigest())
+        except StoreError as exc:
+            if exc.status == 404:
+                raise NotAvailable(f"cache: {key} disappeared", source=self.name) from exc
+            raise SourceError(f"cache: {exc}", source=self.name, retryable=exc.retryable) from exc
+
+    def _ranged(self, store: Store, key: str, size: int, temp: Path, on_bytes: OnBytes,
+                cancel: threading.Event | None) -> Fetched:
+        parts = [(start, min(start + self.part_size, size)) for start in range(0, size, self.part_size)]
+        done = [False] * len(parts)
+        failure: list[BaseException] = []
+        cond = threading.Condition()
+        next_part = [0]
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            with contextlib.suppress(OSError):  # reserve the space up front where the file system can
+                os.posix_fallocate(fd, 0, size)
+
+            def worker() -> None:
+                while True:
+                    with cond:
+                        if failure or next_part[0] >= len(parts):
+                            return
+                        index = next_part[0]
+                        next_part[0] += 1
+                    start, end = parts[index]
+                    try:
+                        for attempt in range(3):
+                            _check_cancel(cancel)
+                            try:
+                                store.download_range(key, fd, start=start, end=end)
+                                break
+                            except StoreError as exc:
+                                if not exc.retryable or attempt == 2:
+                                    raise
+                                log.info("cache part %s-%s of %s failed (%s); retrying", start, end, key, exc,
+                                         extra={"event": "models.part_retry", "key": key})
+                    except BaseException as exc:  # noqa: BLE001 - handed to the hashing thread
+                        with cond:
+                            failure.append(exc)
+                            cond.notify_all()
+                        return
+                    on_bytes(end - start)
+                    with cond:
+                        done[index] = True
+                        cond.notify_all()
+
+            threads = [threading.Thread(target=worker, daemon=True, name=f"cache-get-{i}")
+                       for i in range(min(self.streams, len(parts)))]
+            for t in threads:
+                t.start()
+            digest = hashlib.sha256()
+            try:
+                for index, (start, end) in enumerate(parts):
+                    with cond:
+                        while not done[index] and not failure:
+                            cond.wait(0.5)
+                        if failure:
+                            raise failure[0]
+                    pos = start
+                    while pos < end:
+                        block = os.pread(fd, min(_HASH_READ, end - pos), pos)
+                        if not block:
+                            raise StoreError(f"get {key!r}: temp file shorter than written", key=key,
+                                             retryable=True)
+                        digest.update(block)
+                        pos += len(block)
+            finally:
+                with cond:
+                    if not all(done):
+                        failure.append(CancelledError("stopped"))
+                    cond.notify_all()
+                for t in threads:
+                    t.join()
+            os.ftruncate(fd, size)
+            return Fetched(size, digest.hexdigest())
+        finally:
+            os.close(fd)
+
+
+# -- Hugging Face -------------------------------------------------------------------------------
+
+
+def _hf_progress_class(on_bytes: OnBytes):
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
+    class _Progress(hf_tqdm):  # type: ignore[misc, valid-type]
+        """huggingface_hub's progress hook, turned into byte counts for our own display."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            if n:
+                on_bytes(int(n))
+            return super().update(n)
+
+    return _Progress
+
+
+class HfSource(Source):
+    """A file or snapshot of a Hugging Face repo, through ``huggingface_hub``.
+
+    The endpoint is passed explicitly (``HF_ENDPOINT`` is read by
+    ``huggingface_hub`` at import time, so setting it later has no effect).
+    The sha256 of an LFS file comes from ``HfApi.get_paths_info``
+    (``huggingface_hub`` itself checks only the size).
+    """
+
+    name = "hf"
+
+    def __init__(self, *, endpoint: str, token: str | None) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self._token = token
+
+    def applies(self, model: ModelSpec) -> bool:
+        return model.hf is not None
+
+    def resumable(self) -> bool:
+        return True
+
+    def _api(self):
+        from huggingface_hub import HfApi
+
+        # token=False: never fall back to a token stored in ~/.cache/huggingface.
+        return HfApi(endpoint=self.endpoint, token=self._token or False)
+
+    def _error(self, exc: BaseException, what: str) -> SourceError:
+        from huggingface_hub import errors as hf_errors
+
+        if isinstance(exc, hf_errors.GatedRepoError):
+            return SourceError(f"hf: {what}: gated repository; accept its terms on the Hub and set HF_TOKEN",
+                               source=self.name)
+        if isinstance(exc, (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError,
+                            hf_errors.EntryNotFoundError)):
+            hint = "" if self._token else " (private repos need HF_TOKEN)"
+            return NotAvailable(f"hf: {what}: not found{hint}", source=self.name)
+        if isinstance(exc, hf_errors.HfHubHTTPError):
+            status = exc.response.status_code if exc.response is not None else None
+            if status in (401, 403):
+                return SourceError(f"hf: {what}: refused ({status}); check HF_TOKEN", source=self.name)
+            return SourceError(f"hf: {what}: HTTP {status}", source=self.name,
+                               retryable=status is None or status >= 500 or status == 429)
+        return SourceError(f"hf: {what}: {type(exc).__name__}: {exc}", source=self.name, retryable=True)
+
+    def offer(self, model: ModelSpec) -> Offer:
+        from huggingface_hub.hf_api import RepoFile
+
+        spec = model.hf
+        assert spec is not None
+        api = self._api()
+        try:
+            if spec.snapshot:
+                from huggingface_hub.utils import filter_repo_objects
+
+                entries = [e for e in api.list_repo_tree(spec.repo, revision=spec.revision, repo_type=spec.repo_type,
+                                                         recursive=True) if isinstance(e, RepoFile)]
+                entries = list(filter_repo_objects(entries, allow_patterns=list(spec.allow) or None,
+                                                   key=lambda e: e.path))
+                if not entries:
+                    raise NotAvailable(f"hf: {spec.describe()}: no files match allow = {list(spec.allow)}",
+                                       source=self.name)
+            else:
+                entries = [e for e in api.get_paths_info(spec.repo, [spec.file], revision=spec.revision,
+                                                         repo_type=spec.repo_type) if isinstance(e, RepoFile)]
+                if not entries:
+                    raise NotAvailable(f"hf: {spec.describe()}: no such file", source=self.name)
+        except SourceError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - huggingface_hub and httpx errors, mapped
+            raise self._error(exc, spec.describe()) from exc
+        files = []
+        for entry in entries:
+            sha = entry.lfs.sha256 if entry.lfs is not None else None
+            size = entry.lfs.size if entry.lfs is not None else entry.size
+            files.append(RemoteFile("" if not spec.snapshot else entry.path, int(size), sha, entry.path))
+        return Offer(self.name, spec.describe(), tuple(files),
+                     meta={"repo": spec.repo, "revision": spec.revision, "repo_type": spec.repo_type,
+                           "allow": list(spec.allow)})
+
+    def fetch(self, model: ModelSpec, file: RemoteFile, temp: Path, *, on_bytes: OnBytes,
+              cancel: threading.Event | None = None) -> Fetched:
+        from huggingface_hub import hf_hub_download
+
+        spec = model.hf
+        assert spec is not None
+        # huggingface_hub downloads into <local_dir>/.cache/huggingface/download/*.incomplete
+        # (resumed on the next run) and moves the file into local_dir: a hidden folder beside
+        # the target keeps all of that on the target's file system.
+        staging = temp.with_name(temp.name + ".d")
+        _check_cancel(cancel)
+        try:
+            path = hf_hub_download(
+                spec.repo, file.ref, revision=spec.revision, repo_type=spec.repo_type, local_dir=staging,
+                cache_dir=staging / ".hub-cache", token=self._token or False, endpoint=self.endpoint,
+                tqdm_class=_hf_progress_class(on_bytes),
+            )
+            os.replace(path, temp)
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(exc, f"{spec.repo}@{spec.revision}/{file.ref}") from exc
+        shutil.rmtree(staging, ignore_errors=True)
+        size, sha = sha256_file(temp)
+        return Fetched(size, sha)
+
+
+# -- plain HTTP (CivitAI downloads, URLs) -----------------------------------------------------
+
+
+class _Http:
+    """urllib3 with redirects followed by hand, so credentials never reach another origin."""
+
+    def __init__(self, *, user_agent: str = "syncbridge", timeout: float = 60.0) -> None:
+        import urllib3
+
+        self._urllib3 = urllib3
+        self.pool = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=15.0, read=timeout),
+                                        headers={"User-Agent": user_agent})
+
+    def request(self, method: str, url: str, *, headers: dict[str, str] | None = None,
+                auth: tuple[tuple[str, str, int], dict[str, str]] | None = None, source: str):
+        """One request, following up to 5 redirects; ``auth = (origin, headers)`` adds those headers
+        only on hops whose origin is exactly ``origin``. Returns the unread response and its final URL."""
+        for _ in range(6):
+            send = dict(headers or {})
+            if auth is not None and origin_of(url) == auth[0]:
+                send.update(auth[1])
+            try:
+                response = self.pool.request(method, url, headers=send, redirect=False, preload_content=False)
+            except self._urllib3.exceptions.HTTPError as exc:
+                raise SourceError(f"{source}: {_safe_url(url)}: {type(exc).__name__}: {exc}", source=source,
+                                  retryable=True) from exc
+            if response.status in _REDIRECTS and response.headers.get("Location"):
+                response.drain_conn()
+                response.release_conn()
+                url = urljoin(url, response.headers["Location"])
+                if urlsplit(url).scheme not in ("http", "https"):
+                    raise SourceError(f"{source}: redirect to a non-HTTP URL", source=source)
+                if response.status == 303:
+                    method = "GET"
+                continue
+            return response, url
+        raise SourceError(f"{source}: too many redirects", source=source)
+
+    def download(self, url: str, temp: Path, *, source: str, expected_size: int | None,
+                 auth: tuple[tuple[str, str, int], dict[str, str]] | None, on_bytes: OnBytes,
+                 cancel: threading.Event | None, attempts: int = 4) -> Fetched:
+        """GET ``url`` into ``temp``, resuming a partial ``temp`` with ``Range`` when the server allows it.
+
+        A connection dropped half way is retried from where it stopped (up to ``attempts``).
+        """
+        last: SourceError | None = None
+        for _ in range(attempts):
+            _check_cancel(cancel)
+            have = temp.stat().st_size if temp.exists() else 0
+            if expected_size is not None and have > expected_size:
+                have = 0
+            headers = {"Accept-Encoding": "identity"}
+            if have:
+                headers["Range"] = f"bytes={have}-"
+            response, final = self.request("GET", url, headers=headers, auth=auth, source=source)
+            try:
+                status = response.status
+                if status == 416 and have and expected_size == have:
+                    return Fetched(*sha256_file(temp))
+                if status in (404, 410):
+                    raise NotAvailable(f"{source}: {_safe_url(final)}: HTTP {status}", source=source)
+                if status in (401, 403):
+                    raise SourceError(f"{source}: {_safe_url(final)}: refused (HTTP {status})", source=source)
+                if status == 206 and have:
+                    content_range = response.headers.get("Content-Range", "")
+                    if not content_range.startswith(f"bytes {have}-"):
+                        have = 0  # an answer for another range: start over
+                        response.drain_conn()
+                        temp.unlink(missing_ok=True)
+                        continue
+                    mode = "ab"
+                elif status == 200:
+                    mode, have = "wb", 0
+                else:
+                    raise SourceError(f"{source}: {_safe_url(final)}: HTTP {status}", source=source,
+                                      retryable=status >= 500 or status in (408, 429) or status == 416)
+                length = response.headers.get("Content-Length")
+                remaining = int(length) if length and length.isdigit() else None
+                digest = hashlib.sha256()
+                if mode == "ab":
+                    with open(temp, "rb") as fh:
+                        for block in iter(lambda: fh.read(_HASH_READ), b""):
+                            digest.update(block)
+                got = 0
+                with open(temp, mode) as out:
+                    try:
+                        for chunk in response.stream(_CHUNK):
+                            _check_cancel(cancel)
+                            out.write(chunk)
+                            digest.update(chunk)
+                            got += len(chunk)
+                            on_bytes(len(chunk))
+                    except self._urllib3.exceptions.HTTPError as exc:
+                        raise SourceError(f"{source}: {_safe_url(final)}: connection lost after {have + got} bytes "
+                                          f"({type(exc).__name__})", source=source, retryable=True) from exc
+                if remaining is not None and got != remaining:
+                    raise SourceError(f"{source}: {_safe_url(final)}: got {have + got} bytes, expected "
+                                      f"{have + remaining}", source=source, retryable=True)
+                return Fetched(have + got, digest.hexdigest())
+            except SourceError as exc:
+                if not exc.retryable:
+                    raise
+                last = exc
+                log.info("%s; resuming", exc, extra={"event": "models.resume", "source": source})
+            finally:
+                response.release_conn()
+        assert last is not None
+        raise last
+
+    def head(self, url: str, *, source: str):
+        return self.request("HEAD", url, headers={"Accept-Encoding": "identity"}, source=source)
+
+
+class CivitaiSource(Source):
+    """A CivitAI model version: ``GET {endpoint}/api/v1/model-versions/{id}`` lists the files with their
+    SHA256; the download URL answers with a redirect to presigned storage on another host."""
+
+    name = "civitai"
+
+    def __init__(self, *, endpoint: str, api_key: str | None, http: _Http | None = None) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self._auth = ((origin_of(self.endpoint), {"Authorization": f"Bearer {api_key}"}) if api_key else None)
+        self._http = http
+
+    @property
+    def http(self) -> _Http:
+        if self._http is None:
+            self._http = _Http()
+        return self._http
+
+    def applies(self, model: ModelSpec) -> bool:
+        return model.civitai is not None
+
+    def resumable(self) -> bool:
+        return True
+
+    def offer(self, model: ModelSpec) -> Offer:
+        spec = model.civitai
+        assert spec is not None
+        url = f"{self.endpoint}/api/v1/model-versions/{spec.version_id}"
+        response, _ = self.http.request("GET", url, headers={"Accept": "application/json"}, auth=self._auth,
+                                        source=self.name)
+        try:
+            body = response.read()
+        except self.http._urllib3.exceptions.HTTPError as exc:
+            raise SourceError(f"civitai: version {spec.version_id}: {exc}", source=self.name, retryable=True) \
+                from exc
+        finally:
+            response.release_conn()
+        if response.status == 404:
+            raise NotAvailable(f"civitai: model version {spec.version_id} not found", source=self.name)
+        if response.status in (401, 403):
+            hint = "; set CIVITAI_API_KEY" if self._auth is None else "; check CIVITAI_API_KEY"
+            raise SourceError(f"civitai: model version {spec.version_id}: refused (HTTP {response.status}){hint}",
+                              source=self.name)
+        if response.status != 200:
+            raise SourceError(f"civitai: model version {spec.version_id}: HTTP {response.status}", source=self.name,
+                              retryable=response.status >= 500 or response.status == 429)
+        try:
+            files = json.loads(body)["files"]
+            if spec.file is not None:
+                chosen = next((f for f in files if f.get("name") == spec.file), None)
+                if chosen is None:
+                    names = ", ".join(str(f.get("name")) for f in files)
+                    raise NotAvailable(f"civitai: version {spec.version_id} has no file {spec.file!r} (it has: "
+                                       f"{names})", source=self.name)
+            else:
+                chosen = next((f for f in files if f.get("primary")), files[0] if files else None)
+                if chosen is None:
+                    raise NotAvailable(f"civitai: version {spec.version_id} lists no files", source=self.name)
+            sha = (chosen.get("hashes") or {}).get("SHA256")
+            size_kb = chosen.get("sizeKB")
+            download = str(chosen["downloadUrl"])
+        except SourceError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise SourceError(f"civitai: version {spec.version_id}: unexpected answer ({exc})", source=self.name) \
+                from exc
+        approx = int(float(size_kb) * 1024) if isinstance(size_kb, (int, float)) else None
+        return Offer(self.name, f"version {spec.version_id} ({chosen.get('name')})",
+                     (RemoteFile("", None, sha.lower() if isinstance(sha, str) else None, download, approx),))
+
+    def fetch(self, model: ModelSpec, file: RemoteFile, temp: Path, *, on_bytes: OnBytes,
+              cancel: threading.Event | None = None) -> Fetched:
+        return self.http.download(file.ref, temp, source=self.name, expected_size=file.size, auth=self._auth,
+                                  on_bytes=on_bytes, cancel=cancel)
+
+
+class UrlSource(Source):
+    """A plain http(s) URL: no credentials, resumed with ``Range`` where the server supports it."""
+
+    name = "url"
+
+    def __init__(self, *, http: _Http | None = None) -> None:
+        self._http = http
+
+    @property
+    def http(self) -> _Http:
+        if self._http is None:
+            self._http = _Http()
+        return self._http
+
+    def applies(self, model: ModelSpec) -> bool:
+        return model.url is not None
+
+    def resumable(self) -> bool:
+        return True
+
+    def offer(self, model: ModelSpec) -> Offer:
+        assert model.url is not None
+        response, final = self.http.head(model.url, source=self.name)
+        response.drain_conn()
+        response.release_conn()
+        if response.status in (404, 410):
+            raise NotAvailable(f"url: {_safe_url(final)}: HTTP {response.status}", source=self.name)
+        if response.status in (401, 403):
+            raise SourceError(f"url: {_safe_url(final)}: refused (HTTP {response.status})", source=self.name)
+        size = None
+        if response.status == 200:
+            length = response.headers.get("Content-Length")
+            size = int(length) if length and length.isdigit() else None
+        elif response.status not in (405, 501):  # HEAD not allowed: size unknown, GET may still work
+            raise SourceError(f"url: {_safe_url(final)}: HTTP {response.status}", source=self.name,
+                              retryable=response.status >= 500 or response.status == 429)
+        return Offer(self.name, _safe_url(model.url), (RemoteFile("", size, None, model.url),))
+
+    def fetch(self, model: ModelSpec, file: RemoteFile, temp: Path, *, on_bytes: OnBytes,
+              cancel: threading.Event | None = None) -> Fetched:
+        return self.http.download(file.ref, temp, source=self.name, expected_size=file.size, auth=None,
+                                  on_bytes=on_bytes, cancel=cancel)
+
+
+def default_sources(*, store: Callable[[], Store] | None, cache_prefix: str, hf_endpoint: str, hf_token: str | None,
+                    civitai_endpoint: str, civitai_api_key: str | None, streams: int = 4) -> list[Source]:
+    """The ladder in its fixed order: cache (when a store is given), Hugging Face, CivitAI, URL."""
+    http = None
+    ladder: list[Source] = []
+    if store is not None:
+        ladder.append(CacheSource(store, cache_prefix, streams=streams))
+    ladder.append(HfSource(endpoint=hf_endpoint, token=hf_token))
+    ladder.append(CivitaiSource(endpoint=civitai_endpoint, api_key=civitai_api_key, http=http))
+    ladder.append(UrlSource(http=http))
+    return ladder
+
+
+def describe_sources(sources: Sequence[Source], model: ModelSpec) -> list[str]:
+    return [s.name for s in sources if s.applies(model)]
