@@ -31,6 +31,7 @@ log = logging.getLogger("syncbridge.cli")
 # Each module has register(subparsers). Kept as names so `syncbridge --help` stays fast.
 COMMAND_MODULES: tuple[str, ...] = (
     "syncbridge.cli_bulk",
+    "syncbridge.cli_watch",
     "syncbridge.cli_models",
     "syncbridge.cli_fleet",
     "syncbridge.cli_start",

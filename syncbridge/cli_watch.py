@@ -1,0 +1,140 @@
+"""CLI: ``syncbridge watch`` (real-time output push) and ``syncbridge status``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from .journal import read_summary
+from .watch import journal_path, read_status, run_watch
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from .cli import add_common
+
+    p = sub.add_parser(
+        "watch", help="push every finished file in a folder to the bucket as it appears",
+        description="Watch DIR (default: the configured output folder, COMFYUI_OUTPUT_DIR) with inotify and push "
+                    "every finished file (closed after writing, or renamed into place) to <bucket>/<prefix>/<path "
+                    "below DIR> a moment later. Files already there at start that are not in the bucket (or "
+                    "changed) are pushed first. An object already in the bucket with other content that this "
+                    "watcher did not put there is never overwritten: the file goes to a sibling key "
+                    "(name.~<hash>.ext). State is journalled under <state_dir>/watch/, so after a crash or restart "
+                    "whatever was pending is pushed and nothing unchanged is uploaded twice. On SIGTERM or SIGINT "
+                    "it stops accepting, pushes what is pending for up to watch.drain_seconds (default 4) and exits "
+                    "0 if everything was pushed, 1 if some files are left in the journal for the next start.",
+        epilog="Settings: SYNCBRIDGE_WATCH_PREFIX, SYNCBRIDGE_WATCH_INCLUDE/EXCLUDE, SYNCBRIDGE_WATCH_CONCURRENCY, "
+               "SYNCBRIDGE_DRAIN_SECONDS, SYNCBRIDGE_RESCAN_SECONDS, SYNCBRIDGE_BATCH_DELAY, "
+               "SYNCBRIDGE_CONDITIONAL_PUT (see `syncbridge config --reference`).")
+    p.add_argument("dir", metavar="DIR", nargs="?", help="folder to watch (default: watch.dir)")
+    p.add_argument("--prefix", metavar="PREFIX",
+                   help="key prefix (default: watch.prefix, 'outputs'; may contain {pod_id} and {date})")
+    p.add_argument("--drain-seconds", type=float, metavar="S",
+                   help="on SIGTERM/SIGINT, push pending files for up to S seconds (default: watch.drain_seconds)")
+    add_common(p)
+    p.set_defaults(func=_watch)
+
+    p = sub.add_parser(
+        "status", help="show the output watcher's state: pending, oldest pending, uploads, failures, latency",
+        description="Show the running watcher's state as it publishes it (<state_dir>/watch/status.json, about "
+                    "once a second; reading it does not disturb the watcher): files pending and the oldest pending "
+                    "age, uploads and failures since start, last and p95 push latency. With no watcher running, "
+                    "shows what its journal holds (files pending or failed, pushed at the next start).")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_common(p)
+    p.set_defaults(func=_status)
+
+
+def _watch(args: argparse.Namespace, ctx) -> int:
+    overrides: dict[str, Any] = {}
+    if args.drain_seconds is not None:
+        overrides["watch.drain_seconds"] = args.drain_seconds
+    config = ctx.config(overrides or None)
+    print(f"[syncbridge] using {config.remote.describe()}", file=sys.stderr, flush=True)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return run_watch(config, directory=args.dir, stop_event=stop, prefix=args.prefix)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
+def _status(args: argparse.Namespace, ctx) -> int:
+    config = ctx.config()
+    status = read_status(config.state_dir)
+    summary = read_summary(journal_path(config.state_dir))
+    now = time.time()
+    running = bool(status and status.get("running"))
+    if running:
+        report = {k: status.get(k) for k in ("pid", "state", "directory", "prefix", "store", "pending", "in_flight",
+                                             "oldest_pending_age", "uploaded", "skipped", "failed", "retries",
+                                             "collisions", "bytes_uploaded", "last_latency", "p95_latency",
+                                             "started_at", "updated_at", "watches", "unwatched", "catch_up_done",
+                                             "last_error")}
+        if report["oldest_pending_age"] is not None and status.get("updated_at"):
+            report["oldest_pending_age"] += max(0.0, now - float(status["updated_at"]))
+    else:
+        oldest = summary.oldest_pending if summary else None
+        report = {"pid": None, "state": "not running", "pending": summary.pending if summary else 0,
+                  "failed": summary.failed if summary else 0,
+                  "oldest_pending_age": None if oldest is None else max(0.0, now - oldest)}
+        if status:  # the last run's figures
+            report["last_run"] = {k: status.get(k) for k in ("directory", "prefix", "uploaded", "failed", "retries",
+                                                             "last_latency", "p95_latency", "started_at",
+                                                             "updated_at")}
+    report["running"] = running
+    report["journal"] = {"path": str(journal_path(config.state_dir)),
+                         "pending": summary.pending if summary else 0, "failed": summary.failed if summary else 0,
+                         "done": summary.done if summary else 0,
+                         "failures": [{"path": p, "key": k, "error": e} for p, k, e in
+                                      (summary.failures if summary else ())]}
+    if args.json:
+        ctx.out(json.dumps(report, sort_keys=True))
+        return 0
+    if running:
+        ctx.out(f"watcher running (pid {report['pid']}, {report['state']}): {report['directory']} -> "
+                f"{report['prefix']}/ on {report['store']}")
+        ctx.out(f"pending:      {report['pending']} (oldest {_age(report['oldest_pending_age'])}, "
+                f"{report['in_flight']} uploading)")
+        ctx.out(f"since start:  {report['uploaded']} uploaded, {report['failed']} failing, {report['retries']} retried "
+                f"errors, {report['collisions']} sent to sibling keys, {report['skipped']} already there")
+        ctx.out(f"latency:      last {_ms(report['last_latency'])}, p95 {_ms(report['p95_latency'])}")
+        if report.get("unwatched"):
+            ctx.out(f"not watched (rescanned instead): {', '.join(report['unwatched'])}")
+        if report.get("last_error"):
+            ctx.out(f"last error:   {report['last_error']}")
+    else:
+        ctx.out("watcher not running")
+        ctx.out(f"journal:      {report['pending']} pending (oldest {_age(report['oldest_pending_age'])}), "
+                f"{report['failed']} failed; pushed at the next `syncbridge watch`")
+        last = report.get("last_run")
+        if last:
+            ctx.out(f"last run:     {last['uploaded']} uploaded, {last['failed']} failing, latency last "
+                    f"{_ms(last['last_latency'])}, p95 {_ms(last['p95_latency'])}")
+    for failure in report["journal"]["failures"][:5]:
+        ctx.out(f"failed:       {failure['path']} -> {failure['key']}: {failure['error']}")
+    return 0
