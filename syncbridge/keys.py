@@ -21,6 +21,8 @@ MAX_KEY_BYTES = 1024  # R2 and S3 limit
 
 
 _QUOTE = "\u201b"  # rclone's encoder quote character
+_FULL_DOTS = ("\uff0e", "\uff0e\uff0e")  # what rclone's Dot encoding turns "." and ".." into
+_QUOTED_FULL_DOTS = tuple("".join(_QUOTE + ch for ch in dots) for dots in _FULL_DOTS)
 
 
 def encode_name(name: str) -> str:
@@ -30,16 +32,18 @@ def encode_name(name: str) -> str:
     :func:`syncbridge.rclonecmd.remote_env`), so a file named ``a\nb.png`` is the key
     ``a\u240ab.png`` whether rclone or syncbridge's own uploader put it there. A name
     that already contains a control picture is quoted with U+201B, so the mapping
-    stays reversible.
+    stays reversible. For rclone ``Ctl`` is 0x01-0x1F: NUL (which no file name can
+    hold; key checks refuse it) and DEL (0x7F) stay as they are, and so does U+2400; a name that is exactly one or two full-width dots is quoted, as rclone's
+    ``Dot`` encoding does (checked against the real binary in tests/test_properties.py).
     """
+    if name in _FULL_DOTS:
+        return "".join(_QUOTE + ch for ch in name)
     out = []
     for ch in name:
         code = ord(ch)
-        if code < 0x20:
+        if 0 < code < 0x20:
             out.append(chr(0x2400 + code))
-        elif code == 0x7F:
-            out.append("\u2421")
-        elif 0x2400 <= code <= 0x241F or code == 0x2421:
+        elif 0x2401 <= code <= 0x241F:
             out.append(_QUOTE + ch)
         else:
             out.append(ch)
@@ -48,20 +52,20 @@ def encode_name(name: str) -> str:
 
 def decode_name(name: str) -> str:
     """Inverse of :func:`encode_name`."""
+    if name in _QUOTED_FULL_DOTS:
+        return name.replace(_QUOTE, "")
     out = []
     i = 0
     while i < len(name):
         ch = name[i]
         nxt = ord(name[i + 1]) if i + 1 < len(name) else 0
-        if ch == _QUOTE and (0x2400 <= nxt <= 0x241F or nxt == 0x2421):
+        if ch == _QUOTE and 0x2401 <= nxt <= 0x241F:
             out.append(name[i + 1])  # a quoted, literal control picture
             i += 2
             continue
         code = ord(ch)
-        if 0x2400 <= code <= 0x241F:
+        if 0x2401 <= code <= 0x241F:
             out.append(chr(code - 0x2400))
-        elif code == 0x2421:
-            out.append("\x7f")
         else:
             out.append(ch)
         i += 1
