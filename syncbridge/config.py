@@ -23,6 +23,7 @@ function the caller may replace.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import sys
@@ -460,8 +461,10 @@ def _convert(setting: Setting, raw: Any, *, from_env: bool) -> Any:
             raise ValueError(f"expected a number, got {raw!r}")
         try:
             value = int(raw) if kind == "int" else float(raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: TOML's inf as an int
             raise ValueError(f"expected {'a whole number' if kind == 'int' else 'a number'}, got {raw!r}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"expected a finite number, got {raw!r}")
         if kind == "int" and isinstance(raw, float) and raw != int(raw):
             raise ValueError(f"expected a whole number, got {raw!r}")
         if setting.minimum is not None and value < setting.minimum:
@@ -618,7 +621,10 @@ def build_config(
     provider = get("remote.provider")
     region = get("remote.region")
     if endpoint is not None:
-        parts = urlsplit(endpoint)
+        try:
+            parts = urlsplit(endpoint)
+        except ValueError:  # "http://[": an unbalanced IPv6 bracket
+            parts = urlsplit("")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             col.add(where_of("remote.endpoint"), f"must be an http(s) URL such as https://<account>."
                                                  f"r2.cloudflarestorage.com, got {endpoint!r}")
@@ -729,7 +735,7 @@ def _folders(col: _Collector, environ: Mapping[str, str], tables: list[tuple[int
             if key not in FOLDER_KEYS:
                 col.add(where, f"unknown key {key!r}" + _suggest(key, FOLDER_KEYS))
         local, prefix, mode = table.get("local"), table.get("prefix"), table.get("mode", "pull")
-        if not isinstance(local, str) or not local:
+        if not isinstance(local, str) or not local or "\0" in local:
             col.add(where, "needs local = \"/path/to/folder\"")
             continue
         if not isinstance(prefix, str):
