@@ -181,6 +181,7 @@ class PlanItem:
     local: str  # present, missing, stale, unknown
     offers: Mapping[str, Offer | SourceError] = attrs.field(factory=dict)
     local_sha: str | None = None
+    local_verified: str = ""
 
     @property
     def chosen(self) -> Offer | None:
@@ -219,9 +220,9 @@ class FillCoordinator:
 class HashCache:
     """sha256 of local files keyed by (path, size, mtime_ns), in ``<state_dir>/models/hashes.json``.
 
-    ``verified`` marks a hash that was checked against an authority (manifest or
-    source) when the file was pulled: such a file is "present" on a warm start
-    even when the manifest gives no sha256.
+    ``verified`` (``sha256`` or ``size``) says what was checked against an
+    authority (manifest or source) when the file was pulled: such a file is
+    "present" on a warm start even when the manifest gives no sha256.
     """
 
     def __init__(self, path: Path) -> None:
@@ -234,14 +235,15 @@ class HashCache:
         except (OSError, ValueError):
             self._entries = {}
 
-    def get(self, path: Path, st: os.stat_result) -> tuple[str, bool] | None:
+    def get(self, path: Path, st: os.stat_result) -> tuple[str, str] | None:
+        """(sha256, verified) where verified is ``sha256``, ``size`` or ``""`` (only hashed here)."""
         entry = self._entries.get(str(path))
         if (isinstance(entry, list) and len(entry) == 4 and entry[0] == st.st_size
                 and entry[1] == st.st_mtime_ns):
-            return str(entry[2]), bool(entry[3])
+            return str(entry[2]), str(entry[3] or "")
         return None
 
-    def put(self, path: Path, sha256: str, *, verified: bool, st: os.stat_result | None = None) -> None:
+    def put(self, path: Path, sha256: str, *, verified: str, st: os.stat_result | None = None) -> None:
         st = st or os.stat(path)
         with self._lock:
             self._entries[str(path)] = [st.st_size, st.st_mtime_ns, sha256, verified]
@@ -253,7 +255,7 @@ class HashCache:
         if known is not None:
             return known[0]
         _, sha = sha256_file(path)
-        self.put(path, sha, verified=False, st=st)
+        self.put(path, sha, verified="", st=st)
         return sha
 
     def save(self) -> None:
@@ -366,29 +368,35 @@ class _Puller:
                 log.exception("model event callback failed")
 
     # -- local state --------------------------------------------------------------------------
-    def local_state(self, model: ModelSpec, target: Path) -> tuple[str, str | None]:
-        """(state, sha256) without any network: present, missing, stale or unknown (exists, nothing to check)."""
+    def local_state(self, model: ModelSpec, target: Path) -> tuple[str, str | None, str]:
+        """(state, sha256, verified) without any network.
+
+        state: present, missing, stale (does not verify) or unknown (exists, nothing local to check it against).
+        """
         if model.is_snapshot:
-            return self._snapshot_state(model, target), None
+            state = self._snapshot_state(model, target)
+            return state, None, "sha256" if state == "present" else ""
         try:
             st = os.stat(target)
         except FileNotFoundError:
-            return "missing", None
+            return "missing", None, ""
         if not os.path.isfile(target):
-            return "stale", None
+            return "stale", None, ""
         if model.size is not None and st.st_size != model.size:
-            return "stale", None
+            return "stale", None, ""
         known = self.hashes.get(target, st)
         if model.sha256:
             sha = known[0] if known else self.hashes.hash(target, st)
             if sha == model.sha256:
-                if not (known and known[1]):
-                    self.hashes.put(target, sha, verified=True, st=st)
-                return "present", sha
-            return "stale", sha
+                if not (known and known[1] == "sha256"):
+                    self.hashes.put(target, sha, verified="sha256", st=st)
+                return "present", sha, "sha256"
+            return "stale", sha, ""
         if known and known[1]:
-            return "present", known[0]
-        return "unknown", known[0] if known else None
+            return "present", known[0], known[1]
+        if model.size is not None and known is None:
+            return "unknown", None, ""
+        return "unknown", known[0] if known else None, ""
 
     def _snapshot_state(self, model: ModelSpec, target: Path) -> str:
         try:
@@ -438,9 +446,11 @@ class _Puller:
                 sha = local_sha or (self.hashes.hash(target, st) if remote.sha256 else None)
                 if (remote.size in (None, st.st_size)) and (remote.sha256 is None or remote.sha256 == sha) and \
                         (remote.size is not None or remote.sha256 is not None):
-                    if sha:
-                        self.hashes.put(target, sha, verified=True, st=st)
-                    return PlanItem(model, target, "present", offers, sha)
+                    level = "sha256" if remote.sha256 else "size"
+                    if sha is None:
+                        sha = self.hashes.hash(target, st)
+                    self.hashes.put(target, sha, verified=level, st=st)
+                    return PlanItem(model, target, "present", offers, sha, level)
                 local = "stale"
             break
         return PlanItem(model, target, local, offers)
@@ -467,9 +477,9 @@ class _Puller:
                                                           self.emit("waiting", model,
                                                                     message="another puller has this model"))):
             if waited:
-                state, sha = self.local_state(model, target)
+                state, sha, level = self.local_state(model, target)
                 if state == "present":
-                    return self._done(model, "present", "local", target, started, sha, attempts)
+                    return self._done(model, "present", "local", target, started, attempts, verified=level)
             offers = dict(item.offers)
 
             def attempt(source: Source) -> ModelResult | None:
@@ -538,7 +548,7 @@ class _Puller:
         write_back = ""
         if source.upstream and model.write_back and self.cache is not None:
             write_back = self._write_back(model, target, offer, sha)
-        return self._done(model, "pulled", source.name, target, started, sha, attempts, verified=verified,
+        return self._done(model, "pulled", source.name, target, started, attempts, verified=verified,
                           write_back=write_back)
 
     def _verify(self, source: str, fetched: Fetched, *, size: int | None, sha256: str | None, what: str) -> str:
@@ -571,7 +581,7 @@ class _Puller:
             raise
         os.replace(temp, target)
         fsync_dir(target.parent)
-        self.hashes.put(target, fetched.sha256, verified=bool(verified))
+        self.hashes.put(target, fetched.sha256, verified=verified)
         return fetched.sha256, verified
 
     def _fetch_snapshot(self, source: Source, model: ModelSpec, target: Path, offer: Offer) -> str:
@@ -597,15 +607,16 @@ class _Puller:
                 try:
                     fetched = source.fetch(model, remote, temp,
                                            on_bytes=lambda n: self.emit("bytes", model, bytes=n), cancel=self.cancel)
-                    levels.add(self._verify(source.name, fetched, size=remote.size, sha256=remote.sha256,
-                                            what=f"{source.name} {remote.rel}"))
+                    level = self._verify(source.name, fetched, size=remote.size, sha256=remote.sha256,
+                                         what=f"{source.name} {remote.rel}")
+                    levels.add(level)
                 except SourceError as exc:
                     if not exc.retryable:
                         temp.unlink(missing_ok=True)
                     raise
                 os.replace(temp, dest)
                 sha = fetched.sha256
-                self.hashes.put(dest, sha, verified=True)
+                self.hashes.put(dest, sha, verified=level)
             files[remote.rel] = {"size": remote.size if remote.size is not None else os.path.getsize(dest),
                                  "sha256": remote.sha256 or sha}
         spec = model.hf
@@ -623,7 +634,7 @@ class _Puller:
         shutil.rmtree(old, ignore_errors=True)
         for rel in files:  # rename keeps size and mtime: re-key the hashes under the final paths
             path = target / rel
-            self.hashes.put(path, files[rel]["sha256"], verified=True)
+            self.hashes.put(path, files[rel]["sha256"], verified="sha256")
         return "size" if levels == {"size"} else "sha256"
 
     # -- the cache --------------------------------------------------------------------------------
@@ -650,13 +661,9 @@ class _Puller:
                 extra={"event": "models.write_back", "model": model.name})
         return outcome
 
-    def _done(self, model: ModelSpec, status: str, source: str, target: Path, started: float, sha: str | None,
-              attempts: list[tuple[str, str]], *, verified: str | None = None, write_back: str = "") -> ModelResult:
+    def _done(self, model: ModelSpec, status: str, source: str, target: Path, started: float,
+              attempts: list[tuple[str, str]], *, verified: str, write_back: str = "") -> ModelResult:
         size = _tree_size(target)
-        if verified is None:
-            verified = "sha256" if (sha and (model.sha256 or status == "present")) else ("size" if model.size else "")
-            if model.is_snapshot:
-                verified = "sha256"
         self.emit("done", model, source=source, message=status)
         return ModelResult(model.name, model.path, source, size, time.monotonic() - started, verified, status,
                            tuple(attempts), write_back=write_back)
@@ -794,9 +801,10 @@ def pull_models(
             results[model.name] = ModelResult(model.name, model.path, "", 0, 0.0, "", "failed",
                                               message=f"{target} resolves outside {manifest.models_dir}")
             continue
-        state, sha = puller.local_state(model, target)
+        state, sha, level = puller.local_state(model, target)
         if state == "present":
-            results[model.name] = puller._done(model, "present", "local", target, time.monotonic(), sha, [])
+            results[model.name] = puller._done(model, "present", "local", target, time.monotonic(), [],
+                                               verified=level)
         else:
             todo.append((model, target, state, sha))
     try:
@@ -809,7 +817,7 @@ def pull_models(
                 model = item.model
                 if item.local == "present":
                     results[model.name] = puller._done(model, "present", "local", item.target, time.monotonic(),
-                                                       item.local_sha, [])
+                                                       [], verified=item.local_verified)
                 elif dry_run:
                     chosen = item.chosen
                     tried = [(n, str(e)) for n, e in item.offers.items() if isinstance(e, SourceError)]
@@ -868,7 +876,7 @@ def push_cache(
         for model in selection.enabled:
             target = manifest.models_dir / model.path
             t0 = time.monotonic()
-            state, sha = puller.local_state(model, target)
+            state, sha, _ = puller.local_state(model, target)
             if state == "unknown":
                 # Nothing to verify against: hash it; the cache records that hash.
                 sha = puller.hashes.hash(target, os.stat(target))
@@ -918,10 +926,10 @@ def list_models(config: Config, manifests: Sequence[str | os.PathLike[str]] | No
         if skipped is not None:
             results.append(ModelResult(model.name, model.path, "", 0, 0.0, "", "skipped", message=skipped))
             continue
-        state, sha = puller.local_state(model, manifest.models_dir / model.path)
+        state, sha, level = puller.local_state(model, manifest.models_dir / model.path)
         if state == "present":
             results.append(puller._done(model, "present", "local", manifest.models_dir / model.path,
-                                        time.monotonic(), sha, []))
+                                        time.monotonic(), [], verified=level))
         else:
             results.append(ModelResult(model.name, model.path, "", 0, 0.0, "", "planned",
                                        message={"missing": "missing", "stale": "present but does not verify",

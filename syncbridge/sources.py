@@ -471,7 +471,10 @@ class HfSource(Source):
             )
             os.replace(path, temp)
         except Exception as exc:  # noqa: BLE001
-            raise self._error(exc, f"{spec.repo}@{spec.revision}/{file.ref}") from exc
+            error = self._error(exc, f"{spec.repo}@{spec.revision}/{file.ref}")
+            if not error.retryable:  # keep a resumable *.incomplete only when a retry may use it
+                shutil.rmtree(staging, ignore_errors=True)
+            raise error from exc
         shutil.rmtree(staging, ignore_errors=True)
         size, sha = sha256_file(temp)
         return Fetched(size, sha)
