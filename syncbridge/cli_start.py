@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
 from .fsutil import atomic_write_bytes
-from .start import StartOptions, run_start
+from .start import StartOptions, outer_start_pid, run_start
 
 START_DESCRIPTION = """\
 A container's start-up as one command, in order: detect storage mode and GPU tier; pull models
@@ -77,7 +79,23 @@ def _app_argv(app: list[str]) -> list[str]:
     return app[1:] if app and app[0] == "--" else app
 
 
+def _exec_directly(app: list[str], outer: int, environ) -> int:
+    print(f"[syncbridge] start: already running under syncbridge start (pid {outer}); running the app directly",
+          file=sys.stderr, flush=True)
+    if not app:
+        return 0
+    try:
+        os.execvpe(app[0], app, dict(environ))
+    except OSError as exc:
+        print(f"syncbridge start: error: cannot run {app[0]}: {exc.strerror or exc}", file=sys.stderr)
+        return 127 if isinstance(exc, FileNotFoundError) else 126
+    return 0  # pragma: no cover - execvpe does not return
+
+
 def _start(args: argparse.Namespace, ctx) -> int:
+    outer = outer_start_pid(ctx.environ)
+    if outer is not None:
+        return _exec_directly(_app_argv(args.app), outer, ctx.environ)
     if args.stop_seconds is not None and args.stop_seconds < 0:
         print("syncbridge start: error: --stop-seconds must be at least 0", file=sys.stderr)
         return 2
@@ -88,8 +106,6 @@ def _start(args: argparse.Namespace, ctx) -> int:
                                        stop_seconds=args.stop_seconds)
     result = run_start(config, _app_argv(args.app), options=options, environ=ctx.environ)
     if args.report:
-        from pathlib import Path
-
         atomic_write_bytes(Path(args.report), (json.dumps(result.as_dict(), indent=2) + "\n").encode(), mode=0o644)
     return result.exit_code
 

@@ -67,6 +67,8 @@ __all__ = [
     "run_start",
     "exit_status",
     "models_line",
+    "outer_start_pid",
+    "START_PID_ENV",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,27 @@ POLL_SECONDS = 0.05
 SETUP_CANCEL_GRACE = 1.0
 # Below this much time left, the final push is not even started.
 MIN_FINAL_PUSH_SECONDS = 0.25
+# Set in the app's environment: a `syncbridge start` inside it (a template's start.sh run by
+# an image whose entrypoint is already `syncbridge start --`) runs its app directly instead
+# of pulling, syncing and watching a second time.
+START_PID_ENV = "SYNCBRIDGE_START_PID"
+
+
+def outer_start_pid(environ: Mapping[str, str]) -> int | None:
+    """The pid of a running ``syncbridge start`` this process runs under, if any."""
+    try:
+        pid = int(environ.get(START_PID_ENV, ""))
+    except ValueError:
+        return None
+    if pid <= 0 or pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, owned by someone else
+    return pid
 
 
 def exit_status(returncode: int) -> int:
@@ -482,6 +505,7 @@ class Starter:
         env = dict(self.environ)
         env["SYNCBRIDGE_STORAGE_MODE"] = self.storage_mode
         env["SYNCBRIDGE_GPU_TIER"] = self.gpu_tier
+        env[START_PID_ENV] = str(os.getpid())
         shown = shlex.join(self.app)
         try:
             # Own session and process group: signals reach the app (and its children) only

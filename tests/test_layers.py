@@ -39,6 +39,9 @@ LAYERS = {
     "doctor": ORCH,
     "watch": ORCH,
     "models": ORCH,
+    "start": ORCH,
+    "demo": ORCH,
+    "demo_app": ORCH,
     # command line
     "ui": CLI,
     "cli": CLI,
@@ -46,6 +49,7 @@ LAYERS = {
     "cli_watch": CLI,
     "cli_models": CLI,
     "cli_fleet": CLI,
+    "cli_start": CLI,
     "__main__": CLI,
 }
 NAMES = {0: "pure", 1: "io", 2: "orchestration", 3: "cli"}
