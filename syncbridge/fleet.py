@@ -43,7 +43,7 @@ from .lease import (BucketClock, CLOCK_GRACE, HeldLease, Lease, Leases, Verdict,
 from .store import ObjectInfo, Store, open_store
 
 __all__ = [
-    "PodStatus", "LeaseStatus", "Heartbeat", "CacheFill", "FillResult", "CacheEntryError",
+    "PodStatus", "LeaseStatus", "Heartbeat", "CacheFill", "ModelFillCoordinator", "FillResult", "CacheEntryError",
     "fleet_status", "lease_status", "heartbeat_key", "pod_key_name", "publish_entry", "fetch_entry",
     "file_sha256", "heartbeat_body", "pod_status_from", "SHA256_META", "bisync_lease", "entry_ready",
 ]
@@ -152,22 +152,41 @@ class Heartbeat:
             log.warning("heartbeat %s not written: %s", self.key, exc,
                         extra={"event": "fleet.heartbeat_failed", "key": self.key})
 
+    @classmethod
+    def for_config(cls, config: Config, *, stats: Callable[[], Mapping[str, Any]] = dict,
+                   role: str = "watch") -> "Heartbeat | None":
+        """This pod's heartbeat with its own store connection, or ``None`` when ``fleet.heartbeat_seconds`` is 0."""
+        if config.fleet.heartbeat_seconds <= 0:
+            return None
+        store = open_store(config.remote, state_dir=config.state_dir)
+        beat = cls(store, pod_id=config.pod_id, prefix=config.fleet.prefix,
+                   interval=config.fleet.heartbeat_seconds, stats=stats, role=role)
+        beat._own_store = True
+        return beat
+
+    _own_store = False
+
     def _run(self) -> None:
+        self.beat()
         while not self._stop.wait(self.interval):
             self.beat()
 
     def start(self) -> "Heartbeat":
-        self.beat()
+        """Start beating (the first beat is written from the thread, so a slow bucket never delays the caller)."""
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{self.pod_id}", daemon=True)
         self._thread.start()
         return self
 
-    def stop(self, *, final_state: str = "stopped") -> None:
+    def stop(self, *, final_state: str = "stopped", timeout: float = 5.0) -> None:
+        """Stop and write a last beat saying ``final_state`` (with the final counters)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=max(5.0, self.interval))
+            self._thread.join(timeout=timeout)
             self._thread = None
             self.beat(final_state)
+        if self._own_store:
+            self.store.close()
+            self._own_store = False
 
     def __enter__(self) -> "Heartbeat":
         return self.start()
@@ -420,11 +439,13 @@ class FillResult:
 class CacheFill:
     """Single-flight of cache fills across the fleet.
 
-    ``run(key, fill=..., from_cache=...)``: if the entry is published, call
-    ``from_cache(info)``; else try to take the fill lease: the winner calls
-    ``fill(held)`` (download upstream, verify, :func:`publish_entry`) while the
-    lease is renewed in the background; the others poll for the entry (and
-    for the lease expiring, should the winner die) and then copy.
+    ``run(key, fill=..., try_cache=...)``: ``try_cache()`` returns the value
+    when the entry is published (copying it), else ``None``. When it is not,
+    one pod takes the fill lease and calls ``fill(held)`` (download upstream,
+    verify, publish with :func:`publish_entry`) while the lease is renewed in
+    the background; the others keep calling ``try_cache`` (and looking at the
+    lease, in case the filler died and it expired) until they get the entry
+    or the lease.
 
     Args:
         store: the bucket (must enforce conditional writes: see :class:`Leases`).
@@ -449,7 +470,7 @@ class CacheFill:
     def lease_key(self, key: str) -> str:
         return lease_key(self.prefix, "models", key)
 
-    def run(self, key: str, *, fill: Callable[[HeldLease], T], from_cache: Callable[[ObjectInfo], T],
+    def run(self, key: str, *, fill: Callable[[HeldLease], T], try_cache: Callable[[], T | None],
             cancel: threading.Event | None = None,
             on_wait: Callable[[Verdict], None] | None = None) -> FillResult:
         """Get cache entry ``key`` once for the whole fleet (see the class doc).
@@ -457,7 +478,8 @@ class CacheFill:
         Raises:
             LeaseUnsupportedError: the store ignores conditional writes (callers
                 then fill without coordination, as a single pod would).
-            LeaseLostError: we were filling and lost the lease (too slow to renew).
+            LeaseLostError: we were filling and lost the lease (could not renew in time).
+            CancelledError: ``cancel`` was set while waiting.
         """
         from .errors import CancelledError
 
@@ -467,20 +489,22 @@ class CacheFill:
         said = False
         lkey = self.lease_key(key)
         while True:
-            info = entry_ready(self.store, key)
-            if info is not None:
-                return FillResult(key, "cached", from_cache(info), waited_seconds=mono() - started)
+            value = try_cache()
+            if value is not None:
+                return FillResult(key, "cached", value, waited_seconds=mono() - started)
             got = self.leases.try_acquire(lkey, purpose=f"fill {key}", ttl=self.ttl, subject=key)
             if isinstance(got, Lease):
-                return self._fill(key, got, fill=fill, from_cache=from_cache, cancel=cancel,
+                return self._fill(key, got, fill=fill, try_cache=try_cache, cancel=cancel,
                                   waited=mono() - started)
             if not said:
-                log.info("%s: pod %s is filling it; waiting for its cache entry", key, got.holder,
+                log.info("%s: pod %s is filling the cache; waiting for its entry", key, got.holder,
                          extra={"event": "fleet.fill_wait", "key": key, "holder": got.holder})
                 said = True
             if on_wait is not None:
                 on_wait(got)
             delay = min(self.max_poll, poll_delay(attempt, ttl=self.ttl))
+            if got.state == "held":
+                delay = min(delay, max(0.05, got.expires_in))
             attempt += 1
             if cancel is not None:
                 if cancel.wait(delay):
@@ -488,15 +512,15 @@ class CacheFill:
             else:
                 self.leases.sleep(delay)
 
-    def _fill(self, key: str, lease: Lease, *, fill: Callable[[HeldLease], T],
-              from_cache: Callable[[ObjectInfo], T], cancel: threading.Event | None, waited: float) -> FillResult:
+    def _fill(self, key: str, lease: Lease, *, fill: Callable[[HeldLease], T], try_cache: Callable[[], T | None],
+              cancel: threading.Event | None, waited: float) -> FillResult:
         held = HeldLease(self.leases, lease, cancel=cancel)
         held.start()
         try:
-            # Filled between our last look and our lease (the previous filler finished): copy it.
-            info = entry_ready(self.store, key)
-            if info is not None:
-                return FillResult(key, "cached", from_cache(info), waited_seconds=waited)
+            # The previous filler may have published between our last look and our lease.
+            value = try_cache()
+            if value is not None:
+                return FillResult(key, "cached", value, waited_seconds=waited)
             if lease.stolen_from:
                 log.warning("%s: pod %s stopped filling it (its lease expired); filling it here", key,
                             lease.stolen_from, extra={"event": "fleet.fill_takeover", "key": key,
@@ -509,6 +533,59 @@ class CacheFill:
             if not held.lost.is_set():
                 with contextlib.suppress(StoreError):
                     self.leases.release(held.lease)
+
+
+class ModelFillCoordinator:
+    """The fleet's answer to :class:`syncbridge.models.FillCoordinator`: one pod fills, the rest copy.
+
+    ``pull_models(config, fill_coordinator=ModelFillCoordinator(config))``: when
+    a model with ``write_back`` misses the cache, :meth:`fill` runs the
+    models code's ``go_upstream`` on exactly one pod of the fleet (the holder
+    of the model's fill lease); the others call ``try_cache`` until the entry
+    appears. On a store without conditional writes it warns once and lets
+    every pod go upstream, as a lone pod would.
+    """
+
+    def __init__(self, config: Config, *, store: Store | None = None, cancel: threading.Event | None = None,
+                 max_poll: float = 2.0) -> None:
+        self.config = config
+        self.cancel = cancel
+        self.max_poll = max_poll
+        self._store = store
+        self._own_store = store is None
+        self._fill: CacheFill | None = None
+        self._enabled: bool | None = None
+        self._lock = threading.Lock()
+        self.results: list[FillResult] = []
+
+    def _setup(self) -> CacheFill | None:
+        with self._lock:
+            if self._enabled is None:
+                if self._store is None:
+                    self._store = open_store(self.config.remote, state_dir=self.config.state_dir)
+                self._enabled = leases_enabled(self._store, "auto", prefix=self.config.fleet.prefix,
+                                               what="model cache fill")
+                if self._enabled:
+                    self._fill = CacheFill(self._store, leases=Leases(self._store, owner=self.config.pod_id,
+                                                                      prefix=self.config.fleet.prefix),
+                                           prefix=self.config.fleet.prefix, ttl=self.config.fleet.lease_seconds,
+                                           max_poll=self.max_poll)
+            return self._fill
+
+    def fill(self, model: Any, *, cache_key: str, go_upstream: Callable[[], Any],
+             try_cache: Callable[[], Any]) -> Any:
+        coordinated = self._setup()
+        if coordinated is None:
+            return go_upstream()
+        result = coordinated.run(cache_key, fill=lambda held: go_upstream(), try_cache=try_cache, cancel=self.cancel)
+        with self._lock:
+            self.results.append(result)
+        return result.value
+
+    def close(self) -> None:
+        if self._own_store and self._store is not None:
+            self._store.close()
+            self._store = None
 
 
 def describe_pods(pods: Iterable[PodStatus]) -> list[str]:

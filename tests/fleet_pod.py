@@ -29,9 +29,91 @@ from pathlib import Path
 
 from syncbridge.config import load_config
 from syncbridge.errors import SyncBridgeError
-from syncbridge.fleet import CacheFill, Heartbeat, fetch_entry, file_sha256, publish_entry
-from syncbridge.lease import Lease, LeaseBusyError, Leases, lease_key
+from syncbridge.fleet import CacheFill, Heartbeat, entry_ready, fetch_entry, file_sha256, publish_entry
+from syncbridge.lease import Lease, LeaseBusyError, Leases
 from syncbridge.store import open_store
+
+
+class Upstream:
+    """A loopback HTTP "upstream" (Hugging Face / CivitAI / a URL) counting what it serves.
+
+    ``files``: path -> bytes. HEAD gives the size; GET serves the file (honouring a
+    ``Range: bytes=N-`` request) in chunks, sleeping ``chunk_delay`` between them so
+    downloads overlap in time like real ones. ``bytes_served[path]`` and ``gets[path]``
+    count what went out. Use as a context manager.
+    """
+
+    def __init__(self, files: dict[str, bytes], *, chunk: int = 256 * 1024, chunk_delay: float = 0.0) -> None:
+        import http.server
+        import threading
+
+        self.files = files
+        self.bytes_served: dict[str, int] = {p: 0 for p in files}
+        self.gets: dict[str, int] = {p: 0 for p in files}
+        self.lock = threading.Lock()
+        upstream = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def _lookup(self) -> bytes | None:
+                data = upstream.files.get(self.path)
+                if data is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                return data
+
+            def do_HEAD(self) -> None:
+                data = self._lookup()
+                if data is not None:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.send_header("Accept-Ranges", "bytes")
+                    self.end_headers()
+
+            def do_GET(self) -> None:
+                data = self._lookup()
+                if data is None:
+                    return
+                start = 0
+                rng = self.headers.get("Range", "")
+                if rng.startswith("bytes=") and rng[6:].split("-")[0].isdigit():
+                    start = int(rng[6:].split("-")[0])
+                body = data[start:]
+                self.send_response(206 if start else 200)
+                self.send_header("Content-Length", str(len(body)))
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.end_headers()
+                with upstream.lock:
+                    upstream.gets[self.path] += 1
+                for i in range(0, len(body), chunk):
+                    part = body[i:i + chunk]
+                    try:
+                        self.wfile.write(part)
+                    except OSError:
+                        return
+                    with upstream.lock:
+                        upstream.bytes_served[self.path] += len(part)
+                    if chunk_delay:
+                        time.sleep(chunk_delay)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "Upstream":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def _wait_start() -> None:
@@ -75,11 +157,13 @@ def fill_model(config, store, key: str, url: str, sha256: str, dest: Path, *, sl
         publish_entry(store, dest, key, sha256=sha256)
         return "upstream"
 
-    def from_cache(info) -> str:
+    def try_cache() -> str | None:
+        if entry_ready(store, key) is None:
+            return None
         fetch_entry(store, key, dest, expected_sha256=sha256)
         return "cache"
 
-    result = fill.run(key, fill=from_upstream, from_cache=from_cache)
+    result = fill.run(key, fill=from_upstream, try_cache=try_cache)
     return {"key": key, "how": result.how, "waited": round(result.waited_seconds, 2),
             "took_over_from": result.took_over_from, "sha256_ok": file_sha256(dest) == sha256}
 
