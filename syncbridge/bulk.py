@@ -32,6 +32,11 @@ __all__ = ["TransferSummary", "push", "pull", "bisync", "BisyncError", "bisync_w
 
 log = logging.getLogger(__name__)
 
+# rclone lists a raw "." or ".." key segment as full-width dots (its Dot encoding), so
+# it never lands outside the folder, but it cannot fetch it either: copying such an
+# entry failed the whole pull (exit 4). They are skipped like the other unsafe keys.
+_RCLONE_DOT_NAMES = ("\uff0e", "\uff0e\uff0e")
+
 
 @attrs.frozen
 class TransferSummary:
@@ -178,6 +183,8 @@ def pull(
         rel = entry.get("Path", "")
         try:
             key_to_relpath(rel)
+            if any(part in _RCLONE_DOT_NAMES for part in rel.split("/")):
+                raise UnsafePathError(f"key {rel!r} has a '.' or '..' segment", path=rel)
         except UnsafePathError as exc:
             unsafe.append(rel)
             log.warning("pull.unsafe_key", extra={"event": "pull.unsafe_key", "key": f"{key}/{rel}",
