@@ -546,12 +546,14 @@ class ModelFillCoordinator:
     every pod go upstream, as a lone pod would.
     """
 
-    def __init__(self, config: Config, *, store: Store | None = None, cancel: threading.Event | None = None,
-                 max_poll: float = 2.0) -> None:
+    def __init__(self, config: Config, *, store: Store | Callable[[], Store] | None = None,
+                 cancel: threading.Event | None = None, max_poll: float = 2.0) -> None:
         self.config = config
         self.cancel = cancel
         self.max_poll = max_poll
-        self._store = store
+        # A callable is called on the first miss only: a warm start opens no store.
+        self._store_factory = store if callable(store) and not isinstance(store, Store) else None
+        self._store = None if self._store_factory is not None else store
         self._own_store = store is None
         self._fill: CacheFill | None = None
         self._enabled: bool | None = None
@@ -561,6 +563,8 @@ class ModelFillCoordinator:
     def _setup(self) -> CacheFill | None:
         with self._lock:
             if self._enabled is None:
+                if self._store is None and self._store_factory is not None:
+                    self._store = self._store_factory()
                 if self._store is None:
                     self._store = open_store(self.config.remote, state_dir=self.config.state_dir)
                 self._enabled = leases_enabled(self._store, "auto", prefix=self.config.fleet.prefix,

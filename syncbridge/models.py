@@ -43,6 +43,7 @@ import attrs
 
 from .config import Config
 from .errors import PreconditionFailedError, StoreError, SyncBridgeError
+from .fleet import ModelFillCoordinator
 from .fsutil import atomic_write_bytes, fsync_dir, private_state_dir
 from .manifest import SNAPSHOT_INDEX, Manifest, ModelSpec, load_manifests, select_models
 from .sources import (CacheSource, Fetched, NotAvailable, Offer, RemoteFile, Source, SourceError, cache_key,
@@ -337,7 +338,8 @@ class _Puller:
         self.models_dir = manifest.models_dir
         self.on_event = on_event
         self.cancel = cancel
-        self.coordinator = fill_coordinator or FillCoordinator()
+        # Default: single-flight across the fleet (one pod of many fills the cache; syncbridge.fleet).
+        self.coordinator = fill_coordinator or ModelFillCoordinator(config, store=self.store, cancel=cancel)
         self.hashes = HashCache(config.state_dir / "models" / "hashes.json")
         self._store = store
         self._store_lock = threading.Lock()

@@ -213,7 +213,12 @@ def test_single_flight_fill_processes_and_dead_filler(moto_env, tmp_path: Path) 
     assert entry_ready(store, key).metadata["sha256"] == sha
 
 
-def test_model_fill_coordinator_with_pull_models(moto_env, tmp_path: Path) -> None:
+@pytest.mark.parametrize("coordinator", ["explicit", "default"])
+def test_model_fill_coordinator_with_pull_models(moto_env, tmp_path: Path, coordinator: str) -> None:
+    """Four pods pull the same models with write-back: each model is downloaded upstream once.
+
+    ``default``: pull_models with no coordinator given is fleet-aware by itself.
+    """
     models = pytest.importorskip("syncbridge.models")
     data = {"/vae.safetensors": os.urandom(2 * 1024 * 1024), "/lora.safetensors": os.urandom(1024 * 1024)}
     with Upstream(data, chunk_delay=0.03) as up:
@@ -234,8 +239,8 @@ def test_model_fill_coordinator_with_pull_models(moto_env, tmp_path: Path) -> No
         def run(i: int) -> None:
             barrier.wait()
             try:
-                reports[i] = models.pull_models(configs[i], fill_coordinator=coords[i], environ={},
-                                                tier="datacenter")
+                reports[i] = models.pull_models(configs[i], environ={}, tier="datacenter",
+                                                fill_coordinator=coords[i] if coordinator == "explicit" else None)
             except Exception as exc:  # noqa: BLE001 - reported below
                 reports[i] = exc
 
@@ -256,5 +261,6 @@ def test_model_fill_coordinator_with_pull_models(moto_env, tmp_path: Path) -> No
         assert report.ok, report.table()
         for path, blob in data.items():
             assert (tmp_path / f"models-{i}" / "vae" / path.strip("/")).read_bytes() == blob
-    hows = [r.how for c in coords for r in c.results]
-    assert hows.count("filled") == len(data)
+    if coordinator == "explicit":
+        hows = [r.how for c in coords for r in c.results]
+        assert hows.count("filled") == len(data)
