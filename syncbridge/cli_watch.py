@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "age, uploads and failures since start, last and p95 push latency. With no watcher running, "
                     "shows what its journal holds (files pending or failed, pushed at the next start).")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--fleet", action="store_true",
+                   help="instead, every pod seen in the bucket (heartbeats) and the leases held: "
+                        "the same as `syncbridge fleet status`")
     add_common(p)
     p.set_defaults(func=_status)
 
@@ -84,6 +87,10 @@ def _ms(seconds: float | None) -> str:
 
 
 def _status(args: argparse.Namespace, ctx) -> int:
+    if getattr(args, "fleet", False):
+        from .cli_fleet import status_command
+
+        return status_command(args, ctx)
     config = ctx.config()
     status = read_status(config.state_dir)
     summary = read_summary(journal_path(config.state_dir))

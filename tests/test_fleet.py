@@ -102,6 +102,9 @@ def test_heartbeats_and_fleet_status(moto_env, tmp_path: Path) -> None:
     proc = run_cli(["fleet", "status", "--json"], {**moto_env, "SYNCBRIDGE_POD_ID": "viewer"})
     doc = json.loads(proc.stdout)
     assert {p["pod_id"]: p["status"] for p in doc["pods"]} == {"pod-a": "stopped", "pod-b": "live"}
+    proc = run_cli(["status", "--fleet"], {**moto_env, "SYNCBRIDGE_POD_ID": "viewer"})
+    assert proc.returncode == 0, proc.stderr
+    assert "2 pods (1 live)" in proc.stdout and "pod-a" in proc.stdout
     assert_no_secret(proc.stdout, proc.stderr)
     beats[1].stop()
     assert Heartbeat.for_config(_pod_config(moto_env, tmp_path, "x", SYNCBRIDGE_HEARTBEAT_SECONDS="0")) is None
