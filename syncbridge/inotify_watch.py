@@ -216,8 +216,13 @@ class TreeWatcher:
         New folders are watched before this returns (and reported as NEW_DIR so
         the caller scans them).
         """
+        self.wait(timeout)
+        return self.drain()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until events are queued, :meth:`wake` is called, or ``timeout`` seconds pass."""
         if self._closed:
-            return []
+            return
         ms = -1 if timeout is None else max(0, int(timeout * 1000))
         try:
             ready = self._poll.poll(ms)
@@ -227,11 +232,12 @@ class TreeWatcher:
             with contextlib.suppress(OSError):
                 while os.read(self._wake_r, 4096):
                     pass
-        return self.drain()
 
     def drain(self) -> list[Change]:
         """Whatever events are queued now, without waiting."""
         out: list[Change] = []
+        if self._closed:
+            return out
         while True:
             try:
                 events = self._inotify.read(timeout=0)

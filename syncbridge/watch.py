@@ -255,7 +255,8 @@ class OutputWatcher:
         self._scan_queue: queue.SimpleQueue[tuple[str, bool] | None] = queue.SimpleQueue()
         self._scans_pending = 0
         self._catch_up_done = False
-        self._read_gen = 0
+        self._sync_requested = 0
+        self._sync_done = 0
         self._work: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._conditional: bool | None = None
@@ -488,12 +489,13 @@ class OutputWatcher:
         deadline = time.monotonic() + timeout
         tree = self._tree
         with self._cond:
-            gen = self._read_gen
+            self._sync_requested += 1
+            ticket = self._sync_requested
         if tree is not None and self._accepting:
             tree.wake()
         with self._cond:
             while True:
-                caught_up = self._read_gen > gen or not self._accepting
+                caught_up = self._sync_done >= ticket or not self._accepting
                 idle = (caught_up and self._catch_up_done and self._scans_pending == 0 and not self._ready
                         and not self._waiting and not self._batched and not self._inflight)
                 if idle:
@@ -561,12 +563,18 @@ class OutputWatcher:
         try:
             while True:
                 stopping = self._stop_event.is_set()
-                changes = tree.drain() if stopping else tree.read(None)
+                if not stopping:
+                    tree.wait(None)
+                # Sync requests made before this point are covered by the drain below
+                # (their events were queued in the kernel before they asked).
+                with self._cond:
+                    covered = self._sync_requested
+                changes = tree.drain()
                 now = time.monotonic()
                 for change in changes:
                     self._on_change(change, now)
                 with self._cond:
-                    self._read_gen += 1
+                    self._sync_done = covered
                     self._cond.notify_all()
                 if stopping:
                     return
