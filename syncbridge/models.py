@@ -441,21 +441,34 @@ class _Puller:
                 offers[source.name] = SourceError(problem, source=source.name)
                 continue
             offers[source.name] = offer
-            if local == "unknown" and len(offer.files) == 1:
+            if local == "unknown":
                 # The file is there but nothing local says what it should be: the source does.
-                remote = offer.files[0]
-                st = os.stat(target)
-                sha = local_sha or (self.hashes.hash(target, st) if remote.sha256 else None)
-                if (remote.size in (None, st.st_size)) and (remote.sha256 is None or remote.sha256 == sha) and \
-                        (remote.size is not None or remote.sha256 is not None):
-                    level = "sha256" if remote.sha256 else "size"
-                    if sha is None:
-                        sha = self.hashes.hash(target, st)
-                    self.hashes.put(target, sha, verified=level, st=st)
-                    return PlanItem(model, target, "present", offers, sha, level)
+                found = self.matches_offer(target, offer)
+                if found is not None:
+                    return PlanItem(model, target, "present", offers, found[0], found[1])
                 local = "stale"
             break
         return PlanItem(model, target, local, offers)
+
+    def matches_offer(self, target: Path, offer: Offer) -> tuple[str, str] | None:
+        """(sha256, verified) when the local single file is what ``offer`` describes, else None."""
+        if len(offer.files) != 1 or offer.files[0].rel:
+            return None
+        remote = offer.files[0]
+        if remote.size is None and remote.sha256 is None:
+            return None
+        try:
+            st = os.stat(target)
+        except OSError:
+            return None
+        if remote.size not in (None, st.st_size):
+            return None
+        sha = self.hashes.hash(target, st)
+        if remote.sha256 not in (None, sha):
+            return None
+        level = "sha256" if remote.sha256 else "size"
+        self.hashes.put(target, sha, verified=level, st=st)
+        return sha, level
 
     @staticmethod
     def offer_problem(model: ModelSpec, offer: Offer) -> str:
@@ -474,14 +487,15 @@ class _Puller:
         model, target = item.model, item.target
         started = time.monotonic()
         attempts: list[tuple[str, str]] = []
-        waited = []
-        with _model_lock(self.models_dir, model, lambda: (waited.append(1),
-                                                          self.emit("waiting", model,
-                                                                    message="another puller has this model"))):
-            if waited:
-                state, sha, level = self.local_state(model, target)
-                if state == "present":
-                    return self._done(model, "present", "local", target, started, attempts, verified=level)
+        with _model_lock(self.models_dir, model, lambda: self.emit("waiting", model,
+                                                                 message="another puller has this model")):
+            # Another puller sharing this folder may have put it in place since the plan was made.
+            state, _, level = self.local_state(model, target)
+            if state == "unknown" and item.chosen is not None:
+                found = self.matches_offer(target, item.chosen)
+                state, level = ("present", found[1]) if found else (state, level)
+            if state == "present":
+                return self._done(model, "present", "local", target, started, attempts, verified=level)
             offers = dict(item.offers)
 
             def attempt(source: Source) -> ModelResult | None:

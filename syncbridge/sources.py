@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 
 OnBytes = Callable[[int], None]
 _CHUNK = 1024 * 1024
+# Small reads from HTTP streams: what arrived before a dropped connection is kept for the resume.
+_STREAM_CHUNK = 64 * 1024
 _HASH_READ = 8 * 1024 * 1024
 _REDIRECTS = (301, 302, 303, 307, 308)
 
@@ -566,7 +568,7 @@ class _Http:
                 got = 0
                 with open(temp, mode) as out:
                     try:
-                        for chunk in response.stream(_CHUNK):
+                        for chunk in response.stream(_STREAM_CHUNK):
                             _check_cancel(cancel)
                             out.write(chunk)
                             digest.update(chunk)

@@ -53,7 +53,9 @@ class LoopbackServer:
                 pass
 
             def _any(self) -> None:
-                server.requests.append(Recorded(self.command, self.path, {k: v for k, v in self.headers.items()}))
+                # header names title-cased: httpx sends them in lower case
+                server.requests.append(Recorded(self.command, self.path,
+                                                {k.title(): v for k, v in self.headers.items()}))
                 try:
                     handle(self)
                 except (BrokenPipeError, ConnectionResetError):
