@@ -107,6 +107,12 @@ def _start(args: argparse.Namespace, ctx) -> int:
     result = run_start(config, _app_argv(args.app), options=options, environ=ctx.environ)
     if args.report:
         atomic_write_bytes(Path(args.report), (json.dumps(result.as_dict(), indent=2) + "\n").encode(), mode=0o644)
+    if result.abandoned:
+        # A worker that ignored its cancel (a download stuck in a read) would keep the
+        # interpreter alive past the spot pod's deadline: leave now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(result.exit_code)
     return result.exit_code
 
 

@@ -110,6 +110,8 @@ def _short(seconds: float) -> str:
 
 
 def _size(n: int) -> str:
+    if n < 1000:
+        return f"{n} B"
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} KB"
 
 
@@ -197,6 +199,9 @@ def _run(server: Any, root: Path, *, images: int, interval: float, out: Callable
         "SYNCBRIDGE_WATCH_PREFIX": "outputs/{pod_id}",
         "SYNCBRIDGE_MODELS": str(manifest),
         "SYNCBRIDGE_FOLDERS": f"bisync:{workflows}=workflows",
+        # One pod and a server that ignores If-None-Match: no lease to take, no probe to warn about.
+        "SYNCBRIDGE_BISYNC_LEASE": "off",
+        "SYNCBRIDGE_CONDITIONAL_PUT": "off",
         "SYNCBRIDGE_DEMO_EVENTS": str(events_path),
         "SYNCBRIDGE_LOG_LEVEL": "debug" if verbose else "info",
     })

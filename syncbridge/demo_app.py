@@ -90,7 +90,8 @@ class _Writer:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m syncbridge.demo_app", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m syncbridge.demo_app", description=__doc__.split("\n\n")[0],
+                                     allow_abbrev=False)
     parser.add_argument("--out", default=os.environ.get("COMFYUI_OUTPUT_DIR"),
                         help="output folder (default: $COMFYUI_OUTPUT_DIR)")
     parser.add_argument("--events", default=os.environ.get("SYNCBRIDGE_DEMO_EVENTS"),

@@ -201,6 +201,9 @@ class StartResult:
         app_returncode: the app's raw return code (``None``: no app ran).
         stop_signal: the first stop signal received, if any.
         shutdown_seconds: from that signal to the end of the run.
+        abandoned: a step did not stop when asked (by the deadline) and its
+            worker thread is still running: a caller that is about to exit
+            should exit at once (``os._exit``) rather than wait for it.
     """
 
     exit_code: int
@@ -208,6 +211,7 @@ class StartResult:
     app_returncode: int | None = None
     stop_signal: int | None = None
     shutdown_seconds: float | None = None
+    abandoned: bool = False
 
     def step(self, name: str) -> Step | None:
         return next((s for s in self.steps if s.name == name), None)
@@ -246,9 +250,9 @@ def models_line(results: Sequence[Any]) -> str:
     parts = []
     for status, members in groups.items():
         text = f"{len(members)} {status}"
-        if status == "failed":
+        if status in ("failed", "optional_failed"):
             text += " (" + ", ".join(str(m.name) for m in members) + ")"
-        elif status not in ("present", "skipped"):
+        elif status not in ("present", "skipped", "planned"):
             sources: dict[str, int] = {}
             for member in members:
                 if member.source:
@@ -307,6 +311,7 @@ class Starter:
         self._app_done = False
         self._watcher: Any = None
         self._app_returncode: int | None = None
+        self._abandoned = False
 
     # -- signals --------------------------------------------------------------------
     def request_stop(self, signum: int = signal.SIGTERM) -> None:
@@ -372,6 +377,7 @@ class Starter:
                 cancel.set()
                 cancelled_at = self.clock()
             if cancelled_at is not None and self.clock() - cancelled_at >= grace:
+                self._abandoned = True
                 return None, None, True
         return box.get("value"), box.get("error"), False
 
@@ -403,13 +409,17 @@ class Starter:
             return True
         from .models import pull_models
 
-        value, error, abandoned = self._in_thread("models", lambda cancel: pull_models(self.config),
-                                                  stop_when=lambda: self.stop_requested, grace=0.0)
+        def fn(cancel: threading.Event) -> Any:
+            return pull_models(self.config, environ=self.environ, tier=self.gpu_tier, cancel=cancel)
+
+        value, error, abandoned = self._in_thread("models", fn, stop_when=lambda: self.stop_requested,
+                                                  grace=SETUP_CANCEL_GRACE)
         stop = self.options.models_on_failure == "stop"
         consequence = ("not starting the app (models.on_failure = stop)" if stop
                        else "continuing (models.on_failure = warn)")
-        if abandoned:
-            self._record("models", "failed", f"interrupted by {signal_name(self._stop_signal or 15)}", started)
+        if abandoned or (error is not None and self.stop_requested):
+            self._record("models", "failed", f"interrupted by {signal_name(self._stop_signal or 15)}; partial "
+                                             f"downloads stay in temp files beside their targets", started)
             return False
         if error is not None:
             if not isinstance(error, SyncBridgeError):
@@ -426,7 +436,7 @@ class Starter:
             return True
         self._record("models", "failed" if stop else "warn", f"{text}; {consequence}", started, details=details)
         for result in results:
-            if str(result.status) == "failed":
+            if str(result.status) in ("failed", "optional_failed"):
                 for attempt in getattr(result, "attempts", ()) or ():
                     log.warning("  %s: %s", result.name, attempt, extra={"event": "start.models.attempt"})
         return not stop
@@ -523,16 +533,16 @@ class Starter:
         reported_stop = False
         killed = False
         while True:
+            if self._stop_signal is not None and not reported_stop:
+                reported_stop = True
+                log.info("stop: %s received, forwarded to the app (pid %d); shutdown budget %gs",
+                         signal_name(self._stop_signal), proc.pid, self.options.stop_seconds,
+                         extra={"event": "start.stop"})
             try:
                 returncode = proc.wait(timeout=POLL_SECONDS)
                 break
             except subprocess.TimeoutExpired:
                 pass
-            if self._stop_signal is not None and not reported_stop:
-                reported_stop = True
-                log.info("stop: %s received, forwarded to the app (pid %d); shutdown budget %.1fs",
-                         signal_name(self._stop_signal), proc.pid, self.options.stop_seconds,
-                         extra={"event": "start.stop"})
             remaining = self._remaining()
             if remaining is not None and not killed and remaining <= self._after_app_reserve():
                 # The app used its share of the budget: kill it so the drain still fits.
@@ -543,6 +553,10 @@ class Starter:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
         self._app_done = True
+        if self._stop_signal is not None and not reported_stop:
+            log.info("stop: %s received, forwarded to the app (pid %d); shutdown budget %gs",
+                     signal_name(self._stop_signal), proc.pid, self.options.stop_seconds,
+                     extra={"event": "start.stop"})
         code = exit_status(returncode)
         how = (f"killed by {signal_name(-returncode)}" if returncode < 0 else f"exited with status {returncode}")
         self._record("app", "ok" if returncode == 0 or self.stop_requested else "warn",
@@ -574,7 +588,8 @@ class Starter:
         if pending or failed:
             text += "; the rest is in the journal and is pushed on the next start"
         ok = bool(getattr(result, "ok", not (pending or failed)))
-        self._record("drain", "ok" if ok else "warn", text + f" (budget {budget:.1f}s)", started)
+        self._record("drain", "ok" if ok else "warn", f"{text} ({self.clock() - started:.1f}s of {budget:.1f}s)",
+                     started, show_seconds=False)
         return ok
 
     def _final_push(self, setup_done: bool) -> bool:
@@ -655,7 +670,8 @@ class Starter:
         shutdown = None if self._stop_at is None else self.clock() - self._stop_at
         tail = f" (shutdown took {shutdown:.1f}s of {self.options.stop_seconds:g}s)" if shutdown is not None else ""
         log.info("exit: %d%s", exit_code, tail, extra={"event": "start.exit"})
-        return StartResult(exit_code, tuple(self.steps), self._app_returncode, self._stop_signal, shutdown)
+        return StartResult(exit_code, tuple(self.steps), self._app_returncode, self._stop_signal, shutdown,
+                           self._abandoned)
 
 
 @contextlib.contextmanager
