@@ -27,6 +27,11 @@ from .faultproxy import FaultProxy, Rule
 PREFIX = "bi"
 
 
+def SLOW_PUT() -> Rule:  # noqa: N802 - reads as a constant
+    """Stall rclone's uploads into the synced prefix (not the lease object next to it)."""
+    return Rule("stall", method="PUT", path=rf"^/[^/]+/{PREFIX}/", seconds=2)
+
+
 def _bisync_pids(workdir: Path) -> list[int]:
     """rclone processes running bisync with this (test-private) workdir: only ours."""
     found = []
@@ -130,7 +135,7 @@ def scene(request, tmp_path):
 def test_sigkill_mid_run_then_rerun_recovers(scene):
     scene.seed()
     expected = scene.change_both_sides()
-    scene.proxy.add(Rule("stall", method="PUT", seconds=2))
+    scene.proxy.add(SLOW_PUT())
     thread, outcome = scene.run_in_thread()
     assert scene.proxy.wait_for(lambda: scene.proxy.count("stall") > 0, 60), "bisync never uploaded"
     pids = _bisync_pids(scene.workdir)
@@ -156,7 +161,7 @@ def test_cancel_mid_run_then_rerun_recovers(rclone_s3, tmp_path):
         scene = Scene(rclone_s3, tmp_path, proxy)
         scene.seed()
         expected = scene.change_both_sides()
-        proxy.add(Rule("stall", method="PUT", seconds=2))
+        proxy.add(SLOW_PUT())
         thread, outcome = scene.run_in_thread()
         assert proxy.wait_for(lambda: proxy.count("stall") > 0, 60)
         outcome["cancel"].set()
@@ -180,7 +185,7 @@ def test_sigkill_during_first_resync_then_rerun(rclone_s3, tmp_path):
         for i in range(3):
             scene.store.put_bytes(f"{PREFIX}/remote{i}.txt", b"r" * i)
             expected[f"remote{i}.txt"] = b"r" * i
-        proxy.add(Rule("stall", method="PUT", seconds=2))
+        proxy.add(SLOW_PUT())
         thread, outcome = scene.run_in_thread()
         assert proxy.wait_for(lambda: proxy.count("stall") > 0, 60)
         for pid in _bisync_pids(scene.workdir):
