@@ -57,6 +57,7 @@ from .bulk import TransferSummary, bisync, pull, push
 from .config import Config, Folder
 from .errors import SyncBridgeError
 from .keys import render_prefix
+from .system import detect_gpu_tier, detect_storage_mode
 
 __all__ = [
     "Step",
@@ -384,13 +385,8 @@ class Starter:
     # -- steps ----------------------------------------------------------------------
     def _system(self) -> None:
         started = self.clock()
-        try:
-            from .system import detect_gpu_tier, detect_storage_mode
-        except ImportError:  # pragma: no cover - until the system module lands
-            detect_gpu_tier = detect_storage_mode = None  # type: ignore[assignment]
-        if detect_storage_mode is not None:
-            self.storage_mode = detect_storage_mode(self.config)
-            self.gpu_tier = detect_gpu_tier(self.config)
+        self.storage_mode = detect_storage_mode(self.config)
+        self.gpu_tier = detect_gpu_tier(self.config, environ=self.environ)
         mode_note = "" if self.config.storage_mode == self.storage_mode else f" (configured {self.config.storage_mode})"
         tier_note = " (detected)" if self.config.gpu_tier == "auto" else ""
         self._record("system", "ok", f"storage {self.storage_mode}{mode_note}, workspace {self.config.workspace}, "

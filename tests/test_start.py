@@ -192,14 +192,21 @@ def test_app_gets_the_signal_and_the_detected_facts(local_env: dict[str, str], t
            "signal.signal(signal.SIGTERM, term)\n"
            f"open({str(tmp_path / 'ready')!r}, 'w').close()\n"
            "while True: time.sleep(1)\n")
-    env = with_bin({**local_env, "GPU_TIER": "prosumer"})
+    # This machine has no GPU: a stand-in nvidia-smi reports an 80 GB card.
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "nvidia-smi").write_text("#!/bin/sh\necho 81559\n")
+    (fake / "nvidia-smi").chmod(0o755)
+    env = with_bin(local_env)
+    env["PATH"] = f"{fake}:{env['PATH']}"
     proc = spawn(procs, [str(BIN / "syncbridge-start"), "--", sys.executable, "-c", app], env, tmp_path / "log")
     wait_for(lambda: (tmp_path / "ready").exists(), 30, "the app to start")
     code, seconds = stop(proc)
     assert code == 0, (tmp_path / "log").read_text()
     record = json.loads(out.read_text())
     assert record["signal"] == signal.SIGTERM
-    assert record["env"]["SYNCBRIDGE_GPU_TIER"] == "prosumer"
+    assert record["env"]["SYNCBRIDGE_GPU_TIER"] == "datacenter"
+    assert "GPU tier datacenter (detected)" in (tmp_path / "log").read_text()
     assert record["env"]["SYNCBRIDGE_STORAGE_MODE"] in ("persistent", "ephemeral")
     assert int(record["env"]["SYNCBRIDGE_START_PID"]) == proc.pid
     assert seconds < 5
