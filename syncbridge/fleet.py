@@ -120,10 +120,12 @@ class Heartbeat:
         role: what this process is (``watch``, ``start``...).
     """
 
-    def __init__(self, store: Store, *, pod_id: str, prefix: str, interval: float,
+    def __init__(self, store: Store | Callable[[], Store], *, pod_id: str, prefix: str, interval: float,
                  stats: Callable[[], Mapping[str, Any]] = dict, role: str = "watch",
                  clock: Callable[[], float] = time.time) -> None:
-        self.store = store
+        # A callable is called from the heartbeat thread: opening a store never delays the caller.
+        self._store_factory = store if callable(store) and not isinstance(store, Store) else None
+        self._store: Store | None = None if self._store_factory is not None else store  # type: ignore[assignment]
         self.pod_id = pod_id
         self.key = heartbeat_key(prefix, pod_id)
         self.interval = interval
@@ -146,7 +148,9 @@ class Heartbeat:
                               started=self.started, now=self.clock(), role=self.role, host=self._host,
                               pid=os.getpid())
         try:
-            self.store.put_bytes(self.key, (json.dumps(body, sort_keys=True) + "\n").encode())
+            if self._store is None:
+                self._store = self._store_factory()  # type: ignore[misc]
+            self._store.put_bytes(self.key, (json.dumps(body, sort_keys=True) + "\n").encode())
             self.beats += 1
         except StoreError as exc:
             log.warning("heartbeat %s not written: %s", self.key, exc,
@@ -158,9 +162,11 @@ class Heartbeat:
         """This pod's heartbeat with its own store connection, or ``None`` when ``fleet.heartbeat_seconds`` is 0."""
         if config.fleet.heartbeat_seconds <= 0:
             return None
-        store = open_store(config.remote, state_dir=config.state_dir)
-        beat = cls(store, pod_id=config.pod_id, prefix=config.fleet.prefix,
-                   interval=config.fleet.heartbeat_seconds, stats=stats, role=role)
+        # Short timeouts: a heartbeat must never hold up a drain in a spot pod's 5 s.
+        beat = cls(lambda: open_store(config.remote, state_dir=config.state_dir, max_pool_connections=2,
+                                      max_attempts=2),
+                   pod_id=config.pod_id, prefix=config.fleet.prefix, interval=config.fleet.heartbeat_seconds,
+                   stats=stats, role=role)
         beat._own_store = True
         return beat
 
@@ -177,16 +183,28 @@ class Heartbeat:
         self._thread.start()
         return self
 
-    def stop(self, *, final_state: str = "stopped", timeout: float = 5.0) -> None:
-        """Stop and write a last beat saying ``final_state`` (with the final counters)."""
+    def stop(self, *, final_state: str = "stopped", timeout: float = 2.0) -> None:
+        """Stop and write a last beat saying ``final_state`` (with the final counters).
+
+        Waits at most ``timeout`` seconds for it (a pod being killed has better
+        things to do); a beat not written in time is simply missing, and the
+        pod shows as silent once its heartbeat ages.
+        """
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=timeout)
-            self._thread = None
-            self.beat(final_state)
-        if self._own_store:
-            self.store.close()
-            self._own_store = False
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        deadline = time.monotonic() + timeout
+        thread.join(timeout=timeout)
+        last = threading.Thread(target=self._last_beat, args=(final_state,), name=f"heartbeat-last-{self.pod_id}",
+                                daemon=True)
+        last.start()
+        last.join(timeout=max(0.1, deadline - time.monotonic()))
+
+    def _last_beat(self, state: str) -> None:
+        self.beat(state)
+        if self._own_store and self._store is not None:
+            self._store.close()
 
     def __enter__(self) -> "Heartbeat":
         return self.start()

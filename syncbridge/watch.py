@@ -64,6 +64,7 @@ from .batching import Action, DeadlineBatcher, backoff_delay, is_network_fs, mou
     sibling_key
 from .config import ALWAYS_EXCLUDED, Config
 from .errors import PreconditionFailedError, StoreError, SyncBridgeError, UnsafePathError
+from .fleet import Heartbeat
 from .fsutil import private_state_dir
 from .inotify_watch import TreeWatcher, read_mounts, scan_tree
 from .journal import DONE, FAILED, JOURNAL_NAME, Journal, Row
@@ -268,6 +269,7 @@ class OutputWatcher:
         self._rescan_every = 0.0
         self._prefix = ""
         self.origin = config.pod_id
+        self._heartbeat: Heartbeat | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -294,6 +296,10 @@ class OutputWatcher:
             self._release()
             self._state = "stopped"
             raise
+        # Fleet heartbeat (<fleet.prefix>/pods/<pod_id>.json) for `syncbridge fleet status`.
+        self._heartbeat = Heartbeat.for_config(self.config, stats=lambda: self.stats().to_dict())
+        if self._heartbeat is not None:
+            self._heartbeat.start()
 
     def _start(self) -> None:
         if not self.directory.exists():
@@ -444,6 +450,8 @@ class OutputWatcher:
         self._stopped.set()
         self._write_status(final=True)
         self._release()
+        if self._heartbeat is not None:
+            self._heartbeat.stop(timeout=0.5)  # inside a spot pod's 5 s SIGTERM budget
         for rel in list(left)[:20]:
             log.warning("not pushed before the drain deadline (journalled for the next start): %s", rel,
                         extra={"event": "watch.left_pending", "path": rel})

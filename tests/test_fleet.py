@@ -267,3 +267,23 @@ def test_model_fill_coordinator_with_pull_models(moto_env, tmp_path: Path, coord
     if coordinator == "explicit":
         hows = [r.how for c in coords for r in c.results]
         assert hows.count("filled") == len(data)
+
+
+def test_watcher_writes_heartbeats(moto_env, tmp_path: Path) -> None:
+    watch = pytest.importorskip("syncbridge.watch")
+    config = _pod_config(moto_env, tmp_path, "pod-w", SYNCBRIDGE_HEARTBEAT_SECONDS="0.3",
+                         SYNCBRIDGE_WATCH_PREFIX="outputs/{pod_id}")
+    out = tmp_path / "out"
+    out.mkdir()
+    viewer = _pod_config(moto_env, tmp_path, "viewer")
+    with watch.OutputWatcher(config, directory=out) as watcher:
+        for i in range(3):
+            (out / f"img_{i:05d}_.png").write_bytes(b"png" * 100)
+        assert watcher.wait_idle(30)
+        _wait(lambda: any(p.pod_id == "pod-w" and p.uploaded == 3 for p in fleet_status(viewer)), 20,
+              "a heartbeat with 3 uploads")
+    pod = {p.pod_id: p for p in fleet_status(viewer)}["pod-w"]
+    assert pod.status == "stopped" and pod.uploaded == 3 and pod.pending == 0 and pod.last_latency is not None
+    # per-pod namespace: watch.prefix = outputs/{pod_id}
+    store = open_store(viewer.remote, state_dir=viewer.state_dir)
+    assert {i.key for i in store.list("outputs/")} == {f"outputs/pod-w/img_{i:05d}_.png" for i in range(3)}
