@@ -61,8 +61,10 @@ __all__ = [
     "ALWAYS_EXCLUDED",
 ]
 
-TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
-FALSE_WORDS = frozenset({"false", "0", "no", "off"})
+# Exactly what the issue promises: anything else (on/off, y/n, enabled) is an error,
+# so a typo never silently means "false".
+TRUE_WORDS = frozenset({"true", "1", "yes"})
+FALSE_WORDS = frozenset({"false", "0", "no"})
 
 DEFAULT_WATCH_INCLUDE = (
     "*.png", "*.jpg", "*.jpeg", "*.webp", "*.gif", "*.avif",
@@ -81,7 +83,7 @@ def secret_values(environ: Mapping[str, str]) -> tuple[str, ...]:
 
 
 def parse_bool(text: str) -> bool:
-    """``true/false/1/0/yes/no/on/off`` (any case); anything else is a ValueError."""
+    """``true/false/1/0/yes/no`` (any case); anything else is a ValueError."""
     word = text.strip().lower()
     if word in TRUE_WORDS:
         return True
@@ -369,7 +371,7 @@ def load_config(
     *,
     config_file: str | os.PathLike[str] | None = None,
     overrides: Mapping[str, Any] | None = None,
-    is_mount: Callable[[str], bool] = os.path.ismount,
+    is_mount: Callable[[str], bool] | None = None,
     hostname: Callable[[], str] | None = None,
 ) -> Config:
     """Read the configuration once.
@@ -398,24 +400,49 @@ def load_config(
         try:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError([Problem(f"config file {path}", f"is not valid TOML: {exc}")]) from exc
+            # Report the environment's problems too (all problems at once), then stop.
+            problems = [Problem(f"config file {path}", f"is not valid TOML: {exc}")]
+            try:
+                build_config(environ, {}, overrides=overrides, is_mount=is_mount, hostname=hostname)
+            except ConfigError as env_exc:
+                problems += env_exc.problems
+            raise ConfigError(problems) from exc
     return build_config(environ, doc, toml_text=text, toml_path=path, overrides=overrides, is_mount=is_mount,
                         hostname=hostname)
 
 
-def _line_of(text: str, section: str | None, key: str) -> int | None:
-    """Best-effort line number of ``key`` inside ``[section]`` of a TOML text."""
+_HEADER_RE = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+
+
+def _line_of(text: str, section: str | None, key: str | None, *, index: int | None = None) -> int | None:
+    """Best-effort line number in a TOML text.
+
+    Args:
+        text: the TOML source.
+        section: the table (``"remote"``), or ``None`` for the top level.
+        key: a key inside it; ``None`` for the table's header line. A key
+            that is itself a table (``[remote.extra]``) is found by its header.
+        index: for an array of tables (``[[folder]]``), which one (0-based).
+    """
+    key_re = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*[=.]") if key else None
     current: str | None = None
-    key_re = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
+    seen = -1  # how many [[section]] headers so far, minus one
+    in_target = section is None
     for number, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
-        header = re.match(r"^\[\[?\s*([^\]]+?)\s*\]\]?", stripped)
+        header = _HEADER_RE.match(line)
         if header:
-            current = header.group(1)
-            if section is not None and current == section and key is None:
+            current = header.group(2).replace('"', "").replace("'", "").replace(" ", "")
+            if current == section and header.group(1) == "[[":
+                seen += 1
+            in_target = current == section and (index is None or seen == index)
+            if in_target and key is None:
+                return number
+            if key is not None and index is None and current in (f"{section}.{key}" if section else key,):
+                return number
+            if key is not None and section is None and current.startswith(key + "."):
                 return number
             continue
-        if (current == section or (section is None and current is None)) and key_re.match(line):
+        if key_re is not None and in_target and key_re.match(line):
             return number
     return None
 
@@ -428,11 +455,12 @@ class _Collector:
         self.text = toml_text
         self.path = toml_path
 
-    def toml_where(self, section: str | None, key: str, *, display: str | None = None) -> str:
-        line = _line_of(self.text, section, key) if self.text else None
-        name = display or (f"{section}.{key}" if section else key)
+    def toml_where(self, section: str | None, key: str | None, *, display: str | None = None,
+                   index: int | None = None, what: str = "TOML key") -> str:
+        line = _line_of(self.text, section, key, index=index) if self.text else None
+        name = display or (f"{section}.{key}" if section and key else (key or section or ""))
         loc = f"{self.path}" + (f":{line}" if line else "")
-        return f"TOML key {name} ({loc})"
+        return f"{what} {name} ({loc})"
 
     def add(self, where: str, message: str) -> None:
         self.problems.append(Problem(where, message))
@@ -453,6 +481,8 @@ def _convert(setting: Setting, raw: Any, *, from_env: bool) -> Any:
     if kind == "bool":
         if isinstance(raw, bool):
             return raw
+        if isinstance(raw, int) and raw in (0, 1):  # TOML `enabled = 1`
+            return bool(raw)
         if isinstance(raw, str):
             return parse_bool(raw)
         raise ValueError(f"expected a boolean (true/false/1/0/yes/no), got {raw!r}")
@@ -517,6 +547,29 @@ def infer_provider(endpoint: str) -> tuple[str, str]:
     return "Other", "us-east-1"
 
 
+def is_mount_point(path: str, *, mountinfo: str = "/proc/self/mountinfo") -> bool:
+    """Whether ``path`` is a mount point, as the template's ``mountpoint -q /workspace`` says.
+
+    ``os.path.ismount`` alone misses a bind mount from the same file system (same
+    device on both sides), which is how Docker mounts a volume, so the kernel's
+    mount table is consulted too.
+    """
+    if os.path.ismount(path):
+        return True
+    real = os.path.realpath(path)
+    try:
+        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as fh:
+            for line in fh:
+                fields = line.split(" ")
+                # field 5 is the mount point, with space, tab, newline and backslash octal-escaped
+                if len(fields) > 4 and re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)),
+                                              fields[4]) == real:
+                    return True
+    except OSError:
+        pass
+    return False
+
+
 def _default_state_dir(environ: Mapping[str, str], workspace: Path, storage_mode: str) -> Path:
     if storage_mode == "persistent":
         return workspace / ".syncbridge"
@@ -532,7 +585,7 @@ def build_config(
     toml_text: str = "",
     toml_path: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
-    is_mount: Callable[[str], bool] = os.path.ismount,
+    is_mount: Callable[[str], bool] | None = None,
     hostname: Callable[[], str] | None = None,
 ) -> Config:
     """Build a :class:`Config` from already-parsed sources. See :func:`load_config`."""
@@ -549,8 +602,15 @@ def build_config(
                 continue
             folder_tables = list(enumerate(body))
             continue
+        if section not in SECTIONS and not isinstance(body, dict):
+            # `bucket = "x"` above every [section]: say which section it belongs in.
+            homes = [s.key for s in SETTINGS if s.name == section and s.key != "start.folders_spec"]
+            hint = (f"; settings go in a table: did you mean [{homes[0].split('.')[0]}] {section} = ...?" if homes
+                    else "; settings go in a table such as [remote]" + _suggest(section, SECTIONS))
+            col.add(col.toml_where(None, section), "unknown top-level key" + hint)
+            continue
         if section not in SECTIONS:
-            col.add(col.toml_where(None, section, display=section),
+            col.add(col.toml_where(None, section, display=f"[{section}]", what="TOML section"),
                     "unknown section" + _suggest(section, [*SECTIONS, "folder"]))
             continue
         if not isinstance(body, dict):
@@ -561,7 +621,11 @@ def build_config(
             setting = _BY_KEY.get(key)
             if setting is None or key == "start.folders_spec":
                 known = [s.name for s in SETTINGS if s.section == section and s.key != "start.folders_spec"]
-                col.add(col.toml_where(section, name), "unknown key" + _suggest(name, known))
+                hint = _suggest(name, known)
+                if not hint:  # right name, wrong table: `[remote] transfers = 4`
+                    homes = [s.key for s in SETTINGS if s.name == name and s.key != "start.folders_spec"]
+                    hint = f"; did you mean [{homes[0].split('.')[0]}] {name}?" if homes else ""
+                col.add(col.toml_where(section, name), "unknown key" + hint)
                 continue
             where = col.toml_where(section, name)
             try:
@@ -611,8 +675,10 @@ def build_config(
     workspace = Path(get("general.workspace"))
     mode = get("general.storage_mode")
     if mode == "auto":
+        # detect_storage_mode() of the templates: persistent when the workspace is a mount point.
         try:
-            mode = "persistent" if workspace.is_dir() and is_mount(str(workspace)) else "ephemeral"
+            mode = "persistent" if workspace.is_dir() and (is_mount or is_mount_point)(str(workspace)) \
+                else "ephemeral"
         except OSError:
             mode = "ephemeral"
     state_dir = get("general.state_dir") or _default_state_dir(environ, workspace, mode)
@@ -730,10 +796,12 @@ def _folders(col: _Collector, environ: Mapping[str, str], tables: list[tuple[int
              spec: tuple[str, ...], spec_where: str) -> tuple[Folder, ...]:
     folders: list[Folder] = []
     for index, table in tables:
-        where = col.toml_where(None, "folder", display=f"folder[{index}]")
+        where = col.toml_where("folder", None, index=index, display=f"[[folder]] #{index + 1}",
+                               what="TOML table")
         for key in table:
             if key not in FOLDER_KEYS:
-                col.add(where, f"unknown key {key!r}" + _suggest(key, FOLDER_KEYS))
+                col.add(col.toml_where("folder", key, index=index, display=f"[[folder]] #{index + 1} {key}"),
+                        "unknown key" + _suggest(key, FOLDER_KEYS))
         local, prefix, mode = table.get("local"), table.get("prefix"), table.get("mode", "pull")
         if not isinstance(local, str) or not local or "\0" in local:
             col.add(where, "needs local = \"/path/to/folder\"")
