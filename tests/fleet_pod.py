@@ -199,50 +199,65 @@ def cmd_fill(args, config, store) -> int:
 
 
 def cmd_pod(args, config, store) -> int:
-    """The simulation pod (see tests/test_fleet_sim.py)."""
-    from syncbridge.bulk import bisync, push
+    """The simulation pod (see tests/test_fleet_sim.py): models, outputs, shared bisync, heartbeats."""
+    from syncbridge.bulk import bisync
+    from syncbridge.fleet import bisync_lease
 
     spec = json.loads(Path(args.spec).read_text())
     work = Path(spec["work"])
-    out_dir = work / "output"
+    out_dir = config.watch.dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    report: dict = {"pod": config.pod_id, "models": [], "outputs": [], "bisync": [], "edits": []}
-    heartbeat = Heartbeat(store, pod_id=config.pod_id, prefix=config.fleet.prefix,
-                          interval=config.fleet.heartbeat_seconds or 1.0, role="sim",
-                          stats=lambda: {"pending": 0, "uploaded": len(report["outputs"])})
-    heartbeat.start()
+    report: dict = {"pod": config.pod_id, "models": [], "outputs": [], "bisync": [], "last_edit": None}
     _wait_start()
     try:
-        for model in spec["models"]:
+        import syncbridge.models as models
+    except ImportError:  # the models module has not landed: fill through the fleet primitives directly
+        models = None
+    if models is not None and config.models.manifests:
+        result = models.pull_models(config, environ={}, tier="datacenter")
+        report["models"] = [{"name": r.name, "source": r.source, "status": r.status, "verified": r.verified}
+                            for r in result.results]
+        report["models_ok"] = result.ok
+    else:
+        for model in spec.get("models", []):
             report["models"].append(fill_model(config, store, model["key"], model["url"], model["sha256"],
                                                work / "models" / model["name"]))
-        wf_local = work / "workflows"
-        wf_local.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + spec["seconds"]
-        n = 0
+        report["models_ok"] = all(m["sha256_ok"] for m in report["models"])
+    from syncbridge.watch import OutputWatcher
+
+    watcher = OutputWatcher(config)
+    watcher.start()
+    wf_local = work / "workflows"
+    wf_local.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + spec["seconds"]
+    n = 0
+    try:
         while True:
-            # an output, pushed to this pod's own namespace
             name = f"img_{n:05d}_.png"
             (out_dir / name).write_bytes(f"{config.pod_id} output {n}\n".encode() * 50)
-            push(config, out_dir / name, f"{spec['outputs_prefix']}/{config.pod_id}/")
             report["outputs"].append(name)
-            # an edit of this pod's own workflow file, then bisync of the shared prefix
             wf = wf_local / f"{config.pod_id}.json"
             wf.write_text(json.dumps({"pod": config.pod_id, "edit": n}))
-            report["edits"].append(n)
+            report["last_edit"] = n
             summary = bisync(config, wf_local, spec["workflows_prefix"])
-            report["bisync"].append({"resync": summary.resync, "skipped": bool(getattr(summary, "held_by", ""))})
+            report["bisync"].append({"resync": summary.resync, "skipped": summary.held_by})
             n += 1
+            if spec.get("die_holding") and n == 1:
+                # Take the shared prefix's lease and hang while holding it: the test kills us with -9.
+                watcher.wait_idle(30)
+                with bisync_lease(config, spec["workflows_prefix"]):
+                    print("HOLDING", flush=True)
+                    time.sleep(3600)
             if time.monotonic() >= deadline and n >= spec.get("min_rounds", 1):
                 break
-        # A last bisync so the final edit is in the bucket even if the previous run was skipped.
-        for _ in range(20):
-            summary = bisync(config, wf_local, spec["workflows_prefix"])
-            if not getattr(summary, "held_by", ""):
-                break
+        # The last edit is in the bucket once a bisync after it has run (the lease serializes them).
+        summary = bisync(config, wf_local, spec["workflows_prefix"])
+        report["final_bisync"] = not summary.held_by
+        report["idle"] = watcher.wait_idle(60)
         report["done"] = True
     finally:
-        heartbeat.stop()
+        drain = watcher.stop()
+        report["left_pending"] = drain.pending
         _say(report)
     return 0
 
