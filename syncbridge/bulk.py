@@ -27,6 +27,7 @@ from .lease import LeaseBusyError
 from .keys import key_to_relpath
 from .rclone import Rclone
 from .rclonecmd import Progress, bisync_argv, copy_argv, remote_path
+from .store import check_endpoint
 
 __all__ = ["TransferSummary", "push", "pull", "bisync", "BisyncError", "bisync_workdir"]
 
@@ -70,6 +71,21 @@ class TransferSummary:
         if self.skipped:
             text += f", {len(self.skipped)} skipped (unsafe names)"
         return text
+
+
+def _prepare(config: Config, rclone: Rclone | None) -> Rclone:
+    """What every bulk operation does first: a private state directory, a reachable endpoint.
+
+    The state directory is created 0700 before rclone's local backend would create it
+    (0755) as the parent of the embedded bucket. An endpoint that refuses connections
+    fails here in milliseconds instead of after rclone's minutes of retries.
+    """
+    private_state_dir(config.state_dir)
+    if config.remote.is_local:
+        config.remote.local_bucket_dir.mkdir(parents=True, exist_ok=True)
+    elif config.remote.endpoint:
+        check_endpoint(config.remote.endpoint)
+    return rclone or Rclone(config)
 
 
 def _human(n: float) -> str:
@@ -117,7 +133,7 @@ def push(
     A single file goes to ``<prefix>`` itself, or to ``<prefix>/<name>`` when
     ``prefix`` ends with ``/``.
     """
-    rc = rclone or Rclone(config)
+    rc = _prepare(config, rclone)
     src = Path(local)
     if not src.exists():
         raise SyncBridgeError(f"push: {src} does not exist")
@@ -152,7 +168,7 @@ def pull(
     Keys that would escape ``local`` (``..``, absolute, backslashes) are skipped
     with a warning naming each; nothing else in the run is affected.
     """
-    rc = rclone or Rclone(config)
+    rc = _prepare(config, rclone)
     key = prefix.strip("/")
     dest = Path(local)
     extra = ["--transfers", str(transfers)] if transfers else []
@@ -275,7 +291,7 @@ def bisync(
         BisyncError: bisync needs attention; the message carries the command
             that recovers.
     """
-    rc = rclone or Rclone(config)
+    rc = _prepare(config, rclone)
     src = Path(local)
     key = prefix.strip("/")
     workdir = bisync_workdir(config, src, key)

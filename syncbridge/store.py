@@ -28,7 +28,9 @@ import io
 import logging
 import math
 import os
+import socket
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,10 +40,11 @@ import attrs
 
 from .config import RemoteConfig
 from .errors import PreconditionFailedError, StoreError, UnsafePathError
-from .fsutil import TEMP_SUFFIX, ensure_private_dir
+from .fsutil import TEMP_SUFFIX, ensure_private_dir, private_state_dir
 from .keys import key_to_relpath
 
-__all__ = ["ObjectInfo", "Store", "S3Store", "LocalStore", "open_store", "make_s3_client", "RETRYABLE_CODES"]
+__all__ = ["ObjectInfo", "Store", "S3Store", "LocalStore", "open_store", "make_s3_client", "RETRYABLE_CODES",
+           "check_endpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -548,9 +551,53 @@ class LocalStore(Store):
             self._path(key).unlink()
 
 
+def check_endpoint(endpoint: str, *, timeout: float = 5.0) -> float:
+    """Open (and close) one TCP connection to the endpoint's host and port.
+
+    rclone retries a refused connection for minutes (measured: 7m46s before a push
+    to a closed port gave up, with a misleading "is a file not a directory"), so
+    bulk operations check this first and fail in milliseconds with a clear message.
+
+    Returns:
+        The connect time in seconds.
+
+    Raises:
+        StoreError: ``code`` is ``NameResolution``, ``ConnectionRefused`` or
+            ``ConnectFailed``; retryable (the server may come back).
+    """
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(endpoint)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise StoreError(f"cannot resolve the endpoint's host {host!r} (R2_ENDPOINT={endpoint}): {exc.strerror}",
+                         code="NameResolution", retryable=True) from exc
+    last: OSError | None = None
+    for family, kind, proto, _, addr in infos:
+        with contextlib.closing(socket.socket(family, kind, proto)) as sock:
+            sock.settimeout(timeout)
+            started = time.monotonic()
+            try:
+                sock.connect(addr)
+                return time.monotonic() - started
+            except OSError as exc:
+                last = exc
+    if isinstance(last, ConnectionRefusedError):
+        raise StoreError(f"cannot connect to the endpoint {host}:{port} (R2_ENDPOINT={endpoint}): connection refused "
+                         f"(is the server running? is the port right?)", code="ConnectionRefused",
+                         retryable=True) from last
+    reason = "timed out" if isinstance(last, (TimeoutError, socket.timeout)) else str(last)
+    raise StoreError(f"cannot connect to the endpoint {host}:{port} (R2_ENDPOINT={endpoint}): {reason}",
+                     code="ConnectFailed", retryable=True) from last
+
+
 def open_store(remote: RemoteConfig, *, state_dir: Path, max_pool_connections: int = 10,
                max_attempts: int = 3) -> Store:
     """The store for ``remote``: S3 when an endpoint is set, else the local bucket folder."""
     if remote.is_local:
+        private_state_dir(state_dir)  # before the bucket folder inside it, so it is 0700
         return LocalStore(remote.local_bucket_dir, lock_dir=state_dir / "locks")
     return S3Store(remote, max_pool_connections=max_pool_connections, max_attempts=max_attempts)
