@@ -418,7 +418,7 @@ class Starter:
                                              f"downloads stay in temp files beside their targets", started)
             return False
         if error is not None:
-            if not isinstance(error, SyncBridgeError):
+            if not isinstance(error, (SyncBridgeError, OSError)):
                 raise error
             self._record("models", "failed" if stop else "warn", f"{_first_line(error)}; {consequence}", started)
             for extra in str(error).splitlines()[1:]:
@@ -472,7 +472,7 @@ class Starter:
                 failed = True
                 break
             if error is not None:
-                if not isinstance(error, SyncBridgeError):
+                if not isinstance(error, (SyncBridgeError, OSError)):
                     raise error
                 parts.append(f"{op} {folder.local} FAILED: {_first_line(error)}")
                 failed = True
@@ -497,7 +497,7 @@ class Starter:
         try:
             watcher = OutputWatcher(self.config)
             watcher.start()
-        except SyncBridgeError as exc:
+        except (SyncBridgeError, OSError) as exc:
             # The app still runs (a pod that cannot push is better than one that does not start),
             # but loudly: outputs are only on the local disk.
             self._record("watch", "failed", f"could not start: {_first_line(exc)}; outputs will NOT be pushed",
@@ -574,7 +574,7 @@ class Starter:
                                                                                   remaining))
         try:
             result = watcher.stop(drain_seconds=budget)
-        except SyncBridgeError as exc:
+        except (SyncBridgeError, OSError) as exc:
             self._record("drain", "failed", f"watcher stopped with an error: {_first_line(exc)}", started)
             return False
         finally:

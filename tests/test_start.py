@@ -459,3 +459,45 @@ def test_no_app_runs_the_watcher_in_the_foreground(rclone_s3: LocalS3, tmp_path:
     assert seconds < 5, log
     assert "running in the foreground" in log
     assert store.get_bytes("outputs/sub/x.png")[0] == b"png bytes"
+
+
+def test_bin_watch_is_the_drop_in_for_r2_sync(rclone_s3: LocalS3, tmp_path: Path,
+                                              procs: list[subprocess.Popen]) -> None:
+    """The old `/r2_sync.sh &` variables, unchanged; and a start whose watcher cannot run still runs its app."""
+    pytest.importorskip("syncbridge.watch")
+    bucket = new_bucket(rclone_s3)
+    env = server_env(rclone_s3, bucket, tmp_path)  # R2_ENDPOINT, R2_ACCESS_KEY, R2_SECRET_KEY, R2_BUCKET, COMFYUI_OUTPUT_DIR
+    store = client_store(env, tmp_path)
+    output = Path(env["COMFYUI_OUTPUT_DIR"])
+    output.mkdir(parents=True)
+    log_path = tmp_path / "watch.log"
+    watch = spawn(procs, [str(BIN / "syncbridge-watch")], with_bin(env), log_path)
+    (output / "a" / "ComfyUI_00001_.png").parent.mkdir()
+    (output / "a" / "ComfyUI_00001_.png").write_bytes(b"a")
+    (output / "b").mkdir()
+    (output / "b" / "ComfyUI_00001_.png").write_bytes(b"b")  # same base name: no collision
+    wait_for(lambda: store.head("outputs/a/ComfyUI_00001_.png") and store.head("outputs/b/ComfyUI_00001_.png"), 30,
+             "both files in the bucket")
+    # A second watcher on the same state directory is refused; start says so loudly and runs the app anyway.
+    proc = run_cli(["start", "--watch", "--", sys.executable, "-c", "raise SystemExit(4)"], env, timeout=60)
+    assert proc.returncode == 4, proc.stderr
+    assert "watch: could not start" in proc.stderr and "outputs will NOT be pushed" in proc.stderr
+    code, seconds = stop(watch)
+    assert code == 0, log_path.read_text()
+    assert seconds < 5
+    assert store.get_bytes("outputs/b/ComfyUI_00001_.png")[0] == b"b"
+    assert_no_secret(log_path.read_text(), proc.stderr)
+
+
+def test_bin_pull_models(rclone_s3: LocalS3, tmp_path: Path) -> None:
+    pytest.importorskip("syncbridge.models")
+    bucket = new_bucket(rclone_s3)
+    env = server_env(rclone_s3, bucket, tmp_path)
+    store = client_store(env, tmp_path)
+    models_dir = tmp_path / "models"
+    manifest, sha = seed_model(store, tmp_path, models_dir, size=200_000)
+    proc = subprocess.run([str(BIN / "syncbridge-pull-models"), str(manifest)], env=with_bin(env),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert hashlib.sha256((models_dir / MODEL_PATH).read_bytes()).hexdigest() == sha
+    assert_no_secret(proc.stdout, proc.stderr)
