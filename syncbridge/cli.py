@@ -117,7 +117,21 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Show syncbridge's and rclone's versions.")
     add_common(p)
     p.set_defaults(func=_version_cmd)
+    for sub_parser in iter_subparsers(parser):
+        if "--version" not in sub_parser._option_string_actions:
+            sub_parser.add_argument("--version", action="version", version=f"syncbridge {__version__}")
     return parser
+
+
+def iter_subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every (nested) subcommand parser below ``parser``, e.g. ``models``, ``models pull``."""
+    found: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                found.append(child)
+                found += iter_subparsers(child)
+    return found
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
