@@ -1,0 +1,303 @@
+"""Security: secrets never leak, hostile keys never escape, the state directory is private.
+
+The secrets are the distinctive values from ``tests/conftest.py`` (plus a distinctive
+*wrong* secret for the failure paths); every output, error, file and command line is
+scanned for each of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import re
+import threading
+import time
+import traceback
+from pathlib import Path
+
+import pytest
+
+from syncbridge import cli
+from syncbridge.bulk import bisync, pull, push
+from syncbridge.config import load_config
+from syncbridge.errors import RcloneError, StoreError, SyncBridgeError
+from syncbridge.store import S3Store, open_store
+
+from .conftest import CIVITAI_KEY, HF_TOKEN, SECRETS, new_bucket, run_cli, server_env
+from .faultproxy import FaultProxy, Rule
+
+WRONG_SECRET = "sbWRONGsecretVALUE-77d1c0ffee42"
+ALL = (*SECRETS, WRONG_SECRET)
+PKG = Path(cli.__file__).resolve().parent
+
+
+def assert_clean(*texts: str | bytes, what: str = "output") -> None:
+    for text in texts:
+        data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
+        for secret in ALL:
+            assert secret.encode() not in data, f"secret {secret[:6]}... leaked into {what}:\n" \
+                                                f"{data[:3000].decode('utf-8', 'replace')}"
+
+
+@pytest.fixture
+def secret_env(rclone_s3, tmp_path):
+    """A template's environment with all four secrets set (the server checks the S3 pair)."""
+    env = server_env(rclone_s3, new_bucket(rclone_s3), tmp_path)
+    env["HF_TOKEN"] = HF_TOKEN
+    env["CIVITAI_API_KEY"] = CIVITAI_KEY
+    env["SYNCBRIDGE_LOG_LEVEL"] = "debug"
+    return env
+
+
+def _command_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = [prefix]
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public walk
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for name, sub in action.choices.items():
+                paths += _command_paths(sub, (*prefix, name))
+    return paths
+
+
+def test_help_of_every_command_is_clean(secret_env, monkeypatch, capsys):
+    """Help texts must not show a default read from the environment (argparse would print it)."""
+    for name, value in secret_env.items():
+        monkeypatch.setenv(name, value)
+    paths = _command_paths(cli.build_parser())
+    assert len(paths) > 8
+    for path in paths:
+        with pytest.raises(SystemExit) as info:
+            cli.main([*path, "--help"], environ=secret_env)
+        assert info.value.code == 0
+        out, err = capsys.readouterr()
+        assert "usage:" in out
+        assert_clean(out, err, what=f"syncbridge {' '.join(path)} --help")
+
+
+@pytest.mark.parametrize("args", [["config"], ["doctor"], ["version"], ["status"], ["status", "--json"],
+                                  ["fleet", "status"], ["models", "list"]])
+def test_informational_commands_are_clean(secret_env, args):
+    proc = run_cli([*args, "-v"], secret_env, timeout=120)
+    assert_clean(proc.stdout, proc.stderr, what=f"syncbridge {' '.join(args)}")
+    assert "Traceback" not in proc.stderr
+
+
+def test_config_names_the_secrets_without_showing_them(secret_env):
+    proc = run_cli(["config"], secret_env, check=True)
+    assert "R2_SECRET_KEY" in proc.stdout and "HF_TOKEN" in proc.stdout
+    assert_clean(proc.stdout, proc.stderr)
+
+
+def test_failures_with_a_wrong_secret_are_clean(secret_env, tmp_path):
+    env = dict(secret_env, R2_SECRET_KEY=WRONG_SECRET)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.txt").write_text("a")
+    for args in (["doctor"], ["push", str(tmp_path / "src"), "p"], ["pull", "p", str(tmp_path / "dst")],
+                 ["bisync", str(tmp_path / "src"), "p"]):
+        proc = run_cli([*args, "-v"], env, timeout=180)
+        assert proc.returncode != 0, f"{args} should fail with a wrong secret"
+        assert_clean(proc.stdout, proc.stderr, what=f"syncbridge {' '.join(args)} (wrong secret)")
+        assert "Traceback" not in proc.stderr
+
+
+def test_failure_messages_and_exceptions_are_clean(secret_env, tmp_path):
+    config = load_config(dict(secret_env, R2_SECRET_KEY=WRONG_SECRET))
+    assert_clean(repr(config), str(config), repr(config.remote), what="Config repr")
+    store = S3Store(config.remote, max_attempts=1)
+    with pytest.raises(StoreError) as info:
+        store.put_bytes("x", b"1")
+    exc = info.value
+    assert_clean(str(exc), repr(exc), repr(exc.args), "".join(traceback.format_exception(exc)),
+                 what="StoreError")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("f")
+    with pytest.raises(RcloneError) as rinfo:
+        push(config, src, "p")
+    rexc = rinfo.value
+    assert rexc.returncode != 0
+    assert_clean(str(rexc), repr(rexc), " ".join(rexc.argv), rexc.stderr_tail,
+                 "".join(traceback.format_exception(rexc)), what="RcloneError")
+
+
+def test_logs_of_a_flaky_run_are_clean(secret_env, rclone_s3, tmp_path):
+    """Debug logging through errors, retries and resets: every line is scanned."""
+    with FaultProxy(rclone_s3.endpoint) as proxy:
+        env = dict(secret_env, R2_ENDPOINT=proxy.endpoint)
+        src = tmp_path / "src"
+        for i in range(6):
+            (src / f"d{i % 2}").mkdir(parents=True, exist_ok=True)
+            (src / f"d{i % 2}" / f"f{i}.bin").write_bytes(os.urandom(30_000))
+        proxy.add(Rule("error", method="PUT", status=503, code="SlowDown", times=2),
+                  Rule("reset", method="PUT", phase="request", times=1),
+                  Rule("error", method="GET", status=500, code="InternalError", times=1))
+        outputs = []
+        for args in (["push", str(src), "logs"], ["pull", "logs", str(tmp_path / "dst")],
+                     ["bisync", str(tmp_path / "dst"), "logs"], ["doctor"]):
+            proc = run_cli([*args, "-v"], env, timeout=180)
+            outputs += [proc.stdout, proc.stderr]
+        assert proxy.count("error") + proxy.count("reset") > 0
+        assert any("[syncbridge]" in text for text in outputs), "expected log lines to scan"
+        assert_clean(*outputs, what="debug logs")
+
+
+def _cmdlines() -> dict[int, bytes]:
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                found[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+    return found
+
+
+def test_no_secret_in_any_process_argv_while_rclone_runs(secret_env, rclone_s3, tmp_path):
+    """Scan every /proc/*/cmdline while rclone is slowed down mid-transfer (library and CLI)."""
+    with FaultProxy(rclone_s3.endpoint) as proxy:
+        env = dict(secret_env, R2_ENDPOINT=proxy.endpoint)
+        config = load_config(env)
+        src = tmp_path / "src"
+        src.mkdir()
+        for i in range(4):
+            (src / f"f{i}.bin").write_bytes(os.urandom(50_000))
+        proxy.add(Rule("stall", method="PUT", seconds=1.0), Rule("stall", method="GET", path="/slow/", seconds=1.0))
+        done = threading.Event()
+        seen: dict[int, bytes] = {}
+
+        def scan() -> None:
+            while not done.is_set():
+                seen.update(_cmdlines())
+                time.sleep(0.02)
+
+        scanner = threading.Thread(target=scan, daemon=True)
+        scanner.start()
+        try:
+            push(config, src, "slow")
+            pull(config, "slow", tmp_path / "dst")
+            proc = run_cli(["push", str(src), "slow2", "-v"], env, timeout=120)
+            assert proc.returncode == 0, proc.stderr
+        finally:
+            done.set()
+            scanner.join(5)
+    rclones = {pid: argv for pid, argv in seen.items() if argv.split(b"\0")[0].endswith(b"rclone")}
+    assert any(b"copy" in argv.split(b"\0") for argv in rclones.values()), "never saw rclone running"
+    for pid, argv in seen.items():
+        assert_clean(argv, what=f"/proc/{pid}/cmdline ({argv[:80]!r})")
+    for argv in rclones.values():
+        parts = argv.split(b"\0")
+        assert b"rcd" not in parts and not any(p.startswith(b"--rc") for p in parts), \
+            "rclone's remote control is running: it must listen on loopback/unix socket with auth (and be tested)"
+
+
+def test_rclone_remote_control_is_not_used():
+    """rc access is shell access. syncbridge runs one rclone per operation and never starts ``rcd``/``--rc``.
+
+    If this fails, rc got used: it must listen on 127.0.0.1 or a unix socket with
+    ``--rc-user``/``--rc-pass`` (through the environment) and get a test that an
+    unauthenticated request is refused.
+    """
+    offenders = []
+    for path in sorted(PKG.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                value = node.value
+                if value == "rcd" or re.fullmatch(r"--rc(-[a-z-]+)?", value) and path.name != "redact.py":
+                    offenders.append(f"{path.name}:{node.lineno}: {value!r}")
+    assert not offenders, offenders
+
+
+def _files_outside(root: Path, allowed: list[Path]) -> list[Path]:
+    out = []
+    for p in root.rglob("*"):
+        if p.is_file() and not any(p == a or a in p.parents for a in allowed):
+            out.append(p)
+    return out
+
+
+HOSTILE = ["x/../escape1.txt", "x/a/../../escape2.txt", "x/..\\..\\win.txt", "x//abs.txt", "x/./dot.txt",
+           "x/sub/..", "x/back\\slash.txt", "x/../../../../tmp/escape3.txt"]
+SAFE = {"ok.txt": b"ok", "sub/ok2.txt": b"ok2", "\u240a.txt": b"newline"}
+
+
+def test_pull_refuses_keys_that_escape(moto_s3, tmp_path):
+    """moto stores any key; rclone serve s3 cannot hold these. Library and CLI."""
+    env = server_env(moto_s3, new_bucket(moto_s3), tmp_path / "e")
+    config = load_config(env)
+    store = S3Store(config.remote)
+    for key in HOSTILE:
+        store.put_bytes(key, b"evil")
+    for rel, data in SAFE.items():
+        store.put_bytes(f"x/{rel}", data)
+    area = tmp_path / "area"
+    dest = area / "deep" / "dest"
+    summary = pull(config, "x", dest)
+    assert summary.files == len(SAFE)
+    assert len(summary.skipped) == len(HOSTILE)
+    assert (dest / "ok.txt").read_bytes() == b"ok" and (dest / "sub" / "ok2.txt").read_bytes() == b"ok2"
+    assert (dest / "\n.txt").read_bytes() == b"newline"
+    assert not _files_outside(tmp_path, [dest, tmp_path / "e"]), "a hostile key landed outside the folder"
+    assert not Path("/tmp/escape3.txt").exists()
+
+    dest2 = area / "dest2"
+    proc = run_cli(["pull", "x", str(dest2)], env, check=True)
+    assert proc.stdout.count("skipped unsafe key") == len(HOSTILE)
+    assert sorted(p.relative_to(dest2).as_posix() for p in dest2.rglob("*") if p.is_file()) == sorted(
+        ["ok.txt", "sub/ok2.txt", "\n.txt"])
+    assert not _files_outside(tmp_path, [dest, dest2, tmp_path / "e"])
+
+
+def test_local_bucket_refuses_escaping_keys(local_env, tmp_path):
+    config = load_config(local_env)
+    store = open_store(config.remote, state_dir=config.state_dir)
+    for key in ("../evil", "a/../../evil", "/abs", "a\\b"):
+        with pytest.raises(SyncBridgeError):
+            store.put_bytes(key, b"evil")
+        with pytest.raises(SyncBridgeError):
+            store.get_bytes(key)
+    assert not _files_outside(tmp_path, [config.state_dir])
+    assert not (config.remote.local_bucket_dir.parent / "evil").exists()
+
+
+def _check_private(state: Path) -> list[str]:
+    bad = []
+    for path in [state, *state.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode & 0o777
+        want = 0o700 if path.is_dir() else 0o600
+        if mode & 0o077:
+            bad.append(f"{path.relative_to(state.parent)} {oct(mode)} (want {oct(want)})")
+    return bad
+
+
+def test_state_directory_is_private_and_holds_no_secret(secret_env, tmp_path):
+    """After push, pull, bisync, doctor (and a watcher, when present), every file is 0600, every folder 0700."""
+    env = secret_env
+    config = load_config(env)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    push(config, src, "p")
+    pull(config, "p", tmp_path / "dst")
+    bisync(config, tmp_path / "dst", "p")
+    bisync(config, tmp_path / "dst", "p")
+    assert run_cli(["doctor"], env).returncode in (0, 1)
+    try:
+        from syncbridge.watch import OutputWatcher
+    except ImportError:
+        OutputWatcher = None  # noqa: N806
+    if OutputWatcher is not None:
+        out = tmp_path / "out"
+        out.mkdir()
+        with OutputWatcher(config, directory=out, prefix="w") as watcher:
+            (out / "img.png").write_bytes(b"png")
+            assert watcher.wait_idle(30)
+    state = config.state_dir
+    assert state.is_dir()
+    bad = _check_private(state)
+    assert not bad, "state directory entries readable by others:\n" + "\n".join(bad)
+    for path in state.rglob("*"):
+        if path.is_file():
+            assert_clean(path.read_bytes(), what=f"state file {path}")
