@@ -501,3 +501,16 @@ def test_bin_pull_models(rclone_s3: LocalS3, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert hashlib.sha256((models_dir / MODEL_PATH).read_bytes()).hexdigest() == sha
     assert_no_secret(proc.stdout, proc.stderr)
+
+
+def test_bad_configuration_exits_2_before_anything_runs(local_env: dict[str, str], tmp_path: Path) -> None:
+    marker = tmp_path / "app-ran"
+    env = {**local_env, "R2_ENDPOINT": "https://example.r2.cloudflarestorage.com", "ENABLE_R2_SYNC": "maybe"}
+    proc = run_cli(["start", "--", sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"], env, timeout=60)
+    assert proc.returncode == 2
+    for name in ("R2_ACCESS_KEY", "R2_SECRET_KEY", "ENABLE_R2_SYNC"):
+        assert name in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not marker.exists()
+    proc = run_cli(["start", "--stop-seconds", "-1", "--", "true"], local_env, timeout=60)
+    assert proc.returncode == 2 and "--stop-seconds" in proc.stderr
