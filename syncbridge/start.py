@@ -673,12 +673,18 @@ class Starter:
 @contextlib.contextmanager
 def forward_signals(starter: Starter, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
                     ) -> Iterator[Starter]:
-    """Route ``signals`` to :meth:`Starter.request_stop` for the block (main thread only)."""
+    """Route ``signals`` to :meth:`Starter.request_stop` for the block (main thread only).
+
+    A signal the process was started with ignored (``nohup`` ignores SIGHUP, a
+    shell's ``&`` ignores SIGINT) stays ignored; SIGTERM, the container's stop
+    signal, is always handled.
+    """
 
     def handler(signum: int, _frame: Any) -> None:
         starter.request_stop(signum)
 
-    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    previous = {sig: signal.signal(sig, handler) for sig in signals
+                if sig == signal.SIGTERM or signal.getsignal(sig) is not signal.SIG_IGN}
     try:
         yield starter
     finally:
