@@ -473,7 +473,7 @@ class CacheFill:
         max_poll: longest pause between two looks at a busy entry.
     """
 
-    def __init__(self, store: Store, *, leases: Leases, prefix: str, ttl: float, max_poll: float = 2.0) -> None:
+    def __init__(self, store: Store, *, leases: Leases, prefix: str, ttl: float, max_poll: float = 1.0) -> None:
         self.store = store
         self.leases = leases
         self.prefix = prefix
@@ -565,7 +565,7 @@ class ModelFillCoordinator:
     """
 
     def __init__(self, config: Config, *, store: Store | Callable[[], Store] | None = None,
-                 cancel: threading.Event | None = None, max_poll: float = 2.0) -> None:
+                 cancel: threading.Event | None = None, max_poll: float = 1.0) -> None:
         self.config = config
         self.cancel = cancel
         self.max_poll = max_poll

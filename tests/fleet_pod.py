@@ -262,6 +262,20 @@ def cmd_pod(args, config, store) -> int:
     return 0
 
 
+def cmd_models(args, config, store) -> int:
+    """Pull the manifest's models: with the fleet's single-flight (default) or uncoordinated (``--alone``)."""
+    import syncbridge.models as models
+
+    _wait_start()
+    started = time.time()
+    coordinator = models.FillCoordinator() if args.alone else None  # None: pull_models' fleet default
+    report = models.pull_models(config, environ={}, tier="datacenter", fill_coordinator=coordinator)
+    _say({"pod": config.pod_id, "ok": report.ok, "seconds": time.time() - started, "finished": time.time(),
+          "models": [{"name": r.name, "source": r.source, "status": r.status, "write_back": r.write_back}
+                     for r in report.results]})
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -279,11 +293,14 @@ def main(argv=None) -> int:
     p.add_argument("--slow", type=float, default=0.0)
     p = sub.add_parser("pod")
     p.add_argument("spec")
+    p = sub.add_parser("models")
+    p.add_argument("--alone", action="store_true", help="no fleet coordination (the baseline)")
     args = parser.parse_args(argv)
     config = load_config(os.environ)
     store = open_store(config.remote, state_dir=config.state_dir)
     try:
-        return {"race": cmd_race, "hold": cmd_hold, "fill": cmd_fill, "pod": cmd_pod}[args.cmd](args, config, store)
+        return {"race": cmd_race, "hold": cmd_hold, "fill": cmd_fill, "pod": cmd_pod,
+                "models": cmd_models}[args.cmd](args, config, store)
     except LeaseBusyError as exc:
         _say({"busy": True, "holder": exc.holder})
         return 3
