@@ -297,8 +297,12 @@ class OutputWatcher:
             self._state = "stopped"
             raise
         # Fleet heartbeat (<fleet.prefix>/pods/<pod_id>.json) for `syncbridge fleet status`.
-        self._heartbeat = Heartbeat.for_config(self.config, stats=lambda: self.stats().to_dict())
-        if self._heartbeat is not None:
+        # It shares the watcher's store (one boto3 client: a second costs ~15 MB of RSS);
+        # the client is thread-safe and its short timeouts keep a beat from holding up a drain.
+        if self.config.fleet.heartbeat_seconds > 0:
+            self._heartbeat = Heartbeat(self._store, pod_id=self.config.pod_id, prefix=self.config.fleet.prefix,
+                                        interval=self.config.fleet.heartbeat_seconds,
+                                        stats=lambda: self.stats().to_dict(), role="watch")
             self._heartbeat.start()
 
     def _start(self) -> None:
@@ -449,9 +453,9 @@ class OutputWatcher:
                              time.monotonic() - t0, self._counters["uploaded"])
         self._stopped.set()
         self._write_status(final=True)
-        self._release()
         if self._heartbeat is not None:
-            self._heartbeat.stop(timeout=0.5)  # inside a spot pod's 5 s SIGTERM budget
+            self._heartbeat.stop(timeout=0.5)  # inside a spot pod's 5 s SIGTERM budget; before the store closes
+        self._release()
         for rel in list(left)[:20]:
             log.warning("not pushed before the drain deadline (journalled for the next start): %s", rel,
                         extra={"event": "watch.left_pending", "path": rel})
@@ -930,10 +934,17 @@ class OutputWatcher:
 
     def _maintain_loop(self) -> None:
         last_rescan = last_fallback = time.monotonic()
+        uploaded_at_trim = 0
         while not self._stop_event.wait(STATUS_INTERVAL):
             now = time.monotonic()
             tree = self._tree
             try:
+                with self._lock:
+                    idle = not (self._ready or self._inflight or self._waiting or self._batched)
+                    uploaded = self._counters["uploaded"]
+                if idle and uploaded != uploaded_at_trim:
+                    uploaded_at_trim = uploaded
+                    _trim_heap()
                 if tree is not None and tree.root_lost and self.directory.is_dir():
                     log.info("%s is back; watching it again", self.directory, extra={"event": "watch.root_back"})
                     tree.watch_tree("")
@@ -979,6 +990,27 @@ class OutputWatcher:
                 raise
         except OSError as exc:
             log.debug("cannot write %s: %s", target, exc)
+
+
+def _trim_heap() -> None:
+    """Give the heap freed after a burst back to the OS (glibc's malloc_trim; a no-op elsewhere).
+
+    A long-lived watcher otherwise keeps its peak footprint forever.
+    """
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim  # noqa: B018 - glibc only
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC: Any = None
 
 
 def read_status(state_dir: Path) -> dict[str, Any] | None:

@@ -1,0 +1,400 @@
+"""Benchmark of the output push, side by side in one run, against a loopback ``rclone serve s3``.
+
+Contenders (each a separate process tree, each with its own folder and bucket):
+
+(a) ``replaced``: the design syncbridge replaces,
+    ``inotifywait -m -r -e close_write | while read f; do python upload_one.py "$f" & done``
+    (one Python process and one boto3 client per file, key = basename). Needs
+    ``inotifywait``: ``apt-get install -y inotify-tools``; skipped with a message otherwise.
+(b) ``reference``: a minimal loop, inotify_simple + one reused boto3 client and 8 threads
+    (``benchmarks/reference_loop.py``): what the machine allows.
+(c) ``syncbridge``: ``python -m syncbridge watch DIR``.
+
+Figures:
+
+* latency from the writer's ``close()`` to the object answering HEAD, for 100 KB files
+  written every 200 ms: p50/p95 (target: within 2x of the reference);
+* a burst of 500 x 50 KB files in nested folders written as fast as possible: seconds until
+  all are in the bucket (target: <= 1.5x the reference), processes (target <= 2), peak RSS
+  (target <= 120 MB), CPU seconds;
+* idle after the burst: CPU seconds over 5 s (target ~0) and RSS (target <= 60 MB);
+* lost files and key collisions (target 0; the baseline's are reported).
+
+Not run in CI. ``python benchmarks/bench_watch.py [--files 500] [--latency-files 40] [--only NAME]``.
+The replaced design is stopped when its process tree passes ``--baseline-rss-cap`` MB
+(default 3000) or ``--baseline-timeout`` seconds, so it cannot take the machine down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import boto3
+from botocore.config import Config as BotoConfig
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from syncbridge.localserver import serve_rclone_s3  # noqa: E402
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# -- process-tree sampling (/proc, no psutil) ----------------------------------------------------
+
+
+def _children_map() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            text = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(text.rsplit(")", 1)[1].split()[1])
+        kids.setdefault(ppid, []).append(int(entry))
+    return kids
+
+
+def tree_pids(root: int) -> list[int]:
+    kids = _children_map()
+    out, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        out.append(pid)
+        stack.extend(kids.get(pid, []))
+    return out
+
+
+def proc_sample(pids: list[int]) -> tuple[int, float, float]:
+    """(live processes, RSS bytes, CPU seconds incl. reaped children) of ``pids``."""
+    count, rss, cpu = 0, 0, 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            statm = Path(f"/proc/{pid}/statm").read_text().split()
+        except OSError:
+            continue
+        count += 1
+        rss += int(statm[1]) * PAGE
+        # utime stime cutime cstime are fields 14-17 (1-based); after ")" they start at index 11
+        cpu += sum(int(x) for x in fields[11:15]) / TICKS
+    return count, rss, cpu
+
+
+class Sampler(threading.Thread):
+    """Samples a process tree every 50 ms: peak process count and peak RSS."""
+
+    def __init__(self, root: int, *, rss_cap: float | None = None, on_cap=None) -> None:
+        super().__init__(daemon=True)
+        self.root, self.rss_cap, self.on_cap = root, rss_cap, on_cap
+        self.peak_procs, self.peak_rss = 0, 0
+        self.capped = False
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(0.05):
+            count, rss, _ = proc_sample(tree_pids(self.root))
+            self.peak_procs = max(self.peak_procs, count)
+            self.peak_rss = max(self.peak_rss, rss)
+            if self.rss_cap and rss > self.rss_cap and not self.capped:
+                self.capped = True
+                if self.on_cap:
+                    self.on_cap()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+
+# -- contenders ---------------------------------------------------------------------------------
+
+
+class Contender:
+    def __init__(self, name: str, server, bucket: str, workdir: Path) -> None:
+        self.name, self.server, self.bucket = name, server, bucket
+        self.dir = workdir / name / "out"
+        self.dir.mkdir(parents=True)
+        self.state = workdir / name / "state"
+        self.proc: subprocess.Popen | None = None
+
+    def key(self, rel: str) -> str:
+        return os.path.basename(rel) if self.name == "replaced" else f"outputs/{rel}"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "SYNCBRIDGE_", "RCLONE_"))}
+        env.update(BENCH_ENDPOINT=self.server.endpoint, BENCH_KEY=self.server.access_key,
+                   BENCH_SECRET=self.server.secret_key, BENCH_BUCKET=self.bucket,
+                   **self.server.environ(self.bucket), SYNCBRIDGE_STATE_DIR=str(self.state),
+                   SYNCBRIDGE_WORKSPACE=str(self.state.parent), SYNCBRIDGE_POD_ID="bench",
+                   SYNCBRIDGE_LOG_LEVEL="warning")
+        return env
+
+    def start(self) -> None:
+        if self.name == "replaced":
+            script = ('inotifywait -q -m -r -e close_write --format "%w%f" "$1" | '
+                      'while read -r f; do "$2" "$3" "$f" & done')
+            argv = ["bash", "-c", script, "bench", str(self.dir), sys.executable, str(HERE / "baseline_upload_one.py")]
+        elif self.name == "reference":
+            argv = [sys.executable, str(HERE / "reference_loop.py"), str(self.dir)]
+        else:
+            argv = [sys.executable, "-m", "syncbridge", "watch", str(self.dir)]
+        self.proc = subprocess.Popen(argv, env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True, start_new_session=True)
+        time.sleep(1.5)  # let it set its watches (and syncbridge its catch-up scan)
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited at start: {self.proc.stderr.read()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            with_signal = signal.SIGTERM
+            try:
+                os.killpg(self.proc.pid, with_signal)
+                self.proc.wait(timeout=10)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                with _suppress():
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        # the replaced design leaves uploaders behind: reap the whole group
+        with _suppress():
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+class _suppress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return exc[0] is not None and issubclass(exc[0], OSError)
+
+
+def s3_client(server):
+    return boto3.client("s3", endpoint_url=server.endpoint, aws_access_key_id=server.access_key,
+                        aws_secret_access_key=server.secret_key, region_name="us-east-1",
+                        config=BotoConfig(request_checksum_calculation="when_required", max_pool_connections=64,
+                                          response_checksum_validation="when_required", retries={"max_attempts": 1},
+                                          s3={"addressing_style": "path"}))
+
+
+def head_ok(client, bucket: str, key: str) -> bool:
+    try:
+        client.head_object(Bucket=bucket, Key=key)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def bucket_keys(client, bucket: str) -> set[str]:
+    keys: set[str] = set()
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys.update(o["Key"] for o in page.get("Contents", []))
+    return keys
+
+
+# -- measurements -------------------------------------------------------------------------------
+
+
+def measure_latency(c: Contender, client, *, files: int, timeout: float) -> dict:
+    latencies: list[float] = []
+    lost = 0
+    lock = threading.Lock()
+    threads = []
+
+    def poll(key: str, closed: float) -> None:
+        nonlocal lost
+        deadline = closed + timeout
+        while time.monotonic() < deadline:
+            if head_ok(client, c.bucket, key):
+                with lock:
+                    latencies.append(time.monotonic() - closed)
+                return
+            time.sleep(0.001)
+        with lock:
+            lost += 1
+
+    payload = os.urandom(100 * 1024)
+    for i in range(files):
+        rel = f"lat/file_{i:04d}.png"
+        path = c.dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as fh:
+            fh.write(payload)
+        closed = time.monotonic()
+        t = threading.Thread(target=poll, args=(c.key(rel), closed), daemon=True)
+        t.start()
+        threads.append(t)
+        time.sleep(0.2)
+    for t in threads:
+        t.join()
+    latencies.sort()
+    return {"p50": statistics.median(latencies) if latencies else None,
+            "p95": latencies[max(0, int(0.95 * len(latencies)) - 1)] if latencies else None, "lost": lost}
+
+
+def measure_burst(c: Contender, client, *, files: int, timeout: float, rss_cap: float | None) -> dict:
+    assert c.proc is not None
+    killed = threading.Event()
+
+    def cap() -> None:
+        killed.set()
+        with _suppress():
+            os.killpg(c.proc.pid, signal.SIGKILL)
+
+    _, _, cpu0 = proc_sample(tree_pids(c.proc.pid))
+    sampler = Sampler(c.proc.pid, rss_cap=rss_cap, on_cap=cap)
+    sampler.start()
+    rels = [f"burst/run{i % 5}/batch{(i // 5) % 10}/img_{i // 50:03d}.png" for i in range(files)]
+    payload = os.urandom(50 * 1024)
+    expected_keys = {c.key(r) for r in rels}
+    t0 = time.monotonic()
+    for rel in rels:
+        path = c.dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(payload)
+    written = time.monotonic() - t0
+    done_at = None
+    while time.monotonic() - t0 < timeout and not killed.is_set():
+        present = bucket_keys(client, c.bucket) & expected_keys
+        if present == expected_keys:
+            done_at = time.monotonic() - t0
+            break
+        time.sleep(0.05)
+    cpu_now = proc_sample(tree_pids(c.proc.pid))[2]
+    sampler.stop()
+    present = bucket_keys(client, c.bucket) & expected_keys
+    return {"seconds": done_at, "write_seconds": written, "procs": sampler.peak_procs,
+            "peak_rss_mb": sampler.peak_rss / 1e6, "cpu_s": cpu_now - cpu0,
+            "in_bucket": len(present), "distinct_keys": len(expected_keys),
+            "collisions": files - len(expected_keys), "lost": len(expected_keys) - len(present),
+            "killed": killed.is_set()}
+
+
+def measure_idle(c: Contender, seconds: float = 5.0) -> dict:
+    assert c.proc is not None
+    time.sleep(2.0)
+    pids = [c.proc.pid]
+    _, _, cpu0 = proc_sample(tree_pids(c.proc.pid))
+    time.sleep(seconds)
+    count, rss, cpu1 = proc_sample(tree_pids(c.proc.pid))
+    _ = pids
+    return {"cpu_s": cpu1 - cpu0, "rss_mb": rss / 1e6, "procs": count}
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def fmt(value, unit: str = "", digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}{unit}"
+    return f"{value}{unit}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", type=int, default=500, help="files in the burst (default 500)")
+    parser.add_argument("--latency-files", type=int, default=40, help="files in the latency run (default 40)")
+    parser.add_argument("--only", action="append", choices=["replaced", "reference", "syncbridge"],
+                        help="run only these contenders (repeatable)")
+    parser.add_argument("--baseline-rss-cap", type=float, default=3000, help="MB; stop the replaced design beyond")
+    parser.add_argument("--baseline-timeout", type=float, default=90, help="seconds for the replaced design's burst")
+    args = parser.parse_args()
+    names = args.only or ["replaced", "reference", "syncbridge"]
+    if "replaced" in names and shutil.which("inotifywait") is None:
+        print("skipping (a) the replaced design: inotifywait not found; install it with "
+              "`apt-get install -y inotify-tools`", file=sys.stderr)
+        names = [n for n in names if n != "replaced"]
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="sb-bench-") as tmp:
+        work = Path(tmp)
+        with serve_rclone_s3(work / "server") as server:
+            client = s3_client(server)
+            for name in names:
+                bucket = f"bench-{name}"
+                server.create_bucket(bucket)
+                c = Contender(name, server, bucket, work)
+                print(f"== {name}", file=sys.stderr, flush=True)
+                c.start()
+                try:
+                    res: dict = {}
+                    res["latency"] = measure_latency(c, client, files=args.latency_files,
+                                                     timeout=60 if name == "replaced" else 30)
+                    print(f"   latency {res['latency']}", file=sys.stderr, flush=True)
+                    res["idle_before"] = measure_idle(c, 3.0)
+                    res["burst"] = measure_burst(c, client, files=args.files,
+                                                 timeout=args.baseline_timeout if name == "replaced" else 120,
+                                                 rss_cap=args.baseline_rss_cap * 1e6 if name == "replaced" else None)
+                    print(f"   burst {res['burst']}", file=sys.stderr, flush=True)
+                    if not res["burst"]["killed"]:
+                        res["idle"] = measure_idle(c)
+                    results[name] = res
+                finally:
+                    c.stop()
+    print()
+    print(f"output push benchmark: loopback rclone serve s3, {os.cpu_count()} CPUs, "
+          f"{args.latency_files} x 100 KB every 200 ms, burst {args.files} x 50 KB in nested folders")
+    header = f"{'':34}" + "".join(f"{n:>16}" for n in results)
+    print(header)
+
+    def row(label: str, get) -> None:
+        cells = []
+        for name in results:
+            try:
+                cells.append(get(results[name]))
+            except (KeyError, TypeError):
+                cells.append("-")
+        print(f"{label:34}" + "".join(f"{c:>16}" for c in cells))
+
+    row("latency p50 (s)", lambda r: fmt(r["latency"]["p50"]))
+    row("latency p95 (s)", lambda r: fmt(r["latency"]["p95"]))
+    row("latency files lost", lambda r: fmt(r["latency"]["lost"]))
+    row("burst: all in bucket (s)", lambda r: fmt(r["burst"]["seconds"], digits=2) if r["burst"]["seconds"]
+        else ("killed" if r["burst"]["killed"] else "never"))
+    row("burst: processes (peak)", lambda r: fmt(r["burst"]["procs"]))
+    row("burst: peak RSS (MB)", lambda r: fmt(r["burst"]["peak_rss_mb"], digits=0))
+    row("burst: CPU (s)", lambda r: fmt(r["burst"]["cpu_s"], digits=2))
+    row("burst: objects in bucket", lambda r: f"{r['burst']['in_bucket']}/{r['burst']['distinct_keys']}")
+    row("burst: key collisions", lambda r: fmt(r["burst"]["collisions"]))
+    row("burst: files lost", lambda r: fmt(r["burst"]["collisions"] + r["burst"]["lost"]))
+    row("idle before burst: RSS (MB)", lambda r: fmt(r["idle_before"]["rss_mb"], digits=0))
+    row("idle: CPU over 5 s (s)", lambda r: fmt(r["idle"]["cpu_s"], digits=3))
+    row("idle: RSS (MB)", lambda r: fmt(r["idle"]["rss_mb"], digits=0))
+    ok = True
+    if "syncbridge" in results and "reference" in results:
+        sb, ref = results["syncbridge"], results["reference"]
+        print()
+        checks = []
+        for q in ("p50", "p95"):
+            a, b = sb["latency"][q], ref["latency"][q]
+            checks.append((f"latency {q} within 2x of the reference", a is not None and b and a / b, 2.0))
+        a, b = sb["burst"]["seconds"], ref["burst"]["seconds"]
+        checks.append(("burst time within 1.5x of the reference", a and b and a / b, 1.5))
+        checks.append(("burst processes <= 2", sb["burst"]["procs"], 2))
+        checks.append(("burst peak RSS <= 120 MB", sb["burst"]["peak_rss_mb"], 120))
+        checks.append(("idle RSS <= 60 MB", sb.get("idle", {}).get("rss_mb"), 60))
+        checks.append(("idle CPU over 5 s <= 0.05 s", sb.get("idle", {}).get("cpu_s"), 0.05))
+        checks.append(("files lost + collisions == 0", sb["burst"]["lost"] + sb["burst"]["collisions"]
+                       + sb["latency"]["lost"], 0))
+        for label, value, limit in checks:
+            passed = value is not None and value is not False and value <= limit
+            ok &= bool(passed)
+            shown = f"{value:.2f}" if isinstance(value, float) else str(value)
+            print(f"  {'PASS' if passed else 'FAIL'}  {label}: {shown} (limit {limit})")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
