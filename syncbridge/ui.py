@@ -65,7 +65,7 @@ class ProgressPrinter:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
         self.interval = interval
-        self._last = 0.0
+        self._last: float | None = None  # the first event always prints
         self._drawn = False
 
     def __call__(self, p: Progress) -> None:
@@ -80,7 +80,7 @@ class ProgressPrinter:
             self.stream.write(line)
             self.stream.flush()
             self._drawn = True
-        elif now - self._last >= self.interval:
+        elif self._last is None or now - self._last >= self.interval:
             self._last = now
             pct = f"{p.fraction * 100:.0f}%" if p.fraction is not None else "-"
             self.stream.write(f"[syncbridge] {self.label}: {pct} {human_bytes(p.bytes)}/{human_bytes(p.total_bytes)}"
