@@ -7,7 +7,9 @@ import json
 
 import attrs
 
-from .fleet import describe_pods, fleet_status, lease_status
+from .fleet import describe_pods, fleet_status, lease_status, prune
+
+RECENT_HOURS = 24.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,17 +27,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_status_options(s)
     add_common(s)
     s.set_defaults(func=status_command)
+    s = fsub.add_parser("prune", help="delete the heartbeats of pods gone for a while",
+                        description="Delete the heartbeat objects of pods not heard from for --older-than hours "
+                                    "(by the bucket's clock), so `fleet status` shows the pods that matter. "
+                                    "Leases are never deleted.")
+    s.add_argument("--older-than", type=float, default=RECENT_HOURS, metavar="HOURS",
+                   help=f"age of the last heartbeat, in hours (default {RECENT_HOURS:g})")
+    s.add_argument("-n", "--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    add_common(s)
+    s.set_defaults(func=prune_command)
 
 
 def add_status_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--all-leases", action="store_true", help="also list released and expired leases")
+    p.add_argument("--all", action="store_true",
+                   help=f"also list pods not heard from for more than {RECENT_HOURS:g} hours")
 
 
 def status_command(args: argparse.Namespace, ctx) -> int:
     """Print the fleet: one row per pod, then the leases held."""
     config = ctx.config()
     pods = fleet_status(config)
+    hidden = 0
+    if not getattr(args, "all", False):
+        recent = [p for p in pods if p.age_seconds <= RECENT_HOURS * 3600]
+        hidden, pods = len(pods) - len(recent), recent
     leases = lease_status(config, include_free=getattr(args, "all_leases", False))
     if getattr(args, "json", False):
         doc = {"pods": [attrs.asdict(p) | {"status": p.status} for p in pods],
@@ -50,6 +67,19 @@ def status_command(args: argparse.Namespace, ctx) -> int:
         ctx.out(f"{len(pods)} pod{'s' if len(pods) != 1 else ''} ({live} live) in {config.remote.describe()}")
         for line in describe_pods(pods):
             ctx.out(line)
+    if hidden:
+        ctx.out(f"({hidden} pod{'s' if hidden != 1 else ''} not heard from for over {RECENT_HOURS:g} h hidden: "
+                f"--all shows them, `syncbridge fleet prune` deletes them)")
     for s in leases:
         ctx.out(f"lease {s.kind} {s.verdict.subject or s.key}: {s.verdict.describe()}")
+    return 0
+
+
+def prune_command(args: argparse.Namespace, ctx) -> int:
+    config = ctx.config()
+    gone = prune(config, older_than=args.older_than * 3600, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    for key in gone:
+        ctx.out(f"{verb} {key}")
+    ctx.out(f"{verb} {len(gone)} heartbeat{'s' if len(gone) != 1 else ''} older than {args.older_than:g} h")
     return 0

@@ -44,7 +44,7 @@ from .store import ObjectInfo, Store, open_store
 
 __all__ = [
     "PodStatus", "LeaseStatus", "Heartbeat", "CacheFill", "ModelFillCoordinator", "FillResult", "CacheEntryError",
-    "fleet_status", "lease_status", "heartbeat_key", "pod_key_name", "publish_entry", "fetch_entry",
+    "fleet_status", "lease_status", "prune", "heartbeat_key", "pod_key_name", "publish_entry", "fetch_entry",
     "file_sha256", "heartbeat_body", "pod_status_from", "SHA256_META", "bisync_lease", "entry_ready",
 ]
 
@@ -299,6 +299,28 @@ def fleet_status(config: Config, *, store: Store | None = None) -> list[PodStatu
                 continue
             pods.append(pod_status_from(doc, key=info.key, last_modified=got.last_modified, bucket_now=now))
         return sorted(pods, key=lambda p: (not p.live, p.pod_id))
+    finally:
+        if own:
+            store.close()
+
+
+def prune(config: Config, *, older_than: float, store: Store | None = None, dry_run: bool = False) -> list[str]:
+    """Delete the heartbeats of pods not heard from for ``older_than`` seconds (by the bucket's clock).
+
+    Leases are left alone: there is one per shared prefix or cached model, and a
+    delete (unlike a compare-and-swap) could remove a lease another pod has just
+    taken over. Returns the keys deleted (or that would be, with ``dry_run``).
+    """
+    own = store is None
+    store = store or open_store(config.remote, state_dir=config.state_dir)
+    try:
+        now = _bucket_now(store, config.fleet.prefix, config.pod_id)
+        gone = [info.key for info in store.list(f"{config.fleet.prefix.strip('/')}/pods/")
+                if (now - info.last_modified).total_seconds() > older_than]
+        if not dry_run:
+            for key in gone:
+                store.delete(key)
+        return gone
     finally:
         if own:
             store.close()

@@ -345,7 +345,8 @@ class Leases:
         self.monotonic = monotonic
         self.sleep = sleep
         self.host = host if host is not None else socket.gethostname()
-        probe = f"{self.prefix}/clock/{hashlib.sha256(owner.encode()).hexdigest()[:16]}-{uuid.uuid4().hex[:8]}"
+        # One probe object per pod (not per process or run), so they never pile up.
+        probe = f"{self.prefix}/clock/{hashlib.sha256(owner.encode()).hexdigest()[:16]}"
         self.bucket_clock = bucket_clock or BucketClock(store, probe, monotonic=monotonic)
 
     # -- reading --------------------------------------------------------------------------

@@ -107,6 +107,13 @@ def test_heartbeats_and_fleet_status(moto_env, tmp_path: Path) -> None:
     assert "2 pods (1 live)" in proc.stdout and "pod-a" in proc.stdout
     assert_no_secret(proc.stdout, proc.stderr)
     beats[1].stop()
+    # prune: nothing is older than an hour; everything is older than 0 s
+    proc = run_cli(["fleet", "prune", "--older-than", "1"], {**moto_env, "SYNCBRIDGE_POD_ID": "viewer"})
+    assert proc.returncode == 0 and "deleted 0 heartbeats" in proc.stdout, proc.stderr
+    time.sleep(1.1)
+    proc = run_cli(["fleet", "prune", "--older-than", "0"], {**moto_env, "SYNCBRIDGE_POD_ID": "viewer"})
+    assert "deleted 2 heartbeats" in proc.stdout, proc.stdout + proc.stderr
+    assert fleet_status(config) == []
     assert Heartbeat.for_config(_pod_config(moto_env, tmp_path, "x", SYNCBRIDGE_HEARTBEAT_SECONDS="0")) is None
 
 
