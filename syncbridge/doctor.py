@@ -34,7 +34,7 @@ class Check:
     warning: bool = False
 
     def line(self) -> str:
-        mark = "ok  " if self.ok else ("warn" if self.warning else "FAIL")
+        mark = "FAIL" if not self.ok else ("warn" if self.warning else "ok  ")
         text = f"[{mark}] {self.name}: {self.detail}"
         if self.fix and not self.ok:
             text += f"\n       fix: {self.fix}"
@@ -98,7 +98,13 @@ def _clock_check(store: S3Store) -> Check:
         store.client.list_objects_v2(Bucket=store.bucket, MaxKeys=1)
     if not captured:
         return Check("clock", True, "the endpoint sent no Date header; skew not checked", warning=True)
-    server = email.utils.parsedate_to_datetime(captured[-1])
+    try:
+        server = email.utils.parsedate_to_datetime(captured[-1])
+    except (TypeError, ValueError):
+        return Check("clock", True, f"the endpoint's Date header {captured[-1]!r} is not a date; skew not checked",
+                     warning=True)
+    if server.tzinfo is None:  # "-0000" parses naive; HTTP dates are UTC
+        server = server.replace(tzinfo=dt.timezone.utc)
     skew = (dt.datetime.now(dt.timezone.utc) - server).total_seconds()
     if abs(skew) > MAX_SKEW_SECONDS:
         return Check("clock", False, f"this machine's clock is {skew:+.0f}s off the endpoint's",
@@ -188,6 +194,9 @@ def run_doctor(
             yield Check("conditional writes", True, f"could not be probed: {exc}", warning=True)
     except SyncBridgeError as exc:
         yield Check("bucket access", False, str(exc), "check the configuration")
+    except OSError as exc:  # the local bucket's folder cannot be made or read
+        yield Check("bucket access", False, f"{config.remote.describe()}: {exc.strerror or exc}",
+                    "set SYNCBRIDGE_STATE_DIR (or SYNCBRIDGE_LOCAL_BUCKET_DIR) to a writable folder")
     finally:
         if store is not None:
             store.close()
