@@ -150,6 +150,11 @@ class TreeWatcher:
     def watch_count(self) -> int:
         return len(self._wd_rel)
 
+    def unwatched_snapshot(self) -> tuple[str, ...]:
+        """The folders that could not be watched (safe to call from any thread)."""
+        with self._lock:
+            return tuple(sorted(self.unwatched))
+
     def watch_tree(self, rel_dir: str = "") -> bool:
         """Watch ``rel_dir`` and every selected folder below it. Returns False when some could not be watched."""
         complete = True

@@ -233,7 +233,8 @@ class Journal:
                 "first_seen = CASE WHEN state = 'pending' THEN coalesce(first_seen, excluded.first_seen) "
                 "ELSE excluded.first_seen END, state = 'pending', updated = excluded.updated", data)
 
-    def mark_done(self, rel: str, *, key: str, size: int, mtime_ns: int, ino: int, etag: str) -> None:
+    def mark_done(self, rel: str, *, key: str, size: int, mtime_ns: int, ino: int, etag: str | None) -> None:
+        """Record a file as in the bucket at ``key``; ``etag`` None: the object there is not ours to replace."""
         with self._tx() as conn:
             conn.execute(
                 "INSERT INTO files (root, template, rel, state, key, size, mtime_ns, ino, etag, attempts, last_error, "

@@ -269,6 +269,7 @@ class OutputWatcher:
         self._rescan_every = 0.0
         self._prefix = ""
         self.origin = config.pod_id
+        self.fatal_retry_seconds = FATAL_RETRY_SECONDS  # how long a fatally failing file waits before a retry
         self._heartbeat: Heartbeat | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -317,7 +318,8 @@ class OutputWatcher:
         watch_dir = private_state_dir(self.config.state_dir, "watch")
         self._take_lock(watch_dir / LOCK_NAME)
         try:
-            self._prefix = render_prefix(self.template, pod_id=self.config.pod_id, now=dt.datetime.now())
+            self._prefix = render_prefix(self.template, pod_id=self.config.pod_id, now=dt.datetime.now(),
+                                         hostname=os.uname().nodename)
         except UnsafePathError as exc:
             raise WatchError(f"invalid key prefix {self.template!r}: {exc}") from exc
         self._journal = Journal(watch_dir / JOURNAL_NAME, root=str(self.directory), template=self.template)
@@ -489,11 +491,14 @@ class OutputWatcher:
             directory=str(self.directory), prefix=self._prefix,
             store=self._store.description if self._store is not None else "",
             watches=tree.watch_count if tree is not None else 0,
-            unwatched=tuple(sorted(tree.unwatched)) if tree is not None else (),
+            unwatched=tree.unwatched_snapshot() if tree is not None else (),
             catch_up_done=self._catch_up_done, last_error=last_error)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until every file known so far is pushed (True) or ``timeout`` seconds pass (False).
+
+        A file failing fatally (403, NoSuchBucket) is not pushed: while one is
+        waiting for its retry, this waits for the whole ``timeout``.
 
         "Known" includes events the kernel has queued before this call: the
         reader is woken to take them in first.
@@ -510,8 +515,8 @@ class OutputWatcher:
                 caught_up = self._sync_done >= ticket or not self._accepting
                 idle = (caught_up and self._catch_up_done and self._scans_pending == 0 and not self._ready
                         and not self._waiting and not self._batched and not self._inflight)
-                if idle:
-                    return not self._failed
+                if idle and not self._failed:
+                    return True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -677,10 +682,12 @@ class OutputWatcher:
                         self._ready[rel] = item
                 while self._waiting_heap and self._waiting_heap[0][0] <= now:
                     _, _, rel = heapq.heappop(self._waiting_heap)
-                    item = self._waiting.get(rel)
-                    if item is not None and item.not_before <= now:
-                        del self._waiting[rel]
-                        self._ready[rel] = item
+                    for table in (self._waiting, self._failed):  # backoff over, or a fatal error's retry
+                        item = table.get(rel)
+                        if item is not None and item.not_before <= now:
+                            del table[rel]
+                            item.fatal = False
+                            self._ready[rel] = item
                 to_journal, self._to_journal = self._to_journal, []
                 to_forget, self._to_forget = self._to_forget, []
                 dispatch: list[_Item] = []
@@ -765,8 +772,8 @@ class OutputWatcher:
                 self._last_error = str(detail)
                 item.attempts += 1
                 item.fatal = True
-            if outcome in (_Outcome.GONE,) and not item.dirty:
-                pass
+            if outcome == _Outcome.GONE and not item.dirty:
+                pass  # nothing left to push
             elif item.dirty and self._state != "stopped":
                 # Changed again during the upload: push the newest content now.
                 item.dirty, item.fatal, item.not_before = False, False, 0.0
@@ -778,7 +785,7 @@ class OutputWatcher:
                 self._wait(item, now + (min(delay, 0.2) if self._draining else delay))
             elif outcome == _Outcome.FATAL:
                 self._failed[item.rel] = item
-                item.not_before = now + FATAL_RETRY_SECONDS
+                item.not_before = now + self.fatal_retry_seconds
                 self._push_heap(item)
             self._cond.notify_all()
 
@@ -850,8 +857,11 @@ class OutputWatcher:
         except FileNotFoundError:
             after = None
         with contextlib.suppress(RuntimeError):  # the journal closes when stop() gave up on us
+            # The ETag marks the object as ours (a later rewrite may replace it); an identical
+            # object found in place is ours only if our pod's metadata says it put it there.
+            ours = uploaded or info.metadata.get(ORIGIN_META) == self.origin
             journal.mark_done(item.rel, key=key, size=before.st_size, mtime_ns=before.st_mtime_ns,
-                              ino=before.st_ino, etag=info.etag)
+                              ino=before.st_ino, etag=info.etag if ours else None)
         if after is None:
             return self._gone(item)
         if _sig(after) != _sig(before):
@@ -902,7 +912,7 @@ class OutputWatcher:
             if local_md5 is None:
                 local_md5 = hashlib.md5(data, usedforsecurity=False).hexdigest() if data is not None else _md5(path)
             if remote.etag == local_md5:
-                # Same bytes already there (our upload before a crash, or an identical output).
+                # Same bytes already there (our upload before a crash, or an identical output): nothing to send.
                 return key, remote, False
             token = local_md5[:8] if attempt < 2 else self._rand.getrandbits(40).to_bytes(5, "big").hex()
             new_key = sibling_key(canonical, token)
@@ -923,7 +933,7 @@ class OutputWatcher:
 
     def _fatal(self, item: _Item, key: str | None, message: str) -> tuple[int, Any]:
         log.error("cannot push %s%s: %s (kept in the journal; retried in %.0f min, on the next event or restart)",
-                  item.rel, f" to {key}" if key else "", message, FATAL_RETRY_SECONDS / 60,
+                  item.rel, f" to {key}" if key else "", message, self.fatal_retry_seconds / 60,
                   extra={"event": "watch.fatal", "path": item.rel, "key": key or ""})
         with contextlib.suppress(Exception):
             assert self._journal is not None
@@ -949,9 +959,10 @@ class OutputWatcher:
                     log.info("%s is back; watching it again", self.directory, extra={"event": "watch.root_back"})
                     tree.watch_tree("")
                     self._queue_scan("", full=True)
-                if tree is not None and tree.unwatched and now - last_fallback >= FALLBACK_RESCAN_SECONDS:
+                unwatched = tree.unwatched_snapshot() if tree is not None else ()
+                if tree is not None and unwatched and now - last_fallback >= FALLBACK_RESCAN_SECONDS:
                     last_fallback = now
-                    for rel in sorted(tree.unwatched):
+                    for rel in unwatched:
                         if tree.watch_tree(rel):  # the limit was raised meanwhile
                             log.info("watching %s again", self.directory / rel, extra={"event": "watch.rewatched"})
                         self._queue_scan(rel, full=False)

@@ -16,7 +16,7 @@ from syncbridge.batching import object_key
 from syncbridge.config import Config, load_config
 from syncbridge.inotify_watch import TreeWatcher
 from syncbridge.batching import Action
-from syncbridge.journal import Journal
+from syncbridge.journal import Journal, read_summary
 from syncbridge.localserver import free_port, serve_rclone_s3
 from syncbridge.store import Store, open_store
 from syncbridge.watch import OutputWatcher, journal_path, read_status
@@ -182,17 +182,21 @@ def test_someone_elses_object_is_never_overwritten(backend: dict[str, str], capl
         (out / "ComfyUI_00002_.png").unlink()
         _write(out / "ComfyUI_00002_.png", b"second 2")
         assert watcher.wait_idle(30)
+        # The identical object was found, not put, by us: rewriting our file must not replace it.
+        _write(out / "same.png", b"identical bytes, then rewritten here")
+        assert watcher.wait_idle(30)
         stats = watcher.stats()
     got = _objects(config)
     assert got["outputs/ComfyUI_00001_.png"] == b"made by another pod"
     assert got["outputs/same.png"] == b"identical bytes"
+    assert [v for k, v in got.items() if k.startswith("outputs/same.~")] == [b"identical bytes, then rewritten here"]
     siblings = {k: v for k, v in got.items() if k.startswith("outputs/ComfyUI_00001_.~")}
     assert list(siblings.values()) == [b"made by this pod, rewritten"], got.keys()
     assert list(siblings)[0].endswith(".png")
     assert got["outputs/ComfyUI_00002_.png"] == b"first 2"
     assert [v for k, v in got.items() if k.startswith("outputs/ComfyUI_00002_.~")] == [b"second 2"]
-    assert len(got) == 5, sorted(got)
-    assert stats.collisions == 2 and stats.skipped >= 1
+    assert len(got) == 6, sorted(got)
+    assert stats.collisions == 3 and stats.skipped >= 1
     assert any(getattr(r, "event", "") == "watch.collision" and "ComfyUI_00001_" in r.getMessage()
                for r in caplog.records)
     journal = Journal(journal_path(config.state_dir), root=str(out.resolve()), template="outputs")
@@ -277,11 +281,12 @@ def test_server_down_for_10s_mid_burst_loses_nothing(tmp_path: Path, caplog) -> 
 
 
 def test_fatal_errors_are_loud_kept_and_the_watcher_keeps_running(rclone_s3, tmp_path: Path, caplog) -> None:
-    env = server_env(rclone_s3, "sb-no-such-bucket-here", tmp_path)
-    config = _config(env)
+    bucket = f"sb-missing-{os.getpid()}-{int(time.time() * 1000) % 100000}"
+    config = _config(server_env(rclone_s3, bucket, tmp_path))
     out = config.watch.dir
     caplog.set_level(logging.WARNING, logger="syncbridge")
     watcher = OutputWatcher(config)
+    watcher.fatal_retry_seconds = 6.0
     watcher.start()
     try:
         _write(out / "lost.png", b"x")
@@ -290,19 +295,21 @@ def test_fatal_errors_are_loud_kept_and_the_watcher_keeps_running(rclone_s3, tmp
         _wait_for(lambda: watcher.stats().failed == 2, 30, "the second failure")
         assert watcher.stats().state == "running"
         assert not watcher.wait_idle(0.5)
-        rclone_s3.create_bucket("sb-no-such-bucket-here")
+        summary = read_summary(journal_path(config.state_dir))  # kept in the journal, with the error
+        assert summary.failed == 2 and all("NoSuchBucket" in (error or "") for _, _, error in summary.failures)
+        rclone_s3.create_bucket(bucket)
         _write(out / "lost.png", b"x again")  # a new event retries at once
-        _wait_for(lambda: watcher.stats().failed == 1, 30, "the retry to succeed")
+        _wait_for(lambda: watcher.stats().uploaded == 1, 30, "the retry to succeed")
+        assert watcher.stats().failed == 1
+        # second.png has no new event: its timed retry pushes it
+        assert watcher.wait_idle(30), "the timed retry of a fatal failure"
     finally:
         result = watcher.stop(drain_seconds=1)
-    assert not result.ok and result.failed == 1 and "NOT everything pushed" in result.line()
+    assert result.ok and result.failed == 0, result
     fatal = [r for r in caplog.records if getattr(r, "event", "") == "watch.fatal"]
     assert fatal and "outputs/lost.png" in fatal[0].getMessage() and "NoSuchBucket" in fatal[0].getMessage()
-    journal = Journal(journal_path(config.state_dir), root=str(out.resolve()), template="outputs")
-    row = journal.get("second.png")
-    assert row.state == "failed" and "NoSuchBucket" in row.last_error
-    assert journal.get("lost.png").state == "done"
-    journal.close()
+    got = _objects(config)
+    assert got == {"outputs/lost.png": b"x again", "outputs/second.png": b"y"}
 
 
 def test_context_manager_drains_on_exit(tmp_path: Path, local_env: dict[str, str]) -> None:
