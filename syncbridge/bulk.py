@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import threading
 import time
 from pathlib import Path
@@ -99,10 +100,11 @@ def _human(n: float) -> str:
 class BisyncError(SyncBridgeError):
     """bisync stopped; :attr:`recover` is the command that gets it going again."""
 
-    def __init__(self, message: str, *, recover: str, cause: RcloneError | None = None) -> None:
+    def __init__(self, message: str, *, recover: str, cause: RcloneError | None = None,
+                 how: str = "to recover, check both sides, then run") -> None:
         self.recover = recover
         self.cause = cause
-        super().__init__(f"{message}\n  to recover, check both sides, then run: {recover}")
+        super().__init__(f"{message}\n  {how}: {recover}")
 
 
 def _summary(op: str, src: str, dst: str, started: float, progress: Progress | None, transferred: Sequence[str],
@@ -194,7 +196,8 @@ def pull(
         if not dry_run:
             dest.mkdir(parents=True, exist_ok=True)
         return TransferSummary("pull", key, str(dest), 0, 0, time.monotonic() - started, dry_run=dry_run)
-    unsafe: list[str] = []
+    unsafe: list[str] = []  # as rclone names them
+    shown: list[str] = []  # as the bucket holds them
     for entry in entries:
         rel = entry.get("Path", "")
         try:
@@ -203,28 +206,28 @@ def pull(
                 raise UnsafePathError(f"key {rel!r} has a '.' or '..' segment", path=rel)
         except UnsafePathError as exc:
             unsafe.append(rel)
-            log.warning("pull.unsafe_key", extra={"event": "pull.unsafe_key", "key": f"{key}/{rel}",
-                                                   "reason": str(exc)})
-    argv_extra = list(extra)
-    list_file: Path | None = None
-    if unsafe:
-        # Copy exactly the safe keys: --files-from-raw takes each line verbatim.
-        safe = [e["Path"] for e in entries if e.get("Path") not in set(unsafe) and "\n" not in e.get("Path", "")]
-        tmp_dir = private_state_dir(config.state_dir, "tmp")
-        list_file = tmp_dir / f"pull-{os.getpid()}-{threading.get_ident()}.lst"
-        list_file.write_text("".join(p + "\n" for p in safe), encoding="utf-8", errors="surrogateescape")
-        argv_extra += ["--files-from-raw", str(list_file)]
+            # rclone shows a raw "." / ".." segment as full-width dots; name the real key
+            real = "/".join({"\uff0e": ".", "\uff0e\uff0e": ".."}.get(part, part) for part in rel.split("/"))
+            shown.append(f"{key}/{real}" if key else real)
+            log.warning("pull: skipped key %r: not a safe path below %s ('..', '.', absolute, backslash or "
+                        "empty segment)", shown[-1], dest,
+                        extra={"event": "pull.unsafe_key", "key": shown[-1], "reason": str(exc)})
     if not dry_run:
         dest.mkdir(parents=True, exist_ok=True)
-    try:
-        result = rc.run(copy_argv(remote_path(config.remote, key), str(dest), include=include, exclude=exclude,
-                                  dry_run=dry_run, extra=argv_extra),
-                        on_progress=on_progress, cancel=cancel, what=f"pull {key or '/'} -> {dest}")
-    finally:
-        if list_file is not None:
-            list_file.unlink(missing_ok=True)
+    # Anchored exclude rules for exactly the unsafe names, before the user's filters (the first
+    # matching rule wins). Not --files-from-raw: its one-name-per-line format cannot hold a
+    # name with a newline, which would then be dropped from an otherwise normal pull.
+    result = rc.run(copy_argv(remote_path(config.remote, key), str(dest), include=include,
+                              exclude=[*("/" + _glob_literal(rel) for rel in unsafe), *exclude],
+                              dry_run=dry_run, extra=extra),
+                    on_progress=on_progress, cancel=cancel, what=f"pull {key or '/'} -> {dest}")
     return _summary("pull", key, str(dest), started, result.progress, result.transferred, dry_run=dry_run,
-                    skipped=unsafe)
+                    skipped=shown)
+
+
+def _glob_literal(name: str) -> str:
+    """An rclone filter glob that matches exactly ``name`` (its special characters escaped)."""
+    return "".join("\\" + ch if ch in "\\*?[]{}" else ch for ch in name)
 
 
 def bisync_workdir(config: Config, local: Path, prefix: str) -> Path:
@@ -279,13 +282,16 @@ def bisync(
     on_progress: Callable[[Progress], None] | None = None,
     cancel: threading.Event | None = None,
     rclone: Rclone | None = None,
+    force: bool = False,
 ) -> TransferSummary:
     """Two-way sync of a local folder with ``<bucket>/<prefix>``.
 
     The first run (no listings in the state directory) is done as a resync,
     which only adds files on both sides. Later runs use rclone's unattended
     settings (resilient, recover, lock timeout, max-delete guard) and the
-    configured conflict policy.
+    configured conflict policy. ``force`` lets one run delete more than
+    ``bisync.max_delete`` percent of the files (after the guard stopped a run
+    whose deletions were intended).
 
     Raises:
         BisyncError: bisync needs attention; the message carries the command
@@ -303,12 +309,13 @@ def bisync(
             # bisync --resync needs path2 to exist; an empty folder on the local backend, nothing on S3.
             if config.remote.is_local:
                 (config.remote.local_bucket_dir / key).mkdir(parents=True, exist_ok=True)
-    recover = f"syncbridge bisync {src} {key or '/'} --resync"
+    command = f"syncbridge bisync {shlex.quote(str(src))} {shlex.quote(key or '/')}"
+    recover = f"{command} --resync"
     args = bisync_argv(
         str(src), remote_path(config.remote, key), workdir=str(workdir), resync=do_resync,
         conflict_resolve=config.bisync.conflict_resolve, conflict_loser=config.bisync.conflict_loser,
         max_delete=config.bisync.max_delete, max_lock=config.bisync.max_lock, include=include, exclude=exclude,
-        dry_run=dry_run,
+        dry_run=dry_run, force=force,
     )
     started = time.monotonic()
     # rclone's bisync lock is a local file; the lease in the bucket keeps other pods off this prefix.
@@ -327,8 +334,11 @@ def bisync(
     except RcloneError as exc:
         tail = exc.stderr_tail.lower()
         if "max-delete" in tail or "too many deletes" in tail:
-            raise BisyncError(f"bisync {src} <-> {key}: stopped, more than {config.bisync.max_delete}% of files "
-                              f"would be deleted (bisync.max_delete)", recover=recover, cause=exc) from exc
+            raise BisyncError(f"bisync {src} <-> {key}: stopped, more than {config.bisync.max_delete}% of the "
+                              f"files would be deleted (bisync.max_delete guard); nothing was deleted.\n"
+                              f"  to bring the deleted files back from the other side instead, run: {recover}",
+                              recover=f"{command} --force", how="if the deletions are intended, run",
+                              cause=exc) from exc
         if exc.returncode == 7 or "must run --resync" in tail or "critical" in tail:
             raise BisyncError(f"bisync {src} <-> {key}: critical error, bisync stopped to protect your files:\n"
                               f"{exc.stderr_tail}", recover=recover, cause=exc) from exc

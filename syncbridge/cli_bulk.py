@@ -48,7 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("local", metavar="LOCAL")
     p.add_argument("prefix", metavar="PREFIX")
     _filters(p)
-    p.add_argument("--resync", action="store_true", help="rebuild bisync's state (after a critical error)")
+    p.add_argument("--resync", action="store_true", help="rebuild bisync's state (after a critical error); only "
+                   "adds files, so files deleted on one side come back from the other")
+    p.add_argument("--force", action="store_true", help="allow this run to delete more than bisync.max_delete "
+                   "percent of the files (after the guard stopped a run whose deletions were intended)")
     add_common(p)
     p.set_defaults(func=_bisync)
 
@@ -92,7 +95,7 @@ def _pull(args, ctx) -> int:
 
 def _bisync(args, ctx) -> int:
     return _run(ctx, "bisync", bisync, args.local, args.prefix, include=args.include, exclude=args.exclude,
-                dry_run=args.dry_run, resync=args.resync)
+                dry_run=args.dry_run, resync=args.resync, force=args.force)
 
 
 def _doctor(args, ctx) -> int:

@@ -12,6 +12,7 @@ in ``/proc`` the way they can read a command line.
 from __future__ import annotations
 
 import json
+import re
 from typing import Iterable, Mapping, Sequence
 
 import attrs
@@ -177,8 +178,9 @@ def bisync_argv(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     dry_run: bool = False,
+    force: bool = False,
 ) -> list[str]:
-    """argv for an unattended ``rclone bisync`` with the safe settings."""
+    """argv for an unattended ``rclone bisync`` with the safe settings (``force``: past --max-delete once)."""
     argv = [
         "bisync", path1, path2,
         "--workdir", workdir,
@@ -194,6 +196,8 @@ def bisync_argv(
     ]
     if resync:
         argv.append("--resync")
+    if force:
+        argv.append("--force")
     argv += filter_args(include, exclude)
     if dry_run:
         argv.append("--dry-run")
@@ -231,6 +235,9 @@ class LogRecord:
     object: str | None = None
     size: int | None = None
     progress: Progress | None = None
+
+
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def parse_log_line(line: str) -> LogRecord | None:
@@ -272,7 +279,7 @@ def parse_log_line(line: str) -> LogRecord | None:
     size = data.get("size")
     return LogRecord(
         level=str(data.get("level", "info")),
-        msg=str(data.get("msg", "")).strip(),
+        msg=_ANSI_RE.sub("", str(data.get("msg", ""))).strip(),  # bisync colours its messages
         object=data.get("object") if isinstance(data.get("object"), str) else None,
         size=int(size) if isinstance(size, (int, float)) else None,
         progress=progress,
