@@ -467,7 +467,12 @@ def fetch_entry(store: Store, key: str, dest: Path, *, expected_sha256: str | No
 
 @attrs.frozen
 class FillResult:
-    """How one pod got a cache entry: ``filled`` (it downloaded upstream) or ``cached`` (copied it)."""
+    """How one pod got a cache entry.
+
+    ``how``: ``filled`` (it held the fill lease and went upstream), ``cached``
+    (it copied the entry another pod published), ``alone`` (the filler it
+    waited for failed, so it went upstream without waiting any longer).
+    """
 
     key: str
     how: str
@@ -510,10 +515,16 @@ class CacheFill:
     def lease_key(self, key: str) -> str:
         return lease_key(self.prefix, "models", key)
 
-    def run(self, key: str, *, fill: Callable[[HeldLease], T], try_cache: Callable[[], T | None],
+    def run(self, key: str, *, fill: Callable[[HeldLease | None], T], try_cache: Callable[[], T | None],
             cancel: threading.Event | None = None,
             on_wait: Callable[[Verdict], None] | None = None) -> FillResult:
         """Get cache entry ``key`` once for the whole fleet (see the class doc).
+
+        When the filler we were waiting for gives up (its fill failed: it says so
+        when it releases the lease), the waiting pods stop queueing behind each
+        other and each tries upstream itself (``fill(None)``, how = ``alone``):
+        a dead upstream then costs every pod one failure, not one failure per
+        pod in turn.
 
         Raises:
             LeaseUnsupportedError: the store ignores conditional writes (callers
@@ -528,51 +539,71 @@ class CacheFill:
         attempt = 0
         said = False
         lkey = self.lease_key(key)
+        verdict: Verdict | None = None
         while True:
-            value = try_cache()
-            if value is not None:
-                return FillResult(key, "cached", value, waited_seconds=mono() - started)
-            got = self.leases.try_acquire(lkey, purpose=f"fill {key}", ttl=self.ttl, subject=key)
-            if isinstance(got, Lease):
-                return self._fill(key, got, fill=fill, try_cache=try_cache, cancel=cancel,
-                                  waited=mono() - started)
+            if verdict is not None:
+                # Waiting: look at the lease (a GET) and nothing else while it is held; the filler
+                # publishes the entry before it releases, so the entry is worth a look only then.
+                _, seen = self.leases.inspect(lkey, default_ttl=self.ttl)
+                if seen.state == "released" and seen.outcome.startswith("failed"):
+                    log.warning("%s: pod %s could not fill it (%s); trying upstream from here", key, seen.holder,
+                                seen.outcome, extra={"event": "fleet.fill_failed_elsewhere", "key": key,
+                                                     "holder": seen.holder})
+                    return FillResult(key, "alone", fill(None), waited_seconds=mono() - started)
+                verdict = seen
+            if verdict is None or verdict.takeable:
+                value = try_cache()
+                if value is not None:
+                    return FillResult(key, "cached", value, waited_seconds=mono() - started)
+                got = self.leases.try_acquire(lkey, purpose=f"fill {key}", ttl=self.ttl, subject=key)
+                if isinstance(got, Lease):
+                    return self._fill(key, got, fill=fill, try_cache=try_cache, cancel=cancel,
+                                      waited=mono() - started)
+                verdict = got
             if not said:
-                log.info("%s: pod %s is filling the cache; waiting for its entry", key, got.holder,
-                         extra={"event": "fleet.fill_wait", "key": key, "holder": got.holder})
+                log.info("%s: pod %s is filling the cache; waiting for its entry", key, verdict.holder,
+                         extra={"event": "fleet.fill_wait", "key": key, "holder": verdict.holder})
                 said = True
             if on_wait is not None:
-                on_wait(got)
+                on_wait(verdict)
             delay = min(self.max_poll, poll_delay(attempt, ttl=self.ttl))
-            if got.state == "held":
-                delay = min(delay, max(0.05, got.expires_in))
+            if verdict.state == "held":
+                delay = min(delay, max(0.05, verdict.expires_in))
             attempt += 1
             if cancel is not None:
                 if cancel.wait(delay):
-                    raise CancelledError(f"{key}: cancelled while waiting for pod {got.holder} to fill it")
+                    raise CancelledError(f"{key}: cancelled while waiting for pod {verdict.holder} to fill it")
             else:
                 self.leases.sleep(delay)
 
-    def _fill(self, key: str, lease: Lease, *, fill: Callable[[HeldLease], T], try_cache: Callable[[], T | None],
-              cancel: threading.Event | None, waited: float) -> FillResult:
+    def _fill(self, key: str, lease: Lease, *, fill: Callable[[HeldLease | None], T],
+              try_cache: Callable[[], T | None], cancel: threading.Event | None, waited: float) -> FillResult:
         held = HeldLease(self.leases, lease, cancel=cancel)
         held.start()
+        outcome = "failed: interrupted"
         try:
             # The previous filler may have published between our last look and our lease.
             value = try_cache()
             if value is not None:
+                outcome = "done"
                 return FillResult(key, "cached", value, waited_seconds=waited)
             if lease.stolen_from:
                 log.warning("%s: pod %s stopped filling it (its lease expired); filling it here", key,
                             lease.stolen_from, extra={"event": "fleet.fill_takeover", "key": key,
                                                       "previous": lease.stolen_from})
-            value = fill(held)
+            try:
+                value = fill(held)
+            except Exception as exc:
+                outcome = f"failed: {type(exc).__name__}: {exc}"[:300]
+                raise
+            outcome = "done" if value is not None else "failed: no source could provide it"
             held.check()
             return FillResult(key, "filled", value, waited_seconds=waited, took_over_from=lease.stolen_from)
         finally:
             held.stop()
             if not held.lost.is_set():
                 with contextlib.suppress(StoreError):
-                    self.leases.release(held.lease)
+                    self.leases.release(held.lease, outcome=outcome)
 
 
 class ModelFillCoordinator:
@@ -621,7 +652,8 @@ class ModelFillCoordinator:
         coordinated = self._setup()
         if coordinated is None:
             return go_upstream()
-        result = coordinated.run(cache_key, fill=lambda held: go_upstream(), try_cache=try_cache, cancel=self.cancel)
+        result = coordinated.run(cache_key, fill=lambda held: go_upstream(), try_cache=try_cache,
+                                 cancel=self.cancel)
         with self._lock:
             self.results.append(result)
         return result.value

@@ -195,6 +195,7 @@ class Verdict:
     subject: str = ""
     age: float = 0.0  # bucket seconds since the object was last written
     expires_in: float = 0.0  # bucket seconds until it may be taken over (0 unless held)
+    outcome: str = ""  # released: what the holder said of its work (``done``, ``failed: ...``)
 
     @property
     def takeable(self) -> bool:
@@ -229,7 +230,7 @@ def judge(view: LeaseView | None, *, bucket_now: dt.datetime, default_ttl: float
     else:
         if record.released:
             return Verdict("released", holder=record.owner, purpose=record.purpose, subject=record.subject,
-                           age=age)
+                           age=age, outcome=str(record.detail.get("outcome", "")))
         ttl, holder, purpose, subject = record.ttl_seconds, record.owner, record.purpose, record.subject
     left = ttl + grace - age
     if left <= 0:
@@ -447,11 +448,17 @@ class Leases:
 
         started = self.monotonic()
         attempt = 0
+        verdict: Verdict | None = None
         while True:
-            got = self.try_acquire(key, purpose=purpose, ttl=ttl, subject=subject)
-            if isinstance(got, Lease):
-                return got
-            verdict = got
+            if verdict is not None:
+                # Look before writing again: a GET is cheaper than a failed conditional PUT
+                # (R2 bills writes as class A operations), and twenty waiting pods add up.
+                _, verdict = self.inspect(key, default_ttl=ttl)
+            if verdict is None or verdict.takeable:
+                got = self.try_acquire(key, purpose=purpose, ttl=ttl, subject=subject)
+                if isinstance(got, Lease):
+                    return got
+                verdict = got
             waited = self.monotonic() - started
             if not wait or (timeout is not None and waited >= timeout):
                 what = f" ({verdict.purpose})" if verdict.purpose else ""
@@ -499,11 +506,16 @@ class Leases:
                                  " (it changed since we last renewed it)", key=lease.key) from exc
         return attrs.evolve(lease, record=record, etag=info.etag, sent_at=sent)
 
-    def release(self, lease: Lease) -> bool:
-        """Let go: swap a *released* record over ours. False when it was no longer ours."""
+    def release(self, lease: Lease, *, outcome: str = "") -> bool:
+        """Let go: swap a *released* record over ours. False when it was no longer ours.
+
+        ``outcome`` (``done``, ``failed: ...``) is kept in the released record for
+        the pods that were waiting.
+        """
         record = self._record(purpose=lease.record.purpose, subject=lease.record.subject,
                               ttl=lease.record.ttl_seconds, token=lease.record.token,
-                              acquired=lease.record.acquired, released=True)
+                              acquired=lease.record.acquired, released=True,
+                              detail={"outcome": outcome} if outcome else None)
         try:
             self.store.put_bytes(lease.key, record.to_json(), if_match=lease.etag)
         except PreconditionFailedError:

@@ -294,3 +294,45 @@ def test_watcher_writes_heartbeats(moto_env, tmp_path: Path) -> None:
     # per-pod namespace: watch.prefix = outputs/{pod_id}
     store = open_store(viewer.remote, state_dir=viewer.state_dir)
     assert {i.key for i in store.list("outputs/")} == {f"outputs/pod-w/img_{i:05d}_.png" for i in range(3)}
+
+
+def test_failed_filler_releases_waiters_to_try_themselves(moto_env, tmp_path: Path) -> None:
+    """The filler's upstream fails: the waiters do not queue behind each other, each tries once itself."""
+    config = _pod_config(moto_env, tmp_path, "pod-0")
+    store = open_store(config.remote, state_dir=config.state_dir)
+    n = 4
+    fills = [CacheFill(store, leases=Leases(store, owner=f"pod-{i}", prefix=".syncbridge"), prefix=".syncbridge",
+                       ttl=10, max_poll=0.3) for i in range(n)]
+    cache_looks = [0] * n
+    results: list[object] = [None] * n
+    barrier = threading.Barrier(n)
+
+    def run(i: int) -> None:
+        def fill(held):
+            if held is not None:
+                time.sleep(2.0)  # a slow failure (an upstream timing out)
+                return None
+            return "fetched alone"
+
+        def try_cache():
+            cache_looks[i] += 1
+            return None
+
+        barrier.wait()
+        results[i] = fills[i].run("models/broken.bin", fill=fill, try_cache=try_cache)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    elapsed = time.monotonic() - started
+    hows = sorted(r.how for r in results)
+    assert hows == ["alone"] * (n - 1) + ["filled"]
+    assert [r.value for r in results if r.how == "filled"] == [None]
+    assert elapsed < 2.0 * n, "the waiters queued behind each other"
+    # while the lease was held, waiters looked at the lease, not at the cache entry
+    assert max(cache_looks) <= 2, cache_looks
+    view = fills[0].leases.read(fills[0].lease_key("models/broken.bin"))
+    assert view.record.released and view.record.detail["outcome"].startswith("failed")
