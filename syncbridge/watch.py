@@ -364,6 +364,14 @@ class OutputWatcher:
                  extra={"event": "watch.started"})
         self._write_status()
 
+    def _current_prefix(self) -> str:
+        """The prefix for a new key: ``{date}`` follows the clock, so a watcher running past
+        midnight files the next day's outputs under the next day (a rewrite keeps its key)."""
+        if "{date" in self.template:
+            self._prefix = render_prefix(self.template, pod_id=self.config.pod_id, now=dt.datetime.now(),
+                                         hostname=os.uname().nodename)
+        return self._prefix
+
     def _open_store(self) -> Store:
         remote = self.config.remote
         if remote.is_local:
@@ -828,7 +836,7 @@ class OutputWatcher:
             return _Outcome.SKIPPED, None
         owned = bool(item.trust_owner and row is not None and row.etag and row.key)
         try:
-            key = row.key if owned else object_key(self._prefix, item.rel)  # type: ignore[union-attr]
+            key = row.key if owned else object_key(self._current_prefix(), item.rel)  # type: ignore[union-attr]
         except UnsafePathError as exc:
             return self._fatal(item, None, f"{item.rel!r} cannot be an object key: {exc}")
         try:

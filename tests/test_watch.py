@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import random
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -381,3 +382,37 @@ def test_events_dropped_by_an_overflow_are_found_by_the_rescan(tmp_path: Path, l
     assert any(getattr(r, "event", "") == "watch.overflow" for r in caplog.records)
     got = _objects(config)
     assert {f"outputs/lost-events/{i}.png" for i in range(30)} <= set(got)
+
+
+def test_prefix_template_with_pod_id_and_date(tmp_path: Path, local_env: dict[str, str]) -> None:
+    import datetime as dt
+
+    config = _config(local_env, **{"watch.prefix": "outputs/{pod_id}/{date:%Y}"})
+    out = config.watch.dir
+    with OutputWatcher(config) as watcher:
+        _write(out / "sub/x.png", b"x")
+        assert watcher.wait_idle(10)
+    year = dt.datetime.now().strftime("%Y")
+    assert _objects(config, prefix="outputs/") == {f"outputs/testpod/{year}/sub/x.png": b"x"}
+
+
+def test_folders_moved_in_and_a_recreated_root_are_watched(tmp_path: Path, local_env: dict[str, str]) -> None:
+    config = _config(local_env)
+    out = config.watch.dir
+    outside = tmp_path / "elsewhere" / "album"
+    for i in range(5):
+        _write(outside / "deep" / f"{i}.png", b"%d" % i)
+    with OutputWatcher(config) as watcher:
+        os.rename(outside, out / "album")  # a whole folder moved in: no close events for its files
+        assert watcher.wait_idle(10)
+        _write(out / "album" / "deep" / "later.png", b"later")  # and it is watched from then on
+        assert watcher.wait_idle(10)
+        # the output folder itself deleted and made again (a job wiping its outputs)
+        shutil.rmtree(out)
+        out.mkdir()
+        _write(out / "again.png", b"again")  # found by the scan that follows re-watching the folder
+        _wait_for(lambda: "outputs/again.png" in _objects(config), 15, "a file in the recreated folder")
+        assert watcher.wait_idle(10)
+    got = _objects(config)
+    assert {f"outputs/album/deep/{i}.png" for i in range(5)} | {"outputs/album/deep/later.png",
+                                                                 "outputs/again.png"} <= set(got)
