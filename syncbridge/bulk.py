@@ -305,10 +305,10 @@ def bisync(
     do_resync = resync or first
     if not dry_run:
         src.mkdir(parents=True, exist_ok=True)
-        if do_resync:
-            # bisync --resync needs path2 to exist; an empty folder on the local backend, nothing on S3.
-            if config.remote.is_local:
-                (config.remote.local_bucket_dir / key).mkdir(parents=True, exist_ok=True)
+    if do_resync and config.remote.is_local:
+        # bisync --resync needs path2 to exist: an empty folder on the local backend (nothing on S3).
+        # An empty folder is no object, so a dry run may make it too.
+        (config.remote.local_bucket_dir / key).mkdir(parents=True, exist_ok=True)
     command = f"syncbridge bisync {shlex.quote(str(src))} {shlex.quote(key or '/')}"
     recover = f"{command} --resync"
     args = bisync_argv(

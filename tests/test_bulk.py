@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from syncbridge.bulk import bisync, pull, push
+from syncbridge.bulk import BisyncError, bisync, bisync_workdir, pull, push
 from syncbridge.config import load_config
+from syncbridge.store import make_s3_client, open_store
 
-from .conftest import assert_no_secret, run_cli
+from .conftest import assert_no_secret, new_bucket, run_cli, server_env
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -100,21 +101,44 @@ def test_hostile_names_round_trip_and_run_nothing(env, tmp_path):
     assert not list(tmp_path.rglob("PWNED")) and not (Path.cwd() / "PWNED").exists()
 
 
-def test_invalid_utf8_name_round_trips_or_is_skipped(env, tmp_path):
+def test_invalid_utf8_name_round_trips_byte_for_byte(env, tmp_path):
+    """rclone's InvalidUtf8 encoding stores b"\\xff\\xfe" as the key text "‛FF‛FE" and maps it back on
+    download: the name round-trips exactly, and the rest of the run is unaffected."""
     config = load_config(env)
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
     (src / "good.txt").write_bytes(b"good")
+    (src / "sub").mkdir()
+    (src / "sub" / "also-good.png").write_bytes(b"png")
     bad = os.fsencode(src) + b"/bad-\xff\xfe.txt"
     with open(bad, "wb") as fh:
         fh.write(b"bad")
-    push(config, src, "utf8")
-    pull(config, "utf8", dst)
-    got = _tree(dst)
-    assert got["good.txt"] == b"good"
-    others = {k: v for k, v in got.items() if k != "good.txt"}
-    # rclone either keeps the bytes or maps them to a valid name; the content must survive either way
-    assert list(others.values()) in ([b"bad"], []), others
+    pushed = push(config, src, "utf8")
+    assert (pushed.files, pushed.errors, pushed.skipped) == (3, 0, ())
+    store = open_store(config.remote, state_dir=config.state_dir)
+    try:
+        keys = sorted(o.key for o in store.list("utf8/"))
+    finally:
+        store.close()
+    assert keys == ["utf8/bad-\u201bFF\u201bFE.txt", "utf8/good.txt", "utf8/sub/also-good.png"]
+    pulled = pull(config, "utf8", dst)
+    assert (pulled.files, pulled.errors, pulled.skipped) == (3, 0, ())
+    assert sorted(os.listdir(os.fsencode(dst))) == [b"bad-\xff\xfe.txt", b"good.txt", b"sub"]
+    with open(os.fsencode(dst) + b"/bad-\xff\xfe.txt", "rb") as fh:
+        assert fh.read() == b"bad"
+    assert (dst / "good.txt").read_bytes() == b"good" and (dst / "sub" / "also-good.png").read_bytes() == b"png"
+
+
+def test_invalid_utf8_name_on_the_local_bucket(local_env, tmp_path):
+    config = load_config(local_env)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / "good.txt").write_bytes(b"good")
+    with open(os.fsencode(src) + b"/bad-\xff.txt", "wb") as fh:
+        fh.write(b"bad")
+    push(config, src, "u")
+    pull(config, "u", dst)
+    assert sorted(os.listdir(os.fsencode(dst))) == [b"bad-\xff.txt", b"good.txt"]
 
 
 def test_bisync_first_run_changes_conflict_delete(env, tmp_path):
@@ -162,3 +186,132 @@ def test_cli_summary_and_no_secret(env, tmp_path):
     assert "MB/s" in proc.stdout
     assert "using bucket" in proc.stderr
     assert_no_secret(proc.stdout, proc.stderr)
+
+
+def test_pull_refuses_keys_escaping_local(moto_s3, tmp_path, caplog):
+    """Keys made directly with boto3 (moto keeps them verbatim): nothing lands outside LOCAL, each
+    skipped key is named, and every safe key (even a newline or glob characters) still arrives."""
+    bucket = new_bucket(moto_s3)
+    config = load_config(server_env(moto_s3, bucket, tmp_path))
+    client = make_s3_client(config.remote)
+    hostile = ["p/a/../../evil.txt", "p/../evil2.txt", "p//abs.txt", "p/b\\..\\..\\evil3.txt", "p/./dot.txt"]
+    safe = {"ok.txt": "p/ok.txt", "new\nline.txt": "p/new\u240aline.txt", "star*[x]{y}?.txt": "p/star*[x]{y}?.txt",
+            "sub/x.txt": "p/sub/x.txt"}
+    for key in [*hostile, *safe.values()]:
+        client.put_object(Bucket=bucket, Key=key, Body=key.encode())
+    client.close()
+    dest = tmp_path / "deep" / "inner"
+    with caplog.at_level("WARNING", logger="syncbridge.bulk"):
+        summary = pull(config, "p", dest, include=["*.txt"])
+    assert sorted(summary.skipped) == sorted(hostile)
+    assert summary.files == len(safe) and summary.errors == 0
+    warned = sorted(r.key for r in caplog.records if getattr(r, "event", "") == "pull.unsafe_key")
+    assert warned == sorted(hostile)
+    assert all(f"skipped key {r.key!r}" in r.getMessage() for r in caplog.records if hasattr(r, "key"))
+    assert _tree(dest) == {rel: key.encode() for rel, key in safe.items()}
+    everything = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
+    assert not [p for p in everything if "evil" in p or "abs.txt" in p or "dot.txt" in p], everything
+    # the CLI names them too
+    proc = run_cli(["pull", "p", str(tmp_path / "cli")], server_env(moto_s3, bucket, tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped key 'p/a/../../evil.txt'" in proc.stderr
+    assert "skipped unsafe key: 'p/a/../../evil.txt'" in proc.stdout
+    assert "5 skipped (unsafe names)" in proc.stdout
+
+
+def test_pull_dry_run_and_filters(env, tmp_path):
+    config = load_config(env)
+    src = tmp_path / "src"
+    _make_tree(src)
+    push(config, src, "d")
+    dst = tmp_path / "dst"
+    dry = pull(config, "d", dst, dry_run=True)
+    assert dry.dry_run and dry.files == 4 and not dst.exists()
+    assert dry.line().startswith("pull: would transfer 4 files")
+    pull(config, "d", dst, exclude=["sub/**"])
+    assert set(_tree(dst)) == {"a.txt", "with space.png"}
+
+
+def test_summary_line_fields(local_env, tmp_path):
+    config = load_config(local_env)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "one.bin").write_bytes(os.urandom(2_500_000))
+    summary = push(config, src, "s", transfers=2)
+    assert (summary.files, summary.bytes) == (1, 2_500_000)
+    assert summary.seconds > 0 and summary.mb_per_s == pytest.approx(2.5 / summary.seconds)
+    line = summary.line()
+    assert line.startswith("push: transferred 1 file, 2.5 MB in ") and line.endswith(" MB/s)")
+
+
+# -- bisync: guard, critical error, state --------------------------------------------------------
+
+
+def _ten_files(local: Path) -> None:
+    local.mkdir()
+    for i in range(10):
+        (local / f"f{i}.json").write_text(str(i))
+
+
+def test_bisync_max_delete_guard_then_force(env, tmp_path):
+    config = load_config(env)
+    local = tmp_path / "wf"
+    _ten_files(local)
+    bisync(config, local, "guard")
+    for i in range(8):
+        (local / f"f{i}.json").unlink()
+    with pytest.raises(BisyncError) as exc:
+        bisync(config, local, "guard")
+    text = str(exc.value)
+    assert "more than 50% of the files would be deleted (bisync.max_delete guard); nothing was deleted" in text
+    assert exc.value.recover == f"syncbridge bisync {local} guard --force"
+    assert f"if the deletions are intended, run: syncbridge bisync {local} guard --force" in text
+    assert f"to bring the deleted files back from the other side instead, run: syncbridge bisync {local} guard " \
+           f"--resync" in text
+    check = tmp_path / "check"
+    pull(config, "guard", check)
+    assert len(_tree(check)) == 10, "the guard deleted nothing in the bucket"
+    forced = bisync(config, local, "guard", force=True)
+    assert forced.deletes == 8 or forced.deletes == 0  # rclone counts deletes on path2 in its own stats
+    check2 = tmp_path / "check2"
+    pull(config, "guard", check2)
+    assert set(_tree(check2)) == {"f8.json", "f9.json"}
+
+
+def test_bisync_critical_error_names_the_recover_command(local_env, tmp_path):
+    local = tmp_path / "my wf"
+    _ten_files(local)
+    config = load_config(local_env)
+    bisync(config, local, "crit")
+    workdir = bisync_workdir(config, local, "crit")
+    listings = list(workdir.glob("*.lst"))
+    assert listings
+    for listing in listings:
+        listing.write_text("this is not a listing\n")
+    (local / "new.json").write_text("new")
+    proc = run_cli(["bisync", str(local), "crit"], local_env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "critical error, bisync stopped to protect your files" in proc.stderr
+    recover = f"syncbridge bisync '{local}' crit --resync"
+    assert f"to recover, check both sides, then run: {recover}" in proc.stderr
+    assert "\x1b[" not in proc.stderr  # rclone's colours are stripped
+    proc = run_cli(["bisync", str(local), "crit", "--resync"], local_env)
+    assert proc.returncode == 0, proc.stderr
+    assert bisync(config, local, "crit").resync is False
+    assert (config.remote.local_bucket_dir / "crit" / "new.json").read_text() == "new"
+
+
+def test_bisync_state_is_private_under_the_state_dir(local_env, tmp_path):
+    config = load_config(local_env)
+    local = tmp_path / "wf"
+    _ten_files(local)
+    dry = bisync(config, local, "st", dry_run=True)
+    assert dry.dry_run and not (config.remote.local_bucket_dir / "st" / "f0.json").exists()
+    bisync(config, local, "st")
+    workdir = bisync_workdir(config, local, "st")
+    assert workdir.parent == config.state_dir / "bisync"
+    assert workdir.stat().st_mode & 0o777 == 0o700 and config.state_dir.stat().st_mode & 0o777 == 0o700
+    files = [p for p in workdir.iterdir() if p.is_file()]
+    assert files and all(p.stat().st_mode & 0o777 == 0o600 for p in files)
+    # bisync keeps nothing in ~/.cache/rclone
+    assert not (Path(local_env["HOME"]) / ".cache" / "rclone").exists()
