@@ -83,6 +83,7 @@ NETWORK_RESCAN_SECONDS = 60.0
 FALLBACK_RESCAN_SECONDS = 5.0
 FATAL_RETRY_SECONDS = 300.0
 SETTLE_SECONDS = 0.3  # wait after a file changed during its upload, unless its close event comes first
+MAX_SETTLE_SECONDS = 30.0
 STATUS_INTERVAL = 1.0
 STATUS_HEARTBEAT = 5.0
 LATENCY_WINDOW = 512
@@ -170,6 +171,7 @@ class _Item:
     dirty: bool = False  # changed again while being uploaded
     fatal: bool = False
     settle: bool = False
+    changes: int = 0  # uploads in a row during which the file changed (it is still being written)
 
 
 class _Outcome:
@@ -756,6 +758,8 @@ class OutputWatcher:
                     log.info("the store answers again; resuming uploads", extra={"event": "watch.store_back"})
                 self._store_failures = 0
                 self._gate_until = 0.0
+            if outcome in (_Outcome.PUSHED, _Outcome.SKIPPED):
+                item.changes = 0
             if outcome == _Outcome.PUSHED:
                 size, latency = detail
                 self._counters["uploaded"] += 1
@@ -787,7 +791,11 @@ class OutputWatcher:
                 item.dirty, item.fatal, item.not_before = False, False, 0.0
                 self._ready[item.rel] = item
             elif outcome == _Outcome.CHANGED:
-                self._wait(item, now + (0.05 if self._draining else SETTLE_SECONDS))
+                # Still being written (found by a scan while a job writes it): wait longer each
+                # time, so a growing video is not re-sent in a loop; its close event cuts the wait.
+                item.changes += 1
+                settle = min(MAX_SETTLE_SECONDS, SETTLE_SECONDS * 2 ** (item.changes - 1))
+                self._wait(item, now + (0.05 if self._draining else settle))
             elif outcome == _Outcome.RETRY:
                 delay = backoff_delay(item.attempts, rand=self._rand.random)
                 self._wait(item, now + (min(delay, 0.2) if self._draining else delay))

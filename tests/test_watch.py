@@ -416,3 +416,24 @@ def test_folders_moved_in_and_a_recreated_root_are_watched(tmp_path: Path, local
     got = _objects(config)
     assert {f"outputs/album/deep/{i}.png" for i in range(5)} | {"outputs/album/deep/later.png",
                                                                  "outputs/again.png"} <= set(got)
+
+
+def test_a_file_still_being_written_at_start_ends_complete(tmp_path: Path, local_env: dict[str, str]) -> None:
+    """The catch-up scan may push a file a job is still writing; its close pushes the whole file."""
+    config = _config(local_env)
+    out = config.watch.dir
+    out.mkdir(parents=True)
+    chunks = [os.urandom(64 * 1024) for _ in range(20)]
+    with open(out / "render.mp4", "wb") as fh:
+        fh.write(chunks[0])
+        fh.flush()
+        with OutputWatcher(config) as watcher:
+            for chunk in chunks[1:]:
+                time.sleep(0.03)
+                fh.write(chunk)
+                fh.flush()
+            fh.close()
+            assert watcher.wait_idle(30)
+            uploads = watcher.stats().uploaded
+    assert _objects(config)["outputs/render.mp4"] == b"".join(chunks)
+    assert uploads <= 8  # not re-sent in a loop while it grew
