@@ -20,6 +20,7 @@ followed by hand here for that reason.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -270,10 +271,24 @@ class CacheSource(Source):
         try:
             if file.size is not None and file.size >= self.big:
                 return self._ranged(store, key, file.size, temp, on_bytes, cancel)
-            with open(temp, "wb") as fh:
-                writer = _HashingWriter(fh, on_bytes, cancel)
-                store.download_to(key, writer)  # type: ignore[arg-type]
-            return Fetched(writer.size, writer.digest.hexdigest())
+            # Retried like a ranged part: one connection reset (or a body cut short behind a
+            # 200) used to fail the model when the cache was its only source.
+            for attempt in range(3):
+                try:
+                    with open(temp, "wb") as fh:
+                        writer = _HashingWriter(fh, on_bytes, cancel)
+                        store.download_to(key, writer)  # type: ignore[arg-type]
+                    if file.size is not None and writer.size != file.size:
+                        raise StoreError(f"get {key!r}: got {writer.size} of {file.size} bytes", key=key,
+                                         code="ShortRead", retryable=True)
+                    return Fetched(writer.size, writer.digest.hexdigest())
+                except StoreError as exc:
+                    no_space = isinstance(exc.__cause__, OSError) and exc.__cause__.errno == errno.ENOSPC
+                    if not exc.retryable or exc.status == 404 or no_space or attempt == 2:
+                        raise
+                    log.info("cache get of %s failed (%s); retrying", key, exc,
+                             extra={"event": "models.get_retry", "key": key})
+            raise AssertionError("unreachable")  # pragma: no cover
         except StoreError as exc:
             if exc.status == 404:
                 raise NotAvailable(f"cache: {key} disappeared", source=self.name) from exc
