@@ -187,6 +187,7 @@ def _store_error(exc: BaseException, *, key: str | None, action: str) -> StoreEr
                           status=status, retryable=retryable)
     if isinstance(exc, (bexc.EndpointConnectionError, bexc.ConnectionClosedError, bexc.ReadTimeoutError,
                         bexc.ConnectTimeoutError, bexc.ResponseStreamingError, bexc.ProxyConnectionError,
+                        bexc.IncompleteReadError,  # a body cut short behind a 200: transient
                         bexc.HTTPClientError, ConnectionError, TimeoutError)):
         return StoreError(f"{action} {key!r} failed: {type(exc).__name__}: {exc}", key=key,
                           code=type(exc).__name__, retryable=True)
