@@ -1,0 +1,208 @@
+"""Model warm-start under faults: the R2 cache is reached through the loopback fault proxy.
+
+Every scenario ends with the model at its final path, verified (sha256), or, when the
+fault makes that impossible, a clear error and nothing at the final path.
+
+``SYNCBRIDGE_FAULT_MODEL_MB`` (default 200) sizes the large model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+models = pytest.importorskip("syncbridge.models")
+
+from syncbridge.config import load_config  # noqa: E402
+from syncbridge.store import S3Store  # noqa: E402
+
+from .conftest import HF_TOKEN, new_bucket, server_env  # noqa: E402
+from .faultproxy import FaultProxy, Rule  # noqa: E402
+from .hfserver import serve_hf  # noqa: E402
+
+MODEL_MB = int(os.environ.get("SYNCBRIDGE_FAULT_MODEL_MB", "200"))
+CACHE = "models"
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Scene:
+    def __init__(self, server, tmp_path: Path, proxy: FaultProxy, *, models_dir: Path | None = None,
+                 hub=None) -> None:
+        env = server_env(server, new_bucket(server), tmp_path)
+        self.direct = S3Store(load_config(env).remote)
+        env["R2_ENDPOINT"] = proxy.endpoint
+        if hub is not None:
+            env["HF_ENDPOINT"] = hub.url
+            env["HF_TOKEN"] = HF_TOKEN
+        self.env = env
+        self.config = load_config(env)
+        self.models_dir = models_dir or tmp_path / "models"
+        self.manifest = tmp_path / "models.toml"
+        self.proxy = proxy
+
+    def write_manifest(self, entries: list[dict]) -> Path:
+        lines = [f'[settings]\nmodels_dir = "{self.models_dir}"\ncache_prefix = "{CACHE}"\n']
+        for e in entries:
+            lines.append("[[model]]")
+            for k, v in e.items():
+                lines.append(f"{k} = {v}" if k == "hf" else f'{k} = "{v}"' if isinstance(v, str) else f"{k} = {v}")
+        self.manifest.write_text("\n".join(lines) + "\n")
+        return self.manifest
+
+    def seed_file(self, rel: str, path: Path) -> str:
+        digest = sha_file(path)
+        # the cache object carries its sha256 in metadata, as write-back puts it there
+        self.direct.put_file(path, f"{CACHE}/{rel}", metadata={"sha256": digest})
+        return digest
+
+    def pull(self):
+        return models.pull_models(self.config, [self.manifest], tier="datacenter")
+
+    def leftovers(self) -> list[str]:
+        """Anything in the models folder that is not a final, complete model file."""
+        return sorted(p.relative_to(self.models_dir).as_posix() for p in self.models_dir.rglob("*")
+                      if p.is_file() and (p.name.endswith((".sbpart", ".sbtmp", ".partial", ".incomplete"))))
+
+
+@pytest.fixture
+def scene(rclone_s3, tmp_path):
+    with FaultProxy(rclone_s3.endpoint) as proxy:
+        yield Scene(rclone_s3, tmp_path, proxy)
+
+
+def _big_file(path: Path, mb: int) -> Path:
+    with open(path, "wb") as fh:
+        block = os.urandom(1024 * 1024)
+        for i in range(mb):
+            fh.write(block[:-8] + i.to_bytes(8, "big"))  # each MiB differs: a misplaced range fails the hash
+    return path
+
+
+@pytest.mark.parametrize("mb", [MODEL_MB, 24], ids=["large-ranged", "small-single-get"])
+def test_get_reset_half_way_through_a_model(scene, tmp_path, mb):
+    src = _big_file(tmp_path / "blob", mb)
+    digest = scene.seed_file("checkpoints/big.safetensors", src)
+    scene.write_manifest([{"name": "big", "path": "checkpoints/big.safetensors", "sha256": digest}])
+    scene.proxy.add(Rule("reset", method="GET", path=r"/big\.safetensors$", phase="response", fraction=0.5, times=1))
+    report = scene.pull()
+    assert scene.proxy.count("reset") == 1
+    (result,) = report.results
+    assert result.status == "pulled", report.table()
+    assert result.source == "cache" and result.verified == "sha256"
+    target = scene.models_dir / "checkpoints" / "big.safetensors"
+    assert sha_file(target) == digest
+    assert not scene.leftovers()
+
+
+@pytest.mark.parametrize("lie", [False, True], ids=["cut-short", "content-length-rewritten"])
+def test_truncated_body_with_status_200(scene, lie):
+    data = os.urandom(3 * 1024 * 1024)
+    path = scene.models_dir.parent / "vae.bin"
+    path.write_bytes(data)
+    scene.seed_file("vae/vae.safetensors", path)
+    scene.write_manifest([{"name": "vae", "path": "vae/vae.safetensors", "sha256": sha(data)}])
+    scene.proxy.add(Rule("truncate", method="GET", path=r"/vae\.safetensors$", fraction=0.4, lie=lie, times=1))
+    report = scene.pull()
+    assert scene.proxy.count("truncate") == 1
+    (result,) = report.results
+    assert result.status == "pulled", report.table()
+    assert (scene.models_dir / "vae" / "vae.safetensors").read_bytes() == data
+    assert result.verified == "sha256"
+    assert not scene.leftovers()
+
+
+def test_cache_answering_403_falls_through_to_the_next_source(rclone_s3, tmp_path, caplog):
+    data = os.urandom(200_000)
+    with serve_hf() as hub, FaultProxy(rclone_s3.endpoint) as proxy:
+        hub.add("org/repo", {"unet.safetensors": data})
+        scene = Scene(rclone_s3, tmp_path, proxy, hub=hub)
+        path = tmp_path / "u.bin"
+        path.write_bytes(data)
+        scene.seed_file("unet/unet.safetensors", path)
+        scene.write_manifest([{"name": "unet", "path": "unet/unet.safetensors", "sha256": sha(data),
+                               "hf": '{ repo = "org/repo", file = "unet.safetensors" }'}])
+        proxy.add(Rule("error", path=rf"/{CACHE}/", status=403, code="AccessDenied"))
+        with caplog.at_level(logging.WARNING, logger="syncbridge"):
+            report = scene.pull()
+    (result,) = report.results
+    assert result.status == "pulled" and result.source == "hf", report.table()
+    assert (scene.models_dir / "unet" / "unet.safetensors").read_bytes() == data
+    assert proxy.count("error") >= 1
+    cache_attempts = [err for src, err in result.attempts if src == "cache"]
+    # a HEAD answer has no body, so the status is all there is to name
+    assert cache_attempts and ("AccessDenied" in cache_attempts[0] or "403" in cache_attempts[0]), result.attempts
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("unet" in w and "cache" in w and ("AccessDenied" in w or "403" in w) for w in warnings), warnings
+
+
+@contextlib.contextmanager
+def small_filesystem(where: Path, size_mb: int):
+    where.mkdir(parents=True, exist_ok=True)
+    try:
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755", "tmpfs", str(where)],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"cannot mount a small tmpfs here: {exc}")
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root and CAP_SYS_ADMIN): {proc.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=30)
+
+
+def test_disk_filled_during_a_download(rclone_s3, tmp_path):
+    """The space check passes, then something else fills the disk mid-download: a clear error, nothing at
+    the final path; once space exists again, the next run succeeds."""
+    model_mb = 40
+    with small_filesystem(tmp_path / "small", 72) as small, FaultProxy(rclone_s3.endpoint) as proxy:
+        scene = Scene(rclone_s3, tmp_path, proxy, models_dir=small / "models")
+        src = _big_file(tmp_path / "blob", model_mb)
+        digest = scene.seed_file("loras/style.safetensors", src)
+        scene.write_manifest([{"name": "style", "path": "loras/style.safetensors", "sha256": digest}])
+        # hold the download a moment after its first megabytes, and fill the disk meanwhile
+        proxy.add(Rule("stall", method="GET", path=r"/style\.safetensors$", phase="response",
+                       after_bytes=2 * 1024 * 1024, seconds=1.5, times=1))
+        filler = small / "filler.bin"
+
+        def fill() -> None:
+            proxy.wait_for(lambda: proxy.count("stall") > 0, 60)
+            with open(filler, "wb") as fh, contextlib.suppress(OSError):
+                for _ in range(60):
+                    fh.write(b"\0" * (1024 * 1024))
+
+        filling = threading.Thread(target=fill)
+        filling.start()
+        report = scene.pull()
+        filling.join()
+        (result,) = report.results
+        target = scene.models_dir / "loras" / "style.safetensors"
+        assert result.status == "failed", report.table()
+        text = report.table()
+        assert "No space left" in text or "ENOSPC" in text or "disk" in text.lower(), text
+        assert not target.exists(), "a partial file sits at the final path"
+
+        filler.unlink()
+        report = scene.pull()
+        (result,) = report.results
+        assert result.status == "pulled", report.table()
+        assert sha_file(target) == digest
+        assert not scene.leftovers()
