@@ -427,6 +427,7 @@ def merge_manifests(parsed: Sequence[_Parsed], *, models_dir: str | Path | None 
             chosen.setdefault(key, (value, at))
     by_path: dict[str, ModelSpec] = {}
     by_name: dict[str, ModelSpec] = {}
+    snapshots: dict[str, ModelSpec] = {}
     models: list[ModelSpec] = []
     for item in parsed:
         for model in item.models:
@@ -435,9 +436,11 @@ def merge_manifests(parsed: Sequence[_Parsed], *, models_dir: str | Path | None 
                 problems.append(Problem(model.origin, f"model {model.name!r}: path {model.path!r} is also the path of "
                                                       f"model {other.name!r} ({other.origin})"))
                 continue
-            clash = next((o for p, o in by_path.items()
-                          if (o.is_snapshot and model.path.startswith(p + "/"))
-                          or (model.is_snapshot and p.startswith(model.path + "/"))), None)
+            parts = model.path.split("/")
+            clash = next((snapshots[a] for a in ("/".join(parts[:i]) for i in range(1, len(parts)))
+                          if a in snapshots), None)
+            if clash is None and model.is_snapshot:
+                clash = next((o for p, o in by_path.items() if p.startswith(model.path + "/")), None)
             if clash is not None:
                 problems.append(Problem(model.origin, f"model {model.name!r}: path {model.path!r} overlaps the "
                                                       f"snapshot folder of model {clash.name!r} ({clash.origin})"))
@@ -448,6 +451,8 @@ def merge_manifests(parsed: Sequence[_Parsed], *, models_dir: str | Path | None 
                 continue
             by_path[model.path] = model
             by_name[model.name] = model
+            if model.is_snapshot:
+                snapshots[model.path] = model
             models.append(model)
     if problems:
         raise ManifestError(problems)

@@ -73,6 +73,10 @@ SNAPSHOT_STAGING = ".sbsnap"
 # Headroom kept free on top of what the missing models need (1%, at least 16 MiB).
 SPACE_MARGIN = 0.01
 SPACE_MARGIN_MIN = 16 * 1024 * 1024
+# From this many missing models on, the cache is listed once instead of a HEAD per model,
+# and its small objects are copied by one rclone batch instead of a Python request each.
+BULK_MIN = 16
+BATCH_MAX_SIZE = 16 * 1024 * 1024
 
 
 # -- results ------------------------------------------------------------------------------
@@ -290,27 +294,39 @@ def _part_path(target: Path, source: str) -> Path:
     return target.with_name(f".{target.name}.{source}{PART_SUFFIX}")
 
 
-def _clean_parts(target: Path) -> None:
-    """Remove temp files and staging folders an earlier run left for this target."""
-    parent = target.parent
-    if not parent.is_dir():
-        return
-    for leftover in parent.glob(f".{_glob_escape(target.name)}.*"):
-        if leftover.name.endswith((PART_SUFFIX, PART_SUFFIX + ".d", SNAPSHOT_STAGING, ".sbold")):
+def _clean_parts(target: Path, model: ModelSpec) -> None:
+    """Remove temp files and staging folders an earlier run left for this target (known names only:
+    a stat each is much cheaper than listing a folder of thousands of models)."""
+    if model.is_snapshot:
+        names = [f".{target.name}{SNAPSHOT_STAGING}", f".{target.name}.sbold"]
+    else:
+        sources = ["cache"] + [n for n, on in (("hf", model.hf), ("civitai", model.civitai), ("url", model.url)) if on]
+        names = [f".{target.name}.{s}{PART_SUFFIX}" for s in sources]
+        if model.hf is not None:
+            names.append(f".{target.name}.hf{PART_SUFFIX}.d")
+    for name in names:
+        leftover = target.with_name(name)
+        try:
             if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover, ignore_errors=True)
             else:
-                leftover.unlink(missing_ok=True)
+                leftover.unlink()
+        except FileNotFoundError:
+            pass
 
 
-def _glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+# Models smaller than this are fetched without the per-model lock: fetching one twice costs less
+# than the lock file.
+LOCK_MIN_SIZE = 16 * 1024 * 1024
 
 
 @contextlib.contextmanager
-def _model_lock(models_dir: Path, model: ModelSpec, on_wait: Callable[[], None]):
+def _model_lock(models_dir: Path, model: ModelSpec, on_wait: Callable[[], None], *, size: int):
     """An exclusive lock per model path (flock), so two pullers sharing a models folder do not download
     the same model twice. Correctness does not depend on it: only verified files are renamed into place."""
+    if size < LOCK_MIN_SIZE and not model.is_snapshot:
+        yield
+        return
     lock_dir = models_dir / ".syncbridge" / "locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(model.path.encode("utf-8", "surrogateescape")).hexdigest()[:24]
@@ -425,14 +441,20 @@ class _Puller:
         return "present"
 
     # -- planning ------------------------------------------------------------------------------
-    def plan(self, model: ModelSpec, target: Path, local: str, local_sha: str | None) -> PlanItem:
-        """Ask the sources in order until one offers the model (one cheap request each)."""
+    def plan(self, model: ModelSpec, target: Path, local: str, local_sha: str | None,
+             known: Mapping[str, Offer | SourceError] | None = None) -> PlanItem:
+        """Ask the sources in order until one offers the model (one cheap request each).
+
+        ``known``: offers already obtained in bulk (the cache listing), by source name.
+        """
         offers: dict[str, Offer | SourceError] = {}
         for source in self.sources:
             if not source.applies(model):
                 continue
             try:
-                offer = source.offer(model)
+                offer = (known or {}).get(source.name) or source.offer(model)
+                if isinstance(offer, SourceError):
+                    raise offer
             except SourceError as exc:
                 offers[source.name] = exc
                 continue
@@ -482,13 +504,47 @@ class _Puller:
             return f"offers {remote.size} bytes, the manifest wants {model.size}"
         return ""
 
+    def prefetch_small(self, items: Sequence[PlanItem]) -> Path | None:
+        """Copy the small cache objects of many missing models with one rclone batch.
+
+        Returns the staging folder (removed by the caller when the pull ends), or
+        None when there are too few such models to be worth a batch.
+        """
+        if self.cache is None:
+            return None
+        files = [item.chosen.files[0] for item in items
+                 if item.chosen is not None and item.chosen.source == "cache" and not item.model.is_snapshot
+                 and (item.chosen.files[0].size or 0) < BATCH_MAX_SIZE]
+        if len(files) < BULK_MIN:
+            return None
+        from .rclone import Rclone
+        from .rclonecmd import remote_path
+
+        staging = self.models_dir / ".syncbridge" / f"batch-{os.getpid()}-{threading.get_ident()}"
+        rc = Rclone(self.config)
+        transfers = str(max(16, self.config.rclone.transfers))
+
+        def run(extra: list[str]) -> None:
+            rc.run(["copy", remote_path(self.config.remote, self.cache.cache_prefix), str(staging), *extra,
+                    "--no-traverse", "--transfers", transfers, "--checkers", transfers, "--config", "/dev/null",
+                    "--use-json-log", "-v"], with_common=False, cancel=self.cancel,
+                   what=f"copy {len(files)} small models from the cache")
+
+        started = time.monotonic()
+        self.cache.prefetch(files, staging, run)
+        log.info("batch copy of %d small models from the cache in %.1fs", len(files), time.monotonic() - started,
+                 extra={"event": "models.batch", "files": len(files)})
+        return staging
+
     # -- pulling one model ----------------------------------------------------------------------
     def pull(self, item: PlanItem) -> ModelResult:
         model, target = item.model, item.target
         started = time.monotonic()
         attempts: list[tuple[str, str]] = []
+        size = item.chosen.size if item.chosen is not None else (model.size or LOCK_MIN_SIZE)
         with _model_lock(self.models_dir, model, lambda: self.emit("waiting", model,
-                                                                 message="another puller has this model")):
+                                                                 message="another puller has this model"),
+                         size=size):
             # Another puller sharing this folder may have put it in place since the plan was made.
             state, _, level = self.local_state(model, target)
             if state == "unknown" and item.chosen is not None:
@@ -531,7 +587,7 @@ class _Puller:
                 self.emit("done", model, message=status)
                 return ModelResult(model.name, model.path, "", 0, time.monotonic() - started, "", status,
                                    tuple(attempts), message)
-            _clean_parts(target)
+            _clean_parts(target, model)
             return result
 
     def _attempt(self, source: Source, item: PlanItem, offers: dict[str, Offer | SourceError],
@@ -595,8 +651,8 @@ class _Puller:
             if not source.resumable():
                 temp.unlink(missing_ok=True)
             raise
+        # No fsync per file: a torn file after a host crash fails verification on the next start.
         os.replace(temp, target)
-        fsync_dir(target.parent)
         self.hashes.put(target, fetched.sha256, verified=verified)
         return fetched.sha256, verified
 
@@ -825,9 +881,14 @@ def pull_models(
             todo.append((model, target, state, sha))
     try:
         if todo:
+            listed: dict[str, Offer | SourceError] = {}
+            if puller.cache is not None and len(todo) >= BULK_MIN:
+                listed = puller.cache.list_offers([t[0] for t in todo])
             with ThreadPoolExecutor(max_workers=min(8, max(1, puller.parallel * 2)),
                                     thread_name_prefix="models-plan") as pool:
-                plans = list(pool.map(lambda t: puller.plan(*t), todo))
+                plans = list(pool.map(
+                    lambda t: puller.plan(*t, known={"cache": listed[t[0].name]} if t[0].name in listed else None),
+                    todo))
             to_fetch: list[PlanItem] = []
             for item in plans:
                 model = item.model
@@ -853,9 +914,14 @@ def pull_models(
                         puller.emit("plan", model, source=item.chosen.source, total=item.chosen.size)
             if to_fetch:
                 _check_space(manifest.models_dir, to_fetch)
-                with ThreadPoolExecutor(max_workers=puller.parallel, thread_name_prefix="models-pull") as pool:
-                    for result in pool.map(puller.pull, to_fetch):
-                        results[result.name] = result
+                batch = puller.prefetch_small(to_fetch)
+                try:
+                    with ThreadPoolExecutor(max_workers=puller.parallel, thread_name_prefix="models-pull") as pool:
+                        for result in pool.map(puller.pull, to_fetch):
+                            results[result.name] = result
+                finally:
+                    if batch is not None:
+                        shutil.rmtree(batch, ignore_errors=True)
     finally:
         puller.hashes.save()
         if puller._store is not None and store is None:

