@@ -198,6 +198,12 @@ def _store_error(exc: BaseException, *, key: str | None, action: str) -> StoreEr
                       retryable=isinstance(exc, OSError))
 
 
+def _metadata(response: Mapping) -> dict[str, str]:
+    """User metadata with lower-case names, as AWS and R2 return them (rclone serve s3 capitalises them:
+    ``Sha256``), so ``info.metadata["sha256"]`` works against every store."""
+    return {str(k).lower(): v for k, v in (response.get("Metadata") or {}).items()}
+
+
 def _strip_etag(etag: str | None) -> str:
     return (etag or "").strip('"')
 
@@ -236,7 +242,7 @@ class S3Store(Store):
         except (bexc.BotoCoreError, OSError) as exc:
             raise _store_error(exc, key=key, action="head") from exc
         return ObjectInfo(key, int(r.get("ContentLength", 0)), _strip_etag(r.get("ETag")),
-                          r["LastModified"].astimezone(dt.timezone.utc), dict(r.get("Metadata") or {}))
+                          r["LastModified"].astimezone(dt.timezone.utc), _metadata(r))
 
     def _cond_kwargs(self, if_none_match: bool, if_match: str | None) -> dict[str, str]:
         kwargs: dict[str, str] = {}
@@ -300,7 +306,7 @@ class S3Store(Store):
         except Exception as exc:  # noqa: BLE001 - streaming errors of every kind
             raise _store_error(exc, key=key, action="get") from exc
         info = ObjectInfo(key, int(r.get("ContentLength", len(data))), _strip_etag(r.get("ETag")),
-                          r["LastModified"].astimezone(dt.timezone.utc), dict(r.get("Metadata") or {}))
+                          r["LastModified"].astimezone(dt.timezone.utc), _metadata(r))
         if len(data) != info.size:
             raise StoreError(f"get {key!r}: got {len(data)} of {info.size} bytes", key=key, code="ShortRead",
                              retryable=True)
@@ -322,7 +328,7 @@ class S3Store(Store):
                              retryable=True)
         total = offset + expected
         return ObjectInfo(key, total, _strip_etag(r.get("ETag")), r["LastModified"].astimezone(dt.timezone.utc),
-                          dict(r.get("Metadata") or {}))
+                          _metadata(r))
 
     def download_range(self, key: str, fd: int, *, start: int, end: int) -> int:
         r = self._call("get", key, self.client.get_object, Key=key, Range=f"bytes={start}-{end - 1}")
