@@ -300,10 +300,8 @@ def _clean_parts(target: Path, model: ModelSpec) -> None:
     if model.is_snapshot:
         names = [f".{target.name}{SNAPSHOT_STAGING}", f".{target.name}.sbold"]
     else:
-        sources = ["cache"] + [n for n, on in (("hf", model.hf), ("civitai", model.civitai), ("url", model.url)) if on]
-        names = [f".{target.name}.{s}{PART_SUFFIX}" for s in sources]
-        if model.hf is not None:
-            names.append(f".{target.name}.hf{PART_SUFFIX}.d")
+        names = [f".{target.name}.{s}{PART_SUFFIX}" for s in ("cache", "hf", "civitai", "url")]
+        names.append(f".{target.name}.hf{PART_SUFFIX}.d")
     for name in names:
         leftover = target.with_name(name)
         try:
