@@ -55,6 +55,12 @@ def test_fleet_simulation(moto_s3, tmp_path: Path) -> None:
             lines += ["[[model]]", f'name = "{path.strip("/").split(".")[0]}"', f'path = "loras{path}"',
                       f'sha256 = "{hashlib.sha256(blob).hexdigest()}"', f'url = "{up.url}{path}"', ""]
         manifest.write_text("\n".join(lines))
+        # The shared folder already holds the team's workflows. (With a pod's own file as the only
+        # file, bisync's "all files changed" safety abort would stop every run: see the report.)
+        seed = open_store(load_config({**base, "SYNCBRIDGE_POD_ID": "seed"}).remote, state_dir=tmp_path / "seed")
+        for name in ("team-default.json", "upscale.json", "inpaint.json"):
+            seed.put_bytes(f"workflows/{name}", json.dumps({"shared": name}).encode())
+        seed.close()
         start_at = time.time() + 6.0
         procs: dict[str, subprocess.Popen] = {}
         for i in range(PODS):
