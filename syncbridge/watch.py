@@ -821,7 +821,15 @@ class OutputWatcher:
             with self._conditional_lock:
                 if self._conditional is None:
                     assert self._store is not None
-                    self._conditional = self._store.conditional_writes()
+                    try:
+                        self._conditional = self._store.conditional_writes()
+                    except StoreError as exc:
+                        if exc.retryable:
+                            raise  # the store is unreachable: this upload retries, and so does the probe
+                        # e.g. a token scoped to the output prefix cannot write the probe object
+                        log.warning("cannot probe the store for conditional writes (%s); checking with HEAD "
+                                    "before each first upload instead", exc, extra={"event": "watch.no_probe"})
+                        self._conditional = False
                     log.debug("store enforces If-None-Match: %s", self._conditional,
                               extra={"event": "watch.conditional"})
         return self._conditional
