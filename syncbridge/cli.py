@@ -15,6 +15,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 from typing import Any, Callable, Mapping, Sequence
 
@@ -152,8 +153,15 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
     ctx = Context(args, environ)
     setup_logging("debug" if args.verbose else ("warning" if args.quiet else "info"), secrets=ctx.secrets)
     func: Callable[[argparse.Namespace, Context], int] = args.func
+    # SIGTERM unwinds like Ctrl-C, so a running rclone (in its own process group, which
+    # a signal to ours does not reach) is terminated too. Commands with their own
+    # handling (watch, start) replace this handler while they run.
+    previous = _install_sigterm()
     try:
         return int(func(args, ctx) or 0)
+    except _Terminated:
+        print("syncbridge: terminated", file=sys.stderr, flush=True)
+        return 128 + signal.SIGTERM
     except SyncBridgeError as exc:
         print(redact(f"syncbridge: error: {exc}", ctx.secrets), file=sys.stderr, flush=True)
         return exc.exit_code
@@ -162,6 +170,23 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
         return 130
     except BrokenPipeError:
         return 141
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(BaseException):
+    """Raised in the main thread by SIGTERM (a BaseException, so cleanup blocks run but nothing swallows it)."""
+
+
+def _install_sigterm():
+    def handler(signum: int, frame: object) -> None:
+        raise _Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (main() called from a library user's worker)
+        return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,6 +4,7 @@ on every subcommand (found by walking the parser, so new ones are covered)."""
 
 from __future__ import annotations
 
+import os
 import stat
 import time
 from pathlib import Path
@@ -204,3 +205,47 @@ def test_config_command_hides_secrets(local_env):
     assert f"bucket 'runpod' at {R2} (Cloudflare)" in proc.stdout
     assert "secrets set:  R2_ACCESS_KEY, R2_SECRET_KEY" in proc.stdout
     assert_no_secret(proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize(("sig", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_signal_stops_the_command_and_its_rclone(local_env, tmp_path, sig, code):
+    import signal
+    import subprocess
+    import sys
+
+    from syncbridge.rclone import find_rclone
+
+    slow = tmp_path / "slow-rclone"
+    slow.write_text(f'#!/bin/sh\nexec {find_rclone()} "$@" --bwlimit 200k\n')
+    slow.chmod(0o755)
+    src = tmp_path / f"src-{sig}"
+    src.mkdir()
+    (src / "big.bin").write_bytes(b"x" * 3_000_000)
+    env = {**local_env, "SYNCBRIDGE_RCLONE": str(slow)}
+    proc = subprocess.Popen([sys.executable, "-m", "syncbridge", "push", str(src), "p"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    marker = str(src).encode()
+
+    def rclone_pids() -> list[int]:
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != proc.pid:
+                try:
+                    if marker in Path(f"/proc/{entry}/cmdline").read_bytes():
+                        pids.append(int(entry))
+                except OSError:
+                    pass
+        return pids
+
+    deadline = time.monotonic() + 30
+    while not rclone_pids():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(getattr(signal, sig))
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    deadline = time.monotonic() + 10
+    while rclone_pids():
+        assert time.monotonic() < deadline, "rclone outlived syncbridge"
+        time.sleep(0.05)
