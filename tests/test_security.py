@@ -301,3 +301,45 @@ def test_state_directory_is_private_and_holds_no_secret(secret_env, tmp_path):
     for path in state.rglob("*"):
         if path.is_file():
             assert_clean(path.read_bytes(), what=f"state file {path}")
+
+
+def test_symlinks_in_a_watched_folder_are_not_followed_out(rclone_s3, tmp_path):
+    """Links to files and folders outside (made before start and while running), and a file swapped for a
+    link while its upload is held up: nothing from outside ever reaches the bucket."""
+    watch = pytest.importorskip("syncbridge.watch")
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    secret = b"private key material, not an output"
+    (outside / "id_rsa.png").write_bytes(secret)
+    (outside / "sub" / "inner.png").write_bytes(secret)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "early_link.png").symlink_to(outside / "id_rsa.png")
+    (out / "early_dir").symlink_to(outside)
+    with FaultProxy(rclone_s3.endpoint) as proxy:
+        env = server_env(rclone_s3, new_bucket(rclone_s3), tmp_path)
+        direct = S3Store(load_config(env).remote)
+        env["R2_ENDPOINT"] = proxy.endpoint
+        config = load_config(env)
+        with watch.OutputWatcher(config, directory=out, prefix="w") as watcher:
+            (out / "late_link.png").symlink_to(outside / "id_rsa.png")
+            (out / "late_dir").symlink_to(outside / "sub")
+            (out / "real.png").write_bytes(b"a real output")
+            # hold the next upload, and swap the file for a link while it waits
+            proxy.add(Rule("stall", path="/w/swapped", seconds=1.0, times=2))
+            (out / "swapped.png").write_bytes(b"first content")
+            assert proxy.wait_for(lambda: proxy.count("stall") > 0, 20)
+            os.replace(_make_link(tmp_path, outside / "id_rsa.png"), out / "swapped.png")
+            assert watcher.wait_idle(30)
+    keys = {info.key for info in direct.list("w/")}
+    assert "w/real.png" in keys
+    assert not any("link" in k or "dir" in k or "inner" in k or "id_rsa" in k for k in keys), keys
+    for key in keys:
+        data, _ = direct.get_bytes(key)
+        assert data != secret, f"{key} holds the content of a file outside the watched folder"
+
+
+def _make_link(tmp_path: Path, target: Path) -> Path:
+    link = tmp_path / "swap_link"
+    link.symlink_to(target)
+    return link
