@@ -17,7 +17,8 @@ import pytest
 from syncbridge.config import load_config
 from syncbridge.errors import CancelledError, RcloneError, RcloneNotFoundError
 from syncbridge.rclone import Rclone, find_rclone
-from syncbridge.rclonecmd import EXIT_CODES, Progress, classify_exit, copy_argv, parse_log_line, remote_path
+from syncbridge.rclonecmd import (EXIT_CODES, Progress, bisync_argv, classify_exit, common_flags, copy_argv,
+                                  parse_log_line, remote_env, remote_path)
 from syncbridge.ui import ProgressPrinter
 
 from .conftest import ACCESS_KEY, SECRET_KEY, new_bucket, server_env
@@ -325,3 +326,52 @@ def test_progress_callback_failure_does_not_break_the_run(local_env, tmp_path):
                                                  on_record=broken)
     assert result.outcome == "ok" and (tmp_path / "dst" / "a.txt").read_text() == "a"
     assert stat.S_ISREG((tmp_path / "dst" / "a.txt").stat().st_mode)
+
+
+# -- argv builders (pure) ------------------------------------------------------------------------
+
+
+def test_bisync_argv_has_the_unattended_safe_settings():
+    argv = bisync_argv("/l", "syncbridge:b/p", workdir="/s/bisync/x", resync=False, conflict_resolve="newer",
+                       conflict_loser="num", max_delete=50, max_lock="2m", include=["*.json"], exclude=["tmp/**"])
+    joined = " ".join(argv)
+    for flag in ("--resilient", "--recover", "--max-lock 2m", "--max-delete 50", "--conflict-resolve newer",
+                 "--conflict-loser num", "--workdir /s/bisync/x"):
+        assert flag in joined
+    assert "--resync" not in argv and "--force" not in argv and "--dry-run" not in argv
+    assert argv[argv.index("--filter", argv.index("--compare")):] == ["--filter", "- tmp/**", "--filter", "+ *.json",
+                                                                      "--filter", "- **"]
+    forced = bisync_argv("/l", "r:b", workdir="/w", resync=True, conflict_resolve="path1", conflict_loser="delete",
+                         max_delete=10, max_lock="90s", dry_run=True, force=True)
+    assert {"--resync", "--force", "--dry-run"} <= set(forced)
+
+
+def test_copy_argv_and_common_flags(local_env):
+    assert copy_argv("/a", "r:b/k", single_file=True) == ["copyto", "/a", "r:b/k"]
+    assert copy_argv("/a", "r:b", exclude=["x"], dry_run=True, extra=["--transfers", "2"]) == \
+        ["copy", "/a", "r:b", "--filter", "- x", "--dry-run", "--transfers", "2"]
+    flags = common_flags(load_config(local_env))
+    assert flags[flags.index("--config") + 1] == "/dev/null"  # never the user's rclone.conf
+    assert "--use-json-log" in flags and flags[flags.index("--stats") + 1] == "1s"
+
+
+def test_remote_env_for_r2_and_no_secret_in_argv(local_env):
+    config = load_config({**local_env, "R2_ENDPOINT": "https://acct.r2.cloudflarestorage.com",
+                          "R2_ACCESS_KEY": ACCESS_KEY, "R2_SECRET_KEY": SECRET_KEY})
+    env = remote_env(config.remote)
+    assert env == {
+        "RCLONE_CONFIG_SYNCBRIDGE_TYPE": "s3", "RCLONE_CONFIG_SYNCBRIDGE_PROVIDER": "Cloudflare",
+        "RCLONE_CONFIG_SYNCBRIDGE_ENDPOINT": "https://acct.r2.cloudflarestorage.com",
+        "RCLONE_CONFIG_SYNCBRIDGE_REGION": "auto", "RCLONE_CONFIG_SYNCBRIDGE_ACCESS_KEY_ID": ACCESS_KEY,
+        "RCLONE_CONFIG_SYNCBRIDGE_SECRET_ACCESS_KEY": SECRET_KEY, "RCLONE_CONFIG_SYNCBRIDGE_NO_CHECK_BUCKET": "true",
+        "RCLONE_CONFIG_SYNCBRIDGE_ENV_AUTH": "false", "RCLONE_CONFIG_SYNCBRIDGE_ENCODING": "Slash,InvalidUtf8,Dot,Ctl",
+        "RCLONE_CONFIG_SYNCBRIDGE_FORCE_PATH_STYLE": "true",
+    }
+    rc = Rclone(config, environ={"PATH": "/usr/bin", "RCLONE_CONFIG_SYNCBRIDGE_ENDPOINT": "http://evil",
+                                 "R2_SECRET_KEY": SECRET_KEY, "HF_TOKEN": "hf_x", "LANG": "C"})
+    argv = rc.argv(copy_argv("/a", remote_path(config.remote, "k")))
+    assert not [a for a in argv if SECRET_KEY in a or ACCESS_KEY in a]
+    assert rc._env["RCLONE_CONFIG_SYNCBRIDGE_ENDPOINT"] == "https://acct.r2.cloudflarestorage.com"  # ours wins
+    assert "R2_SECRET_KEY" not in rc._env and "HF_TOKEN" not in rc._env and rc._env["LANG"] == "C"
+    assert rc.redacted(["--s3-secret-access-key", "v", f"x{SECRET_KEY}y", "--rc-pass=zz"]) == \
+        ["--s3-secret-access-key", "***", "x***y", "--rc-pass=***"]
