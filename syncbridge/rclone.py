@@ -174,7 +174,14 @@ class Rclone:
 
     # -- running --------------------------------------------------------------------
     def argv(self, args: Sequence[str], *, with_common: bool = True) -> list[str]:
-        return [self.binary, *args, *(common_flags(self.config) if with_common else [])]
+        """``[binary, command, common flags..., rest of args...]``.
+
+        The common flags go before the caller's: for a flag given twice rclone keeps the
+        last, so ``push(transfers=2)`` must come after the configured ``--transfers 8``.
+        """
+        if not with_common or not args:
+            return [self.binary, *args]
+        return [self.binary, args[0], *common_flags(self.config), *args[1:]]
 
     def redacted(self, argv: Sequence[str]) -> list[str]:
         return redact_argv(argv, self._secrets)

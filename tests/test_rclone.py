@@ -375,3 +375,17 @@ def test_remote_env_for_r2_and_no_secret_in_argv(local_env):
     assert "R2_SECRET_KEY" not in rc._env and "HF_TOKEN" not in rc._env and rc._env["LANG"] == "C"
     assert rc.redacted(["--s3-secret-access-key", "v", f"x{SECRET_KEY}y", "--rc-pass=zz"]) == \
         ["--s3-secret-access-key", "***", "x***y", "--rc-pass=***"]
+
+
+def test_callers_flags_override_the_common_ones(local_env, tmp_path):
+    rc = Rclone(load_config({**local_env, "SYNCBRIDGE_TRANSFERS": "8"}))
+    argv = rc.argv(copy_argv("/a", "/b", extra=["--transfers", "2"]))
+    assert argv[1] == "copy"
+    last = len(argv) - 1 - argv[::-1].index("--transfers")
+    assert argv[last + 1] == "2"  # rclone keeps the last value of a repeated flag
+    # the real binary agrees: a caller's --stats 0 (no stats at all) beats the common --stats 1s
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("a")
+    assert rc.run(["copy", str(src), str(tmp_path / "d1")]).progress is not None
+    assert rc.run(["copy", str(src), str(tmp_path / "d2"), "--stats", "0"]).progress is None
