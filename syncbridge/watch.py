@@ -84,6 +84,7 @@ FALLBACK_RESCAN_SECONDS = 5.0
 FATAL_RETRY_SECONDS = 300.0
 SETTLE_SECONDS = 0.3  # wait after a file changed during its upload, unless its close event comes first
 MAX_SETTLE_SECONDS = 30.0
+KEY_SPACING_SECONDS = 1.0
 STATUS_INTERVAL = 1.0
 STATUS_HEARTBEAT = 5.0
 LATENCY_WINDOW = 512
@@ -170,8 +171,9 @@ class _Item:
     not_before: float = 0.0
     dirty: bool = False  # changed again while being uploaded
     fatal: bool = False
-    settle: bool = False
     changes: int = 0  # uploads in a row during which the file changed (it is still being written)
+    last_put: float = 0.0  # when its last upload ended (R2 takes about one write per second per key)
+    why: str = ""  # why it is waiting: retry, settle or spacing
 
 
 class _Outcome:
@@ -240,6 +242,7 @@ class OutputWatcher:
         self._batched: dict[str, _Item] = {}
         self._inflight: dict[str, _Item] = {}
         self._failed: dict[str, _Item] = {}
+        self._recent_puts: dict[str, float] = {}  # key spacing: when each file's last upload ended
         self._to_journal: list[tuple[str, float]] = []
         self._to_forget: list[str] = []
         self._latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
@@ -254,7 +257,6 @@ class OutputWatcher:
         self._draining = False
         self._drain_deadline: float | None = None
         self._stop_event = threading.Event()
-        self._stopped = threading.Event()
         self._scan_queue: queue.SimpleQueue[tuple[str, bool] | None] = queue.SimpleQueue()
         self._scans_pending = 0
         self._catch_up_done = False
@@ -463,7 +465,6 @@ class OutputWatcher:
                 self._flush_journal()
         result = DrainResult(self._counters["uploaded"] - uploaded_before, len(left), failed,
                              time.monotonic() - t0, self._counters["uploaded"])
-        self._stopped.set()
         self._write_status(final=True)
         if self._heartbeat is not None:
             self._heartbeat.stop(timeout=0.5)  # inside a spot pod's 5 s SIGTERM budget; before the store closes
@@ -557,15 +558,24 @@ class OutputWatcher:
             if item is not None:
                 item.event_mono = now
                 return
+            item = self._waiting.get(rel)
+            if item is not None and item.why != "settle":
+                item.event_mono = now  # in a retry backoff, or spacing writes to one key: keep waiting
+                return
             item = self._waiting.pop(rel, None) or self._failed.pop(rel, None)
-            if item is not None:  # a new event cuts a backoff or a fatal wait short
-                item.event_mono, item.not_before, item.fatal, item.settle = now, 0.0, False, False
+            if item is not None:  # a new event cuts a settle wait or a fatal error's wait short
+                item.event_mono, item.not_before, item.fatal = now, 0.0, False
                 self._ready[rel] = item
                 self._cond.notify_all()
                 return
             item = _Item(rel, seen_wall or time.time(), now, trust_owner)
             self._to_journal.append((rel, item.seen_wall))
-            if self._batch.delay > 0:
+            last_put = self._recent_puts.get(rel)
+            if last_put is not None and last_put + KEY_SPACING_SECONDS > now:
+                item.last_put = last_put  # pushed moments ago: space the writes to its key
+                self._wait(item, last_put + KEY_SPACING_SECONDS, why="spacing")
+                self._cond.notify_all()
+            elif self._batch.delay > 0:
                 self._batched[rel] = item
                 self._batch.add(rel, now=now)
             else:
@@ -760,6 +770,12 @@ class OutputWatcher:
                 self._gate_until = 0.0
             if outcome in (_Outcome.PUSHED, _Outcome.SKIPPED):
                 item.changes = 0
+                item.attempts = 0
+            if outcome in (_Outcome.PUSHED, _Outcome.CHANGED):
+                item.last_put = now
+                self._recent_puts[item.rel] = now
+                if len(self._recent_puts) > 4096:
+                    self._recent_puts = {r: t for r, t in self._recent_puts.items() if t + KEY_SPACING_SECONDS > now}
             if outcome == _Outcome.PUSHED:
                 size, latency = detail
                 self._counters["uploaded"] += 1
@@ -787,26 +803,34 @@ class OutputWatcher:
             if outcome == _Outcome.GONE and not item.dirty:
                 pass  # nothing left to push
             elif item.dirty and self._state != "stopped":
-                # Changed again during the upload: push the newest content now.
-                item.dirty, item.fatal, item.not_before = False, False, 0.0
-                self._ready[item.rel] = item
+                # Changed again during the upload: push the newest content, but at most about once a
+                # second to one key (R2 answers 429 beyond that; a job rewriting a file 10 times a
+                # second gets its last version pushed within a second, not 10 PUTs).
+                item.dirty, item.fatal = False, False
+                spacing = 0.0 if self._draining or not item.last_put else item.last_put + KEY_SPACING_SECONDS - now
+                if spacing > 0:
+                    self._wait(item, now + spacing, why="spacing")
+                else:
+                    item.not_before = 0.0
+                    self._ready[item.rel] = item
             elif outcome == _Outcome.CHANGED:
                 # Still being written (found by a scan while a job writes it): wait longer each
                 # time, so a growing video is not re-sent in a loop; its close event cuts the wait.
                 item.changes += 1
                 settle = min(MAX_SETTLE_SECONDS, SETTLE_SECONDS * 2 ** (item.changes - 1))
-                self._wait(item, now + (0.05 if self._draining else settle))
+                self._wait(item, now + (0.05 if self._draining else settle), why="settle")
             elif outcome == _Outcome.RETRY:
                 delay = backoff_delay(item.attempts, rand=self._rand.random)
-                self._wait(item, now + (min(delay, 0.2) if self._draining else delay))
+                self._wait(item, now + (min(delay, 0.2) if self._draining else delay), why="retry")
             elif outcome == _Outcome.FATAL:
                 self._failed[item.rel] = item
                 item.not_before = now + self.fatal_retry_seconds
                 self._push_heap(item)
             self._cond.notify_all()
 
-    def _wait(self, item: _Item, until: float) -> None:
+    def _wait(self, item: _Item, until: float, *, why: str) -> None:
         item.not_before = until
+        item.why = why
         self._waiting[item.rel] = item
         self._push_heap(item)
 

@@ -437,3 +437,19 @@ def test_a_file_still_being_written_at_start_ends_complete(tmp_path: Path, local
             uploads = watcher.stats().uploaded
     assert _objects(config)["outputs/render.mp4"] == b"".join(chunks)
     assert uploads <= 8  # not re-sent in a loop while it grew
+
+
+def test_a_file_rewritten_many_times_a_second_is_not_hammered(tmp_path: Path, local_env: dict[str, str]) -> None:
+    """R2 takes about one write per second per key: rapid rewrites coalesce, the last one still lands."""
+    config = _config(local_env)
+    out = config.watch.dir
+    with OutputWatcher(config) as watcher:
+        t0 = time.monotonic()
+        for i in range(40):  # 40 rewrites in about 0.8 s
+            _write(out / "progress.json", b'{"step": %d}' % i)
+            time.sleep(0.02)
+        assert watcher.wait_idle(15)
+        elapsed = time.monotonic() - t0
+        stats = watcher.stats()
+    assert _objects(config)["outputs/progress.json"] == b'{"step": 39}'
+    assert stats.uploaded <= 2 + int(elapsed / 1.0) + 1, (stats.uploaded, elapsed)
