@@ -339,6 +339,13 @@ def bisync(
                               f"  to bring the deleted files back from the other side instead, run: {recover}",
                               recover=f"{command} --force", how="if the deletions are intended, run",
                               cause=exc) from exc
+        if "safety abort" in tail and "all files were changed" in tail:
+            raise BisyncError(f"bisync {src} <-> {key}: stopped, every file changed on one side since the last run "
+                              f"(rclone's guard against a wiped or replaced folder); nothing was changed.\n"
+                              f"  to rebuild from both sides instead (the local copy wins where both changed), "
+                              f"run: {recover}",
+                              recover=f"{command} --force", how="if the changes are intended, run",
+                              cause=exc) from exc
         if exc.returncode == 7 or "must run --resync" in tail or "critical" in tail:
             raise BisyncError(f"bisync {src} <-> {key}: critical error, bisync stopped to protect your files:\n"
                               f"{exc.stderr_tail}", recover=recover, cause=exc) from exc

@@ -315,3 +315,25 @@ def test_bisync_state_is_private_under_the_state_dir(local_env, tmp_path):
     assert files and all(p.stat().st_mode & 0o777 == 0o600 for p in files)
     # bisync keeps nothing in ~/.cache/rclone
     assert not (Path(local_env["HOME"]) / ".cache" / "rclone").exists()
+
+
+def test_bisync_all_files_changed_guard_then_force_keeps_both(local_env, tmp_path):
+    config = load_config(local_env)
+    local = tmp_path / "wf"
+    local.mkdir()
+    (local / "both.json").write_text("v0")
+    bisync(config, local, "allchanged")
+    (config.remote.local_bucket_dir / "allchanged" / "both.json").write_text("bucket-newer")
+    (local / "both.json").write_text("local-older")
+    os.utime(local / "both.json", (1_600_000_000, 1_600_000_000))
+    with pytest.raises(BisyncError) as exc:
+        bisync(config, local, "allchanged")
+    assert "every file changed on one side since the last run" in str(exc.value)
+    assert exc.value.recover == f"syncbridge bisync {local} allchanged --force"
+    assert (local / "both.json").read_text() == "local-older"  # nothing changed
+    bisync(config, local, "allchanged", force=True)
+    # conflict policy (default newer / num): the newer copy keeps the name, the loser is kept as NAME.conflict1
+    assert sorted(os.listdir(local)) == ["both.json", "both.json.conflict1"]
+    assert (local / "both.json").read_text() == "bucket-newer"
+    assert (local / "both.json.conflict1").read_text() == "local-older"
+    assert sorted(os.listdir(config.remote.local_bucket_dir / "allchanged")) == ["both.json", "both.json.conflict1"]
