@@ -99,6 +99,13 @@ class Store:
         """
         raise NotImplementedError  # pragma: no cover
 
+    def presign_get(self, key: str, *, expires: int = 3600) -> str | None:
+        """A presigned GET URL for ``key`` (None when the store has no URLs: the local bucket).
+
+        The URL is a credential for ``expires`` seconds: never log it.
+        """
+        return None
+
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         raise NotImplementedError  # pragma: no cover
 
@@ -329,6 +336,14 @@ class S3Store(Store):
         total = offset + expected
         return ObjectInfo(key, total, _strip_etag(r.get("ETag")), r["LastModified"].astimezone(dt.timezone.utc),
                           _metadata(r))
+
+    def presign_get(self, key: str, *, expires: int = 3600) -> str | None:
+        try:
+            return self.client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key},
+                                                      ExpiresIn=expires)
+        except Exception as exc:  # noqa: BLE001 - no URL: callers use download_range
+            log.debug("presign %s failed: %s", key, exc)
+            return None
 
     def download_range(self, key: str, fd: int, *, start: int, end: int) -> int:
         r = self._call("get", key, self.client.get_object, Key=key, Range=f"bytes={start}-{end - 1}")
