@@ -665,9 +665,10 @@ class FaultProxy:
             out.headers.append(("Retry-After", "1"))
         if close:
             out.headers.append(("Connection", "close"))
+        # recorded before the answer leaves, so a client that got it always finds it in seen()
+        self._record(method, path, query, "error", rule.status)
         writer.write(out.encode() + body)
         await writer.drain()
-        self._record(method, path, query, "error", rule.status)
         if close:
             # Half-close and read what the client still sends, so it sees our answer, not a reset.
             with contextlib.suppress(OSError):
