@@ -593,7 +593,8 @@ def test_two_pods_race_to_fill_the_same_cache_key(moto_s3, tmp_path):
 
 
 def test_two_pullers_sharing_a_models_folder_download_once(local_env, tmp_path):
-    data = os.urandom(2_000_000)
+    """Models from 16 MiB on are locked per path (smaller ones are cheaper to fetch twice than to lock)."""
+    data = os.urandom(17 * 1024 * 1024)
     with serve_hf() as hub:
         hub.add("org/big", {"big.safetensors": data})
         env = with_upstreams(local_env, hub)
