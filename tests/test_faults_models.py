@@ -206,3 +206,35 @@ def test_disk_filled_during_a_download(rclone_s3, tmp_path):
         assert result.status == "pulled", report.table()
         assert sha_file(target) == digest
         assert not scene.leftovers()
+
+
+def test_kill_9_mid_download_then_rerun(scene, tmp_path):
+    """`syncbridge models pull` killed with SIGKILL mid-download (adversarial model file name): nothing at the
+    final path; the next run puts the model in place, verified."""
+    import signal
+    import sys
+    import time
+
+    from .conftest import run_cli
+
+    rel = "checkpoints/ünï model $(x) 'q'.safetensors"
+    src = _big_file(tmp_path / "blob", 30)
+    digest = scene.seed_file(rel, src)
+    scene.write_manifest([{"name": "odd", "path": rel, "sha256": digest}])
+    scene.proxy.add(Rule("stall", method="GET", path=r"\.safetensors$", phase="response",
+                         after_bytes=4 * 1024 * 1024, seconds=30, times=1))
+    proc = subprocess.Popen([sys.executable, "-m", "syncbridge", "models", "pull", str(scene.manifest)],
+                            env=scene.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        assert scene.proxy.wait_for(lambda: scene.proxy.count("stall") > 0, 60), "no download started"
+        time.sleep(0.3)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    target = scene.models_dir / rel
+    assert not target.exists(), "a partial model sits at the final path after kill -9"
+    again = run_cli(["models", "pull", str(scene.manifest)], scene.env, timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert sha_file(target) == digest
+    assert not scene.leftovers()
