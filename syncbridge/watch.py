@@ -85,6 +85,9 @@ FATAL_RETRY_SECONDS = 300.0
 SETTLE_SECONDS = 0.3  # wait after a file changed during its upload, unless its close event comes first
 MAX_SETTLE_SECONDS = 30.0
 KEY_SPACING_SECONDS = 1.0
+# While the store is failing, one request probes it at most this often (cheap, and the
+# backlog starts moving within this long of the store coming back).
+STORE_PROBE_MAX_SECONDS = 2.0
 STATUS_INTERVAL = 1.0
 STATUS_HEARTBEAT = 5.0
 LATENCY_WINDOW = 512
@@ -766,6 +769,12 @@ class OutputWatcher:
             if outcome in (_Outcome.PUSHED, _Outcome.SKIPPED, _Outcome.CHANGED, _Outcome.GONE):
                 if self._store_failures:
                     log.info("the store answers again; resuming uploads", extra={"event": "watch.store_back"})
+                    # Their failures were the store's: retry them now, not at the end of each backoff.
+                    for rel, waiting in list(self._waiting.items()):
+                        if waiting.why == "retry":
+                            del self._waiting[rel]
+                            waiting.not_before = 0.0
+                            self._ready[rel] = waiting
                 self._store_failures = 0
                 self._gate_until = 0.0
             if outcome in (_Outcome.PUSHED, _Outcome.SKIPPED):
@@ -789,7 +798,7 @@ class OutputWatcher:
                 self._last_error = str(detail)
                 item.attempts += 1
                 self._store_failures += 1
-                gate = backoff_delay(self._store_failures, rand=self._rand.random)
+                gate = backoff_delay(self._store_failures, cap=STORE_PROBE_MAX_SECONDS, rand=self._rand.random)
                 self._gate_until = now + (min(gate, 0.2) if self._draining else gate)
                 if now - self._last_outage_log >= 10:
                     self._last_outage_log = now
