@@ -470,7 +470,8 @@ class OutputWatcher:
                              time.monotonic() - t0, self._counters["uploaded"])
         self._write_status(final=True)
         if self._heartbeat is not None:
-            self._heartbeat.stop(timeout=0.5)  # inside a spot pod's 5 s SIGTERM budget; before the store closes
+            # Before the store closes, and within what is left of the drain budget (a spot pod's 5 s).
+            self._heartbeat.stop(timeout=max(0.1, min(0.5, t0 + drain - time.monotonic())))
         self._release()
         for rel in list(left)[:20]:
             log.warning("not pushed before the drain deadline (journalled for the next start): %s", rel,
