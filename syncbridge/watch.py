@@ -914,12 +914,17 @@ class OutputWatcher:
             after = os.lstat(path)
         except FileNotFoundError:
             after = None
-        with contextlib.suppress(RuntimeError):  # the journal closes when stop() gave up on us
-            # The ETag marks the object as ours (a later rewrite may replace it); an identical
-            # object found in place is ours only if our pod's metadata says it put it there.
-            ours = uploaded or info.metadata.get(ORIGIN_META) == self.origin
+        # The ETag marks the object as ours (a later rewrite may replace it); an identical
+        # object found in place is ours only if our pod's metadata says it put it there.
+        ours = uploaded or info.metadata.get(ORIGIN_META) == self.origin
+        try:
             journal.mark_done(item.rel, key=key, size=before.st_size, mtime_ns=before.st_mtime_ns,
                               ino=before.st_ino, etag=info.etag if ours else None)
+        except RuntimeError:
+            pass  # the journal closed: stop() gave up waiting for this upload
+        except Exception as exc:  # noqa: BLE001 - e.g. a full disk: the object is in the bucket all the same
+            log.warning("pushed %s but cannot record it in the journal %s: %s (a restart will find it in the "
+                        "bucket by content)", item.rel, journal.path, exc, extra={"event": "watch.journal_error"})
         if after is None:
             return self._gone(item)
         if _sig(after) != _sig(before):

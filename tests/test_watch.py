@@ -330,15 +330,13 @@ def test_batch_delay_is_a_deadline_not_a_debounce(tmp_path: Path, local_env: dic
     config = _config(local_env, **{"watch.batch_delay": 0.5})
     out = config.watch.dir
     with OutputWatcher(config) as watcher:
-        t0 = time.monotonic()
-        for i in range(12):  # a file every 0.1 s for 1.2 s: a restarting debounce would wait until the end
+        for i in range(15):  # a file every 0.1 s for 1.5 s: a restarting debounce would wait until the end
             _write(out / f"{i}.png", b"%d" % i)
             time.sleep(0.1)
-        _wait_for(lambda: watcher.stats().uploaded >= 5, 5, "uploads during the writes")
-        assert time.monotonic() - t0 < 2.5
+        assert watcher.stats().uploaded >= 1, "nothing pushed while the writes went on"
         assert watcher.wait_idle(10)
         stats = watcher.stats()
-    assert stats.uploaded == 12 and stats.p95_latency < 2.0
+    assert stats.uploaded == 15 and stats.p95_latency < 2.0
 
 
 def test_inotify_overflow_makes_a_rescan(tmp_path: Path) -> None:
