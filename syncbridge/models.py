@@ -32,7 +32,9 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
+import stat
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -43,9 +45,8 @@ import attrs
 
 from .config import Config
 from .errors import PreconditionFailedError, StoreError, SyncBridgeError
-from .fleet import ModelFillCoordinator
 from .fsutil import atomic_write_bytes, fsync_dir, private_state_dir
-from .manifest import SNAPSHOT_INDEX, Manifest, ModelSpec, load_manifests, select_models
+from .manifest import SNAPSHOT_INDEX, CivitaiSpec, HfSpec, Manifest, ModelSpec, load_manifests, select_models
 from .sources import (CacheSource, Fetched, NotAvailable, Offer, RemoteFile, Source, SourceError, cache_key,
                       default_sources, sha256_file)
 from .store import Store, open_store
@@ -353,10 +354,11 @@ class _Puller:
         self.on_event = on_event
         self.cancel = cancel
         # Default: single-flight across the fleet (one pod of many fills the cache; syncbridge.fleet).
-        self.coordinator = fill_coordinator or ModelFillCoordinator(config, store=self.store, cancel=cancel)
+        self._coordinator = fill_coordinator
         self.hashes = HashCache(config.state_dir / "models" / "hashes.json")
         self._store = store
         self._store_lock = threading.Lock()
+        self._coord_lock = threading.Lock()
         self.parallel = config.models.parallel or manifest.parallel
         streams = max(1, config.rclone.multi_thread_streams)
         self.streams = streams
@@ -367,6 +369,17 @@ class _Puller:
                                       civitai_api_key=config.models.civitai_api_key, streams=streams)
         self.sources = list(sources)
         self.cache = next((s for s in self.sources if isinstance(s, CacheSource)), None)
+
+    @property
+    def coordinator(self) -> FillCoordinator:
+        """Default: single-flight across the fleet (one pod of many fills the cache; syncbridge.fleet),
+        imported on the first cache miss with write_back so a warm start does not pay for it."""
+        with self._coord_lock:
+            if self._coordinator is None:
+                from .fleet import ModelFillCoordinator
+
+                self._coordinator = ModelFillCoordinator(self.config, store=self.store, cancel=self.cancel)
+            return self._coordinator
 
     # the store is opened only when a model is missing: a warm start imports no boto3
     def store(self) -> Store:
@@ -396,7 +409,7 @@ class _Puller:
             st = os.stat(target)
         except FileNotFoundError:
             return "missing", None, ""
-        if not os.path.isfile(target):
+        if not stat.S_ISREG(st.st_mode):
             return "stale", None, ""
         if model.size is not None and st.st_size != model.size:
             return "stale", None, ""
@@ -779,9 +792,36 @@ def _tree_size(path: Path) -> int:
 # -- entry points --------------------------------------------------------------------------------
 
 
+_MANIFEST_CACHE_VERSION = 1
+
+
 def _load(config: Config, manifests: Sequence[str | os.PathLike[str]] | None) -> Manifest:
+    """Load the manifests, reusing the parsed result while the files are unchanged.
+
+    Parsing TOML is pure Python: for a manifest of a thousand models it is most of
+    a warm start. The parsed manifest is kept (pickled, in the private state
+    directory) under the files' (path, size, mtime_ns) and the models_dir override.
+    """
     paths = list(manifests) if manifests else list(config.models.manifests)
-    return load_manifests(paths, models_dir=config.models.dir)
+    try:
+        shape = tuple(f.name for cls in (Manifest, ModelSpec, HfSpec, CivitaiSpec) for f in attrs.fields(cls))
+        stamp = (_MANIFEST_CACHE_VERSION, shape, str(config.models.dir),
+                 tuple((str(Path(p).resolve()), st.st_size, st.st_mtime_ns) for p in paths for st in [os.stat(p)]))
+    except OSError:
+        return load_manifests(paths, models_dir=config.models.dir)
+    cache = config.state_dir / "models" / "manifest.pickle"
+    try:
+        with open(cache, "rb") as fh:
+            cached_stamp, manifest = pickle.load(fh)
+        if cached_stamp == stamp and isinstance(manifest, Manifest):
+            return manifest
+    except (OSError, pickle.PickleError, EOFError, AttributeError, ValueError, TypeError, ImportError):
+        pass
+    manifest = load_manifests(paths, models_dir=config.models.dir)
+    with contextlib.suppress(OSError):
+        private_state_dir(cache.parent)
+        atomic_write_bytes(cache, pickle.dumps((stamp, manifest), protocol=pickle.HIGHEST_PROTOCOL))
+    return manifest
 
 
 def _select(config: Config, manifest: Manifest, environ: Mapping[str, str] | None, tier: str | None):
@@ -867,11 +907,11 @@ def pull_models(
     todo: list[tuple[ModelSpec, Path, str, str | None]] = []
     for model in selection.enabled:
         target = manifest.models_dir / model.path
-        if not _inside(manifest.models_dir, target):
+        state, sha, level = puller.local_state(model, target)
+        if state != "present" and not _inside(manifest.models_dir, target):
             results[model.name] = ModelResult(model.name, model.path, "", 0, 0.0, "", "failed",
                                               message=f"{target} resolves outside {manifest.models_dir}")
             continue
-        state, sha, level = puller.local_state(model, target)
         if state == "present":
             results[model.name] = puller._done(model, "present", "local", target, time.monotonic(), [],
                                                verified=level)
