@@ -352,7 +352,8 @@ class _Puller:
         self.manifest = manifest
         self.models_dir = manifest.models_dir
         self.on_event = on_event
-        self.cancel = cancel
+        # Always an event: an interrupt (Ctrl-C) in the caller's thread stops every download thread.
+        self.cancel = cancel if cancel is not None else threading.Event()
         # Default: single-flight across the fleet (one pod of many fills the cache; syncbridge.fleet).
         self._coordinator = fill_coordinator
         self.hashes = HashCache(config.state_dir / "models" / "hashes.json")
@@ -955,8 +956,12 @@ def pull_models(
                 batch = puller.prefetch_small(to_fetch)
                 try:
                     with ThreadPoolExecutor(max_workers=puller.parallel, thread_name_prefix="models-pull") as pool:
-                        for result in pool.map(puller.pull, to_fetch):
-                            results[result.name] = result
+                        try:
+                            for result in pool.map(puller.pull, to_fetch):
+                                results[result.name] = result
+                        except BaseException:
+                            puller.cancel.set()  # do not wait for every download to finish
+                            raise
                 finally:
                     if batch is not None:
                         shutil.rmtree(batch, ignore_errors=True)

@@ -646,3 +646,69 @@ def test_cache_push_seeds_the_bucket(env, tmp_path):
     report = push_cache(config, [m])
     assert not report.ok and report.results[1].write_back.startswith("conflict")
     assert store.get_bytes("models/b.bin")[0] == b"other"
+
+
+def test_many_small_models_come_in_one_batch_and_are_still_verified(env, tmp_path, files_server):
+    """From 16 missing models on: one cache listing, one rclone batch; each file still verified on its own."""
+    config = load_config(env)
+    store = open_store(config.remote, state_dir=config.state_dir)
+    blobs = {f"emb/e{i:02d}.pt": os.urandom(3000 + i) for i in range(20)}
+    for rel, data in blobs.items():
+        seed(store, f"models/{rel}", data, with_sha=False)
+    good = blobs["emb/e07.pt"]
+    store.put_bytes("models/emb/e07.pt", os.urandom(len(good)))  # wrong bytes in the cache for this one
+    srv = files_server({"e07.pt": good})
+    body = "".join(f'''
+        [[model]]
+        name = "{rel}"
+        path = "{rel}"
+        sha256 = "{sha(data)}"
+        ''' + (f'url = "{srv.url}/e07.pt"\n' if rel == "emb/e07.pt" else "") for rel, data in blobs.items())
+    m = manifest(tmp_path / "m.toml", tmp_path / "models", body)
+    report = pull_models(config, [m], environ=env)
+    assert report.ok, report.table()
+    by = {r.name: r for r in report.results}
+    assert by["emb/e07.pt"].source == "url" and "sha256 mismatch" in by["emb/e07.pt"].attempts[0][1]
+    assert {r.source for n, r in by.items() if n != "emb/e07.pt"} == {"cache"}
+    for rel, data in blobs.items():
+        assert (tmp_path / "models" / rel).read_bytes() == data
+    assert not (tmp_path / "models/.syncbridge").exists() or not list((tmp_path / "models/.syncbridge").glob("batch-*"))
+
+
+def test_an_edited_manifest_is_read_again(local_env, tmp_path, files_server):
+    srv = files_server({"a.bin": b"a" * 100, "b.bin": b"b" * 100})
+    one = '''
+        [[model]]
+        name = "a"
+        path = "a.bin"
+        url = "URL/a.bin"
+        '''.replace("URL", srv.url)
+    m = manifest(tmp_path / "m.toml", tmp_path / "models", one)
+    config = load_config(local_env)
+    assert [r.name for r in pull_models(config, [m], environ=local_env).results] == ["a"]
+    manifest(m, tmp_path / "models", one + one.replace('"a', '"b'))
+    assert [r.name for r in pull_models(config, [m], environ=local_env).results] == ["a", "b"]
+
+
+def test_progress_bars_on_a_tty_and_lines_otherwise():
+    import io
+
+    from syncbridge.cli_models import ModelsProgress
+    from syncbridge.models import ModelEvent
+
+    tty = io.StringIO()
+    bars = ModelsProgress(stream=tty, tty=True)
+    bars(ModelEvent("plan", "vae", source="cache", total=1000))
+    bars(ModelEvent("start", "vae", source="cache", total=1000))
+    bars(ModelEvent("bytes", "vae", bytes=500))
+    bars(ModelEvent("done", "vae", source="cache", message="pulled"))
+    bars.close()
+    assert "vae" in tty.getvalue() and "total" in tty.getvalue() and "#" in tty.getvalue()
+    log = io.StringIO()
+    lines = ModelsProgress(stream=log, tty=False, interval=0.0)
+    lines(ModelEvent("start", "vae", source="hf", total=2000))
+    lines(ModelEvent("bytes", "vae", bytes=1000))
+    lines(ModelEvent("attempt_failed", "vae", source="hf", message="sha256 mismatch"))
+    text = log.getvalue()
+    assert "[syncbridge] vae: hf 50%" in text and "vae: hf failed: sha256 mismatch" in text
+    assert "\x1b[" not in text
