@@ -9,6 +9,7 @@ import time
 from typing import TextIO
 
 from .models import ModelEvent, PullReport, list_models, pull_models, push_cache
+from .system import free_bytes
 
 _TTY_REDRAW = 0.2
 _LOG_EVERY = 5.0
@@ -183,6 +184,12 @@ def _pull(args, ctx) -> int:
             progress.close()
     if args.dry_run:
         ctx.out("plan (nothing downloaded):")
+        code = _finish(ctx, report)
+        planned = sum(r.size for r in report.results if r.status == "planned")
+        if report.models_dir is not None:
+            ctx.out(f"would download {_human(planned)}; {_human(free_bytes(report.models_dir))} free in "
+                    f"{report.models_dir}")
+        return code
     return _finish(ctx, report)
 
 

@@ -356,6 +356,7 @@ def test_dry_run_prints_the_plan_and_downloads_nothing(local_env, tmp_path, file
     proc = run_cli(["models", "pull", "--dry-run", str(m)], local_env)
     assert proc.returncode == 0, proc.stderr
     assert "would pull from cache" in proc.stdout and "would pull from url" in proc.stdout
+    assert "would download 3.0 KB;" in proc.stdout and "free in" in proc.stdout
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").rglob("*.bin"))
     assert all(q.method == "HEAD" for q in srv.requests)
 
