@@ -529,7 +529,6 @@ class CacheFill:
         Raises:
             LeaseUnsupportedError: the store ignores conditional writes (callers
                 then fill without coordination, as a single pod would).
-            LeaseLostError: we were filling and lost the lease (could not renew in time).
             CancelledError: ``cancel`` was set while waiting.
         """
         from .errors import CancelledError
@@ -597,7 +596,8 @@ class CacheFill:
                 outcome = f"failed: {type(exc).__name__}: {exc}"[:300]
                 raise
             outcome = "done" if value is not None else "failed: no source could provide it"
-            held.check()
+            # A lease lost during a fill that nevertheless finished costs nothing but a duplicate
+            # download elsewhere (the conditional put keeps the entry intact): keep the result.
             return FillResult(key, "filled", value, waited_seconds=waited, took_over_from=lease.stolen_from)
         finally:
             held.stop()
