@@ -29,7 +29,7 @@ from pathlib import Path
 
 from syncbridge.config import load_config
 from syncbridge.errors import SyncBridgeError
-from syncbridge.fleet import CacheFill, Heartbeat, entry_ready, fetch_entry, file_sha256, publish_entry
+from syncbridge.fleet import CacheFill, entry_ready, fetch_entry, file_sha256, publish_entry
 from syncbridge.lease import Lease, LeaseBusyError, Leases
 from syncbridge.store import open_store
 
