@@ -9,9 +9,12 @@ Subcommands (JSON on the last stdout line):
 * ``fill KEY URL SHA256``: get cache entry KEY once for the fleet: copy it from the bucket
   or, as the single filler, download URL (the loopback "upstream"), verify and publish it.
   ``--to PATH`` is where the model lands locally.
-* ``pod``: the simulation pod: models (fill), outputs (push to ``outputs/<pod_id>``, through
-  the watcher when syncbridge.watch exists, else through push), bisync of one shared
-  workflows prefix while editing its own files, heartbeats. See tests/test_fleet_sim.py.
+* ``pod SPEC``: the simulation pod: models (``pull_models`` with write-back, or the fleet
+  primitives directly when syncbridge.models is missing), outputs (the output watcher, to
+  ``watch.prefix``, heartbeats on), bisync of one shared workflows prefix while editing its
+  own file. See tests/test_fleet_sim.py.
+* ``models [--alone]``: ``pull_models`` once, with the fleet's single-flight (default) or
+  without coordination; for benchmarks/bench_fleet.py.
 
 Configuration comes from the environment like any pod (R2_*, SYNCBRIDGE_*).
 """
