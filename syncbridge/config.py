@@ -425,6 +425,8 @@ def _line_of(text: str, section: str | None, key: str | None, *, index: int | No
         index: for an array of tables (``[[folder]]``), which one (0-based).
     """
     key_re = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*[=.]") if key else None
+    dotted_re = (re.compile(rf"^\s*{re.escape(section)}\s*\.\s*[\"']?{re.escape(key)}[\"']?\s*=")
+                 if key and section and index is None else None)
     current: str | None = None
     seen = -1  # how many [[section]] headers so far, minus one
     in_target = section is None
@@ -444,6 +446,8 @@ def _line_of(text: str, section: str | None, key: str | None, *, index: int | No
             continue
         if key_re is not None and in_target and key_re.match(line):
             return number
+        if dotted_re is not None and current is None and dotted_re.match(line):
+            return number  # `remote.bucket = "x"` above every table
     return None
 
 

@@ -228,6 +228,8 @@ def test_folders_from_toml_and_env(base, tmp_path):
     ("[remote]\n'bucket' = 1\n", 2),
     ("[ remote ]  # comment\nbucket=1\n", 2),
     ("[remote.sub]\nbucket = 1\n", None),
+    ("x = 1\nremote.bucket = 1\n", 2),          # a dotted key above every table
+    ("[watch]\nremote.bucket = 1\n", None),     # that is watch.remote.bucket
 ])
 def test_line_of_key_in_section(text, line):
     assert _line_of(text, "remote", "bucket") == line
