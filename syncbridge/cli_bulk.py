@@ -17,6 +17,16 @@ def _filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--dry-run", action="store_true", help="show what would be transferred, change nothing")
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from .cli import add_common
 
@@ -26,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("local", metavar="LOCAL")
     p.add_argument("prefix", metavar="PREFIX")
     _filters(p)
-    p.add_argument("--transfers", type=int, metavar="N", help="parallel transfers (default: rclone.transfers)")
+    p.add_argument("--transfers", type=_positive, metavar="N", help="parallel transfers (default: rclone.transfers)")
     add_common(p)
     p.set_defaults(func=_push)
 
@@ -36,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("prefix", metavar="PREFIX")
     p.add_argument("local", metavar="LOCAL")
     _filters(p)
-    p.add_argument("--transfers", type=int, metavar="N", help="parallel transfers (default: rclone.transfers)")
+    p.add_argument("--transfers", type=_positive, metavar="N", help="parallel transfers (default: rclone.transfers)")
     add_common(p)
     p.set_defaults(func=_pull)
 

@@ -133,6 +133,8 @@ def test_missing_config_file_and_usage_errors(local_env, tmp_path):
     assert "nope.toml: cannot be read" in assert_clean_failure(proc, code=2)
     proc = run_cli(["push", str(tmp_path), "p", "--transfers", "many"], local_env)
     assert "argument --transfers: invalid int value: 'many'" in assert_clean_failure(proc, code=2)
+    proc = run_cli(["pull", "p", str(tmp_path), "--transfers", "0"], local_env)
+    assert "argument --transfers: must be at least 1, got 0" in assert_clean_failure(proc, code=2)
     proc = run_cli(["frobnicate"], local_env)
     assert "invalid choice: 'frobnicate'" in assert_clean_failure(proc, code=2)
     proc = run_cli(["push", str(tmp_path / "missing"), "p"], local_env)
