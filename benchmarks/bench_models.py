@@ -161,9 +161,11 @@ def main() -> int:
                 contenders.append(("s5cmd cp", s5))
             contenders.append(("cp -r (local ceiling)", cp))
             times: dict[str, list[float]] = {name: [] for name, _ in contenders}
-            for _ in range(args.rounds):
-                for name, fn in contenders:
+            for round_no in range(args.rounds):
+                # rotate the order: the first contender of a round also pays for the server's cold caches
+                for name, fn in contenders[round_no % len(contenders):] + contenders[:round_no % len(contenders)]:
                     times[name].append(_timed(fn))
+                    print(f"  round {round_no + 1}: {name}: {times[name][-1]:.2f} s", flush=True)
             for name in ("dest-sb", "dest-rclone", "dest-rclone-default", "dest-s5cmd", "dest-cp"):
                 shutil.rmtree(work / name, ignore_errors=True)
 

@@ -516,11 +516,13 @@ class _Puller:
             return f"offers {remote.size} bytes, the manifest wants {model.size}"
         return ""
 
-    def prefetch_small(self, items: Sequence[PlanItem]) -> Path | None:
-        """Copy the small cache objects of many missing models with one rclone batch.
+    def prefetch_small(self, items: Sequence[PlanItem]) -> tuple[Path, threading.Thread] | None:
+        """Copy the small cache objects of many missing models with one rclone batch, in the background
+        (one rclone process: Go-speed concurrency on the other core while Python fetches the big ones).
 
-        Returns the staging folder (removed by the caller when the pull ends), or
-        None when there are too few such models to be worth a batch.
+        Returns the staging folder (removed by the caller when the pull ends) and the thread running
+        the batch, or None when there are too few such models to be worth a batch. Models in the batch
+        wait for it in :meth:`CacheSource.fetch`.
         """
         if self.cache is None:
             return None
@@ -542,11 +544,22 @@ class _Puller:
                     "--use-json-log", "-v"], with_common=False, cancel=self.cancel,
                    what=f"copy {len(files)} small models from the cache")
 
-        started = time.monotonic()
-        self.cache.prefetch(files, staging, run)
-        log.info("batch copy of %d small models from the cache in %.1fs", len(files), time.monotonic() - started,
-                 extra={"event": "models.batch", "files": len(files)})
-        return staging
+        cache = self.cache
+        ready = threading.Event()
+
+        def batch() -> None:
+            started = time.monotonic()
+            try:
+                cache.prefetch(files, staging, run, registered=ready)
+            finally:
+                ready.set()
+            log.info("batch copy of %d small models from the cache in %.1fs", len(files),
+                     time.monotonic() - started, extra={"event": "models.batch", "files": len(files)})
+
+        thread = threading.Thread(target=batch, name="models-batch", daemon=True)
+        thread.start()
+        ready.wait()
+        return staging, thread
 
     # -- pulling one model ----------------------------------------------------------------------
     def pull(self, item: PlanItem) -> ModelResult:
@@ -954,6 +967,8 @@ def pull_models(
             if to_fetch:
                 _check_space(manifest.models_dir, to_fetch)
                 batch = puller.prefetch_small(to_fetch)
+                # Largest first: the long downloads start at once, the small ones fill in around them.
+                to_fetch.sort(key=lambda item: -(item.chosen.size if item.chosen is not None else 0))
                 try:
                     with ThreadPoolExecutor(max_workers=puller.parallel, thread_name_prefix="models-pull") as pool:
                         try:
@@ -964,7 +979,8 @@ def pull_models(
                             raise
                 finally:
                     if batch is not None:
-                        shutil.rmtree(batch, ignore_errors=True)
+                        batch[1].join()
+                        shutil.rmtree(batch[0], ignore_errors=True)
     finally:
         puller.hashes.save()
         if puller._store is not None and store is None:

@@ -233,6 +233,7 @@ class CacheSource(Source):
         self.preallocate = preallocate
         # key -> a complete copy already fetched by a batch (see prefetch), waiting to be verified
         self._prefetched: dict[str, Path] = {}
+        self._pending: dict[str, threading.Event] = {}  # key -> set when its batch has ended
         self._lock = threading.Lock()
 
     def list_offers(self, models: Sequence[ModelSpec]) -> dict[str, Offer | SourceError]:
@@ -257,7 +258,8 @@ class CacheSource(Source):
             found.setdefault(model.name, NotAvailable(f"not in the cache ({key})", source=self.name))
         return found
 
-    def prefetch(self, files: Sequence[RemoteFile], staging: Path, run: Callable[[list[str]], None]) -> None:
+    def prefetch(self, files: Sequence[RemoteFile], staging: Path, run: Callable[[list[str]], None], *,
+                 registered: threading.Event | None = None) -> None:
         """Fetch many small objects with one batch copy into ``staging`` (rclone: Go-speed concurrency
         instead of one Python request each); :meth:`fetch` then moves and verifies each.
 
@@ -265,9 +267,26 @@ class CacheSource(Source):
         A failed batch is not an error: the files it did not deliver are fetched one by one.
         """
         prefix = self.cache_prefix + "/" if self.cache_prefix else ""
-        rels = [f.ref[len(prefix):] for f in files if f.ref.startswith(prefix) and "\n" not in f.ref]
+        files = [f for f in files if f.ref.startswith(prefix) and "\n" not in f.ref]
+        rels = [f.ref[len(prefix):] for f in files]
+        done = threading.Event()
+        with self._lock:
+            for f in files:  # fetch() of these waits for the batch instead of asking the store itself
+                self._pending[f.ref] = done
+        if registered is not None:
+            registered.set()
         if not rels:
             return
+        try:
+            self._batch(files, rels, staging, run)
+        finally:
+            with self._lock:
+                for f in files:
+                    self._pending.pop(f.ref, None)
+            done.set()
+
+    def _batch(self, files: Sequence[RemoteFile], rels: Sequence[str], staging: Path,
+               run: Callable[[list[str]], None]) -> None:
         staging.mkdir(parents=True, exist_ok=True)
         listing = staging.with_name(staging.name + ".lst")
         listing.write_text("".join(r + "\n" for r in rels), encoding="utf-8", errors="surrogateescape")
@@ -320,6 +339,11 @@ class CacheSource(Source):
     def fetch(self, model: ModelSpec, file: RemoteFile, temp: Path, *, on_bytes: OnBytes,
               cancel: threading.Event | None = None) -> Fetched:
         key = file.ref
+        with self._lock:
+            pending = self._pending.get(key)
+        if pending is not None:
+            while not pending.wait(0.5):
+                _check_cancel(cancel)
         with self._lock:
             staged = self._prefetched.pop(key, None)
         if staged is not None:
