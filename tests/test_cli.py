@@ -251,3 +251,48 @@ def test_signal_stops_the_command_and_its_rclone(local_env, tmp_path, sig, code)
     while rclone_pids():
         assert time.monotonic() < deadline, "rclone outlived syncbridge"
         time.sleep(0.05)
+
+
+def _slow_rclone(tmp_path: Path, rate: str = "1M") -> Path:
+    from syncbridge.rclone import find_rclone
+
+    slow = tmp_path / "slow-rclone"
+    slow.write_text(f'#!/bin/sh\nexec {find_rclone()} "$@" --bwlimit {rate}\n')
+    slow.chmod(0o755)
+    return slow
+
+
+def test_progress_bar_on_a_tty_and_log_lines_otherwise(local_env, tmp_path):
+    import pty
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(b"x" * 2_500_000)
+    env = {**local_env, "SYNCBRIDGE_RCLONE": str(_slow_rclone(tmp_path))}
+    # not a terminal: periodic log lines
+    proc = run_cli(["push", str(src), "plain"], env)
+    assert proc.returncode == 0, proc.stderr
+    assert "[syncbridge] push: " in proc.stderr and "\r" not in proc.stderr
+    assert "files 0/1" in proc.stderr or "files 1/1" in proc.stderr
+    # a terminal on stderr: a bar redrawn in place
+    main_fd, child_fd = pty.openpty()
+    child = subprocess.Popen([sys.executable, "-m", "syncbridge", "push", str(src), "tty"], env=env,
+                             stdout=subprocess.PIPE, stderr=child_fd, stdin=subprocess.DEVNULL)
+    os.close(child_fd)
+    chunks = []
+    while True:
+        try:
+            data = os.read(main_fd, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    out, _ = child.communicate(timeout=60)
+    os.close(main_fd)
+    shown = b"".join(chunks).decode(errors="replace")
+    assert child.returncode == 0, shown
+    assert "\rpush [" in shown and "%" in shown, shown
+    assert b"push: transferred 1 file, 2.5 MB" in out
