@@ -559,7 +559,13 @@ class Leases:
 
 
 class HeldLease:
-    """A lease kept alive by a background thread until :meth:`stop`.
+    """A lease kept alive by background threads until :meth:`stop`.
+
+    A renewer compare-and-swaps a fresh record every ``ttl/3``; a watchdog
+    declares the lease lost once no renewal has succeeded for
+    ``ttl - grace`` seconds (:func:`holder_must_give_up`), even while a renew
+    request is still hanging on a dead connection, so the work is stopped
+    before any other pod may take the lease over.
 
     Attributes:
         lease: the latest :class:`Lease` (its etag changes at each renewal).
@@ -575,8 +581,11 @@ class HeldLease:
         self.lost_reason = ""
         self._outer = cancel
         self._stop = threading.Event()
+        self._lose_lock = threading.Lock()
         self._detail: Mapping[str, Any] | None = None
-        self._thread = threading.Thread(target=self._run, name=f"lease-{lease.key[-8:]}", daemon=True)
+        name = f"lease-{lease.key[-8:]}"
+        self._threads = [threading.Thread(target=self._renew_loop, name=f"{name}-renew", daemon=True),
+                         threading.Thread(target=self._watch_loop, name=f"{name}-watchdog", daemon=True)]
 
     @property
     def stolen_from(self) -> str:
@@ -587,11 +596,15 @@ class HeldLease:
         self._detail = dict(detail)
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
-    def stop(self) -> None:
+    def stop(self, *, timeout: float = 2.0) -> None:
+        """Stop renewing (waiting at most ``timeout`` for a renew request in flight)."""
         self._stop.set()
-        self._thread.join()
+        deadline = self.leases.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - self.leases.monotonic()))
 
     def check(self) -> None:
         """Raise :class:`LeaseLostError` when the lease is gone."""
@@ -599,38 +612,48 @@ class HeldLease:
             raise LeaseLostError(f"lease {self.lease.key} lost: {self.lost_reason}", key=self.lease.key)
 
     def _lose(self, reason: str) -> None:
-        self.lost_reason = reason
-        self.lost.set()
-        self.cancel.set()
+        with self._lose_lock:
+            if self.lost.is_set():
+                return
+            self.lost_reason = reason
+            self.lost.set()
+            self.cancel.set()
         log.error("lease %s lost: %s; stopping the work it protects", self.lease.key, reason,
                   extra={"event": "lease.lost", "key": self.lease.key, "reason": reason})
 
-    def _run(self) -> None:
-        leases = self.leases
+    def _watch_loop(self) -> None:
         ttl = self.lease.record.ttl_seconds
-        interval = renew_interval(ttl)
-        due = leases.monotonic() + interval
-        while not self._stop.is_set():
+        while not self._stop.wait(0.2):
             if self._outer is not None and self._outer.is_set():
                 self.cancel.set()
+            since = self.leases.monotonic() - self.lease.sent_at
+            if holder_must_give_up(since_renew_sent=since, ttl=ttl):
+                self._lose(f"not renewed for {since:.0f}s (the bucket could not be reached in time)")
+                return
+
+    def _renew_loop(self) -> None:
+        leases = self.leases
+        interval = renew_interval(self.lease.record.ttl_seconds)
+        due = leases.monotonic() + interval
+        while not self._stop.is_set() and not self.lost.is_set():
             now = leases.monotonic()
             if now < due:
                 self._stop.wait(min(0.5, due - now))
                 continue
             try:
-                self.lease = leases.renew(self.lease, detail=self._detail)
-                due = leases.monotonic() + interval
+                renewed = leases.renew(self.lease, detail=self._detail)
             except LeaseLostError as exc:
                 self._lose(str(exc))
                 return
             except StoreError as exc:
-                since = leases.monotonic() - self.lease.sent_at
-                if holder_must_give_up(since_renew_sent=since, ttl=ttl):
-                    self._lose(f"could not renew for {since:.0f}s: {exc}")
-                    return
                 log.warning("lease %s: renew failed, retrying: %s", self.lease.key, exc,
                             extra={"event": "lease.renew_failed", "key": self.lease.key})
                 due = leases.monotonic() + min(interval / 4, 2.0)
+                continue
+            if self.lost.is_set():
+                return  # the watchdog gave up while this request hung: the work is stopped already
+            self.lease = renewed
+            due = leases.monotonic() + interval
 
 
 def leases_enabled(store: Store, mode: str, *, prefix: str, what: str) -> bool:

@@ -325,3 +325,32 @@ def test_store_without_conditional_writes_is_refused(rclone_s3, tmp_path: Path, 
     assert any("WITHOUT a lease" in r.getMessage() for r in caplog.records)
     assert leases_enabled(store, "off", prefix=".syncbridge", what="bisync workflows") is False
     store.close()
+
+
+def test_holder_cut_off_from_the_bucket_stops_before_anyone_takes_over(moto_s3, tmp_path: Path) -> None:
+    """Renewals hang (a loopback proxy stalls them): the holder gives up before the lease can be stolen."""
+    from .faultproxy import FaultProxy, Rule
+
+    bucket = new_bucket(moto_s3)
+    with FaultProxy(moto_s3.endpoint) as proxy:
+        env_a = {**server_env(moto_s3, bucket, tmp_path / "a"), "R2_ENDPOINT": proxy.endpoint}
+        config_a = load_config(env_a)
+        store_a = open_store(config_a.remote, state_dir=config_a.state_dir)
+        config_b = load_config(server_env(moto_s3, bucket, tmp_path / "b"))
+        store_b = open_store(config_b.remote, state_dir=config_b.state_dir)
+        a, b = _leases(store_a, "pod-a"), _leases(store_b, "pod-b")
+        key = lease_key(".syncbridge", "bisync", "cutoff")
+        ttl = 5.0
+        with pytest.raises(LeaseLostError):
+            with a.hold(key, purpose="bisync", ttl=ttl) as held:
+                # From now on every write of pod a hangs for 30 s, as on a dead connection.
+                proxy.add(Rule("stall", method="PUT", seconds=30))
+                got = b.acquire(key, purpose="bisync", ttl=ttl, timeout=60)
+                b_got_it = time.monotonic()
+                assert held.lost.is_set(), "pod b took the lease while pod a still believed it held it"
+                assert held.cancel.is_set()
+                assert got.stolen_from == "pod-a"
+        assert b_got_it - (held.lease.sent_at) >= ttl  # b waited for the expiry, by the bucket's clock
+        proxy.clear()
+        store_a.close()
+        store_b.close()
