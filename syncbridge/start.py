@@ -311,6 +311,7 @@ class Starter:
         self._app_pgid: int | None = None
         self._app_done = False
         self._watcher: Any = None
+        self._heartbeat: Any = None  # fleet heartbeat when no watcher writes one
         self._app_returncode: int | None = None
         self._abandoned = False
 
@@ -486,6 +487,12 @@ class Starter:
         started = self.clock()
         if not self.options.watch:
             self._record("watch", "skipped", "off (ENABLE_R2_SYNC is not true)", started, show_seconds=False)
+            # Still listed by `syncbridge fleet status` (the watcher's heartbeat carries its counters).
+            from .fleet import Heartbeat
+
+            self._heartbeat = Heartbeat.for_config(self.config, role="start")
+            if self._heartbeat is not None:
+                self._heartbeat.start()
             return
         from .watch import OutputWatcher
 
@@ -663,6 +670,8 @@ class Starter:
             if self._watcher is not None:  # an unexpected error: still leave the journal consistent
                 with contextlib.suppress(Exception):
                     self._watcher.stop(drain_seconds=0)
+            if self._heartbeat is not None:
+                self._heartbeat.stop(timeout=0.5)
         shutdown = None if self._stop_at is None else self.clock() - self._stop_at
         tail = f" (shutdown took {shutdown:.1f}s of {self.options.stop_seconds:g}s)" if shutdown is not None else ""
         log.info("exit: %d%s", exit_code, tail, extra={"event": "start.exit"})

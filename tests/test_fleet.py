@@ -336,3 +336,13 @@ def test_failed_filler_releases_waiters_to_try_themselves(moto_env, tmp_path: Pa
     assert max(cache_looks) <= 2, cache_looks
     view = fills[0].leases.read(fills[0].lease_key("models/broken.bin"))
     assert view.record.released and view.record.detail["outcome"].startswith("failed")
+
+
+def test_start_without_a_watcher_still_writes_a_heartbeat(moto_env, tmp_path: Path) -> None:
+    start = pytest.importorskip("syncbridge.start")
+    config = _pod_config(moto_env, tmp_path, "pod-s", SYNCBRIDGE_HEARTBEAT_SECONDS="0.5")
+    options = start.StartOptions(models=False, folders=False, watch=False, final_push=False)
+    result = start.run_start(config, options=options, handle_signals=False)
+    assert result.exit_code == 0
+    pods = {p.pod_id: p for p in fleet_status(_pod_config(moto_env, tmp_path, "viewer"))}
+    assert pods["pod-s"].role == "start" and pods["pod-s"].status == "stopped"
