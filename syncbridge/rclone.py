@@ -50,7 +50,6 @@ import sys
 import sysconfig
 import threading
 import time
-from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 import attrs

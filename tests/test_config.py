@@ -200,7 +200,8 @@ def test_unknown_keys_did_you_mean(base, tmp_path):
 
 
 def test_folder_table_problems_name_the_entry_line(base, tmp_path):
-    toml = write(tmp_path, "[[folder]]\nlocal = \"/a\"\nprefix = \"a\"\n\n[[folder]]\nprefix = \"../up\"\nlocal=\"/b\"\n"
+    toml = write(tmp_path, "[[folder]]\nlocal = \"/a\"\nprefix = \"a\"\n\n"
+                           "[[folder]]\nprefix = \"../up\"\nlocal=\"/b\"\n"
                            "[[folder]]\nlocal = \"/c\"\nprefix = \"c\"\nmode = \"mirror\"\n")
     with pytest.raises(ConfigError) as exc:
         load_config(base, config_file=toml)

