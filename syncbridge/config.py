@@ -380,7 +380,8 @@ def load_config(
         environ: the environment to read (pass ``os.environ`` from a CLI).
         config_file: a TOML file; default ``environ["SYNCBRIDGE_CONFIG"]`` if set.
         overrides: explicit values by dotted key (``"watch.dir"``), highest precedence.
-        is_mount: how to tell whether the workspace is a mount point.
+        is_mount: how to tell whether the workspace is a mount point (default
+            :func:`is_mount_point`, which agrees with the templates' ``mountpoint -q``).
         hostname: where the default pod id comes from.
 
     Raises:
@@ -439,7 +440,7 @@ def _line_of(text: str, section: str | None, key: str | None, *, index: int | No
             in_target = current == section and (index is None or seen == index)
             if in_target and key is None:
                 return number
-            if key is not None and index is None and current in (f"{section}.{key}" if section else key,):
+            if key is not None and index is None and current == (f"{section}.{key}" if section else key):
                 return number
             if key is not None and section is None and current.startswith(key + "."):
                 return number
