@@ -343,3 +343,42 @@ def _make_link(tmp_path: Path, target: Path) -> Path:
     link = tmp_path / "swap_link"
     link.symlink_to(target)
     return link
+
+
+def test_models_pull_with_tokens_is_clean(secret_env, tmp_path):
+    """A model from a Hub that needs the token: debug output, errors and the state directory stay clean,
+    and the token never goes to the CDN (another origin)."""
+    pytest.importorskip("syncbridge.models")
+    from .hfserver import serve_hf
+
+    data = os.urandom(300_000)
+    models_dir = tmp_path / "models"
+    manifest = tmp_path / "m.toml"
+    import hashlib
+
+    with serve_hf() as hub:
+        hub.token = HF_TOKEN
+        hub.add("org/secret-repo", {"w.safetensors": data})
+        manifest.write_text(f'[settings]\nmodels_dir = "{models_dir}"\n[[model]]\nname = "w"\n'
+                            f'path = "ckpt/w.safetensors"\nsha256 = "{hashlib.sha256(data).hexdigest()}"\n'
+                            f'hf = {{ repo = "org/secret-repo", file = "w.safetensors" }}\n'
+                            f'[[model]]\nname = "missing"\npath = "ckpt/missing.safetensors"\noptional = true\n'
+                            f'hf = {{ repo = "org/secret-repo", file = "nope.safetensors" }}\n')
+        env = dict(secret_env, HF_ENDPOINT=hub.url)
+        proc = run_cli(["models", "pull", str(manifest), "-v"], env, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert (models_dir / "ckpt" / "w.safetensors").read_bytes() == data
+        assert_clean(proc.stdout, proc.stderr, what="models pull -v")
+        cdn = [r for r in hub.cdn.requests]
+        assert cdn, "expected the download to go through the CDN origin"
+        for request in cdn:
+            assert HF_TOKEN not in " ".join(request.headers.values()), "the HF token was sent to the CDN"
+        wrong = run_cli(["models", "pull", str(manifest)], dict(env, HF_TOKEN="hf_sbWRONGtokenZZ9", R2_SECRET_KEY=WRONG_SECRET),
+                        timeout=120)
+        assert_clean(wrong.stdout, wrong.stderr, what="models pull (wrong token)")
+        assert "hf_sbWRONGtokenZZ9" not in wrong.stdout + wrong.stderr
+    state = load_config(env).state_dir
+    for path in state.rglob("*"):
+        if path.is_file():
+            assert_clean(path.read_bytes(), what=f"state file {path}")
+    assert not _check_private(state)
