@@ -225,6 +225,15 @@ def pull(
                     skipped=shown)
 
 
+def _unsafe_listing(rel: str) -> bool:
+    """Whether a path rclone listed under a prefix would not be a safe relative path (see :func:`pull`)."""
+    try:
+        key_to_relpath(rel)
+    except UnsafePathError:
+        return True
+    return any(part in _RCLONE_DOT_NAMES for part in rel.split("/"))
+
+
 def _glob_literal(name: str) -> str:
     """An rclone filter glob that matches exactly ``name`` (its special characters escaped)."""
     return "".join("\\" + ch if ch in "\\*?[]{}" else ch for ch in name)
@@ -311,6 +320,15 @@ def bisync(
         (config.remote.local_bucket_dir / key).mkdir(parents=True, exist_ok=True)
     command = f"syncbridge bisync {shlex.quote(str(src))} {shlex.quote(key or '/')}"
     recover = f"{command} --resync"
+    # One hostile key in the bucket ("x/../y", listed by rclone as full-width dots it then cannot
+    # fetch) made every bisync of the prefix abort with a critical error, --resync included.
+    # Such keys are left out with a warning, as pull skips them.
+    unsafe = [e.get("Path", "") for e in rc.lsjson(remote_path(config.remote, key))
+              if _unsafe_listing(e.get("Path", ""))]
+    for rel in unsafe:
+        log.warning("bisync: left out key %r: not a safe path below %s", f"{key}/{rel}" if key else rel, src,
+                    extra={"event": "bisync.unsafe_key", "key": f"{key}/{rel}" if key else rel})
+    exclude = [*("/" + _glob_literal(rel) for rel in unsafe), *exclude]
     args = bisync_argv(
         str(src), remote_path(config.remote, key), workdir=str(workdir), resync=do_resync,
         conflict_resolve=config.bisync.conflict_resolve, conflict_loser=config.bisync.conflict_loser,

@@ -382,3 +382,21 @@ def test_models_pull_with_tokens_is_clean(secret_env, tmp_path):
         if path.is_file():
             assert_clean(path.read_bytes(), what=f"state file {path}")
     assert not _check_private(state)
+
+
+def test_bisync_leaves_out_keys_that_escape(moto_s3, tmp_path):
+    """One hostile key used to make every bisync of the prefix abort (critical error, even --resync)."""
+    env = server_env(moto_s3, new_bucket(moto_s3), tmp_path / "e")
+    config = load_config(env)
+    store = S3Store(config.remote)
+    for key in HOSTILE:
+        store.put_bytes(key, b"evil")
+    store.put_bytes("x/ok.txt", b"ok")
+    local = tmp_path / "area" / "local"
+    first = bisync(config, local, "x")
+    assert first.resync
+    (local / "mine.txt").write_bytes(b"mine")
+    bisync(config, local, "x")
+    assert sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()) == ["mine.txt", "ok.txt"]
+    assert store.get_bytes("x/mine.txt")[0] == b"mine"
+    assert not _files_outside(tmp_path, [local, tmp_path / "e"])
