@@ -44,7 +44,7 @@ VICTIM = f"pod-{PODS - 1}"
 def test_fleet_simulation(moto_s3, tmp_path: Path) -> None:
     pytest.importorskip("syncbridge.models")
     pytest.importorskip("syncbridge.watch")
-    seconds = float(os.environ.get("SYNCBRIDGE_FLEET_SIM_SECONDS", "20"))
+    seconds = float(os.environ.get("SYNCBRIDGE_FLEET_SIM_SECONDS", "12"))
     bucket = new_bucket(moto_s3)
     base = server_env(moto_s3, bucket, tmp_path)
     blobs = {"/vae.safetensors": os.urandom(3 * 1024 * 1024), "/lora.safetensors": os.urandom(1024 * 1024)}
