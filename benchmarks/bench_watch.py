@@ -442,7 +442,7 @@ def main() -> int:
         else ("killed" if r["burst"]["killed"] else "never"))
     row("burst: processes (peak)", lambda r: fmt(r["burst"]["procs"]))
     row("burst: peak RSS (MB)", lambda r: fmt(r["burst"]["peak_rss_mb"], digits=0))
-    row("burst: CPU (s)", lambda r: fmt(r["burst"]["cpu_s"], digits=2))
+    row("burst: CPU (s)", lambda r: "n/a" if r["burst"]["killed"] else fmt(r["burst"]["cpu_s"], digits=2))
     row("burst: objects in bucket", lambda r: f"{r['burst']['in_bucket']}/{r['burst']['distinct_keys']}")
     row("burst: key collisions", lambda r: fmt(r["burst"]["collisions"]))
     row("burst: files lost", lambda r: fmt(r["burst"]["collisions"] + r["burst"]["lost"]))

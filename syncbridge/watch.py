@@ -383,8 +383,15 @@ class OutputWatcher:
         remote = self.config.remote
         if remote.is_local:
             return LocalStore(remote.local_bucket_dir, lock_dir=self.config.state_dir / "locks")
-        return S3Store(remote, max_pool_connections=self.settings.concurrency + 2, max_attempts=S3_MAX_ATTEMPTS,
-                       connect_timeout=S3_CONNECT_TIMEOUT, read_timeout=S3_READ_TIMEOUT)
+        store = S3Store(remote, max_pool_connections=self.settings.concurrency + 2, max_attempts=S3_MAX_ATTEMPTS,
+                        connect_timeout=S3_CONNECT_TIMEOUT, read_timeout=S3_READ_TIMEOUT)
+        # botocore memoizes every JSON file it read to build the client (endpoints, partitions,
+        # defaults: about 2 MB); the client keeps what it needs, so a long-lived daemon lets go
+        # of the memo (a later lookup would just read the file again).
+        cache = getattr(getattr(store.client, "_loader", None), "_cache", None)
+        if isinstance(cache, dict):
+            cache.clear()
+        return store
 
     def _take_lock(self, path: Path) -> None:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -665,11 +672,14 @@ class OutputWatcher:
             except Exception:  # noqa: BLE001
                 log.exception("scanning %s failed", self.directory / rel_dir, extra={"event": "watch.scan_failed"})
             finally:
+                first_catch_up = full and rel_dir == "" and not self._catch_up_done
                 with self._cond:
                     self._scans_pending -= 1
                     if full and rel_dir == "":
                         self._catch_up_done = True
                     self._cond.notify_all()
+                if first_catch_up:
+                    _trim_heap()  # what building the S3 client and the scan allocated and freed
 
     def _scan(self, rel_dir: str, *, full: bool) -> None:
         journal = self._journal
@@ -765,11 +775,13 @@ class OutputWatcher:
 
     def _finish(self, item: _Item, outcome: int, detail: Any) -> None:
         now = time.monotonic()
+        notes: list[tuple[int, str, tuple, dict]] = []  # logged after the lock is released
         with self._cond:
             self._inflight.pop(item.rel, None)
             if outcome in (_Outcome.PUSHED, _Outcome.SKIPPED, _Outcome.CHANGED, _Outcome.GONE):
                 if self._store_failures:
-                    log.info("the store answers again; resuming uploads", extra={"event": "watch.store_back"})
+                    notes.append((logging.INFO, "the store answers again; resuming uploads", (),
+                                  {"event": "watch.store_back"}))
                     # Their failures were the store's: retry them now, not at the end of each backoff.
                     for rel, waiting in list(self._waiting.items()):
                         if waiting.why == "retry":
@@ -803,9 +815,9 @@ class OutputWatcher:
                 self._gate_until = now + (min(gate, 0.2) if self._draining else gate)
                 if now - self._last_outage_log >= 10:
                     self._last_outage_log = now
-                    log.warning("upload failed, retrying with backoff (%d files waiting): %s",
-                                len(self._ready) + len(self._waiting) + 1, detail,
-                                extra={"event": "watch.retry", "path": item.rel})
+                    notes.append((logging.WARNING, "upload failed, retrying with backoff (%d files waiting): %s",
+                                  (len(self._ready) + len(self._waiting) + 1, detail),
+                                  {"event": "watch.retry", "path": item.rel}))
             elif outcome == _Outcome.FATAL:
                 self._last_error = str(detail)
                 item.attempts += 1
@@ -837,6 +849,8 @@ class OutputWatcher:
                 item.not_before = now + self.fatal_retry_seconds
                 self._push_heap(item)
             self._cond.notify_all()
+        for level, message, args, extra in notes:
+            log.log(level, message, *args, extra=extra)
 
     def _wait(self, item: _Item, until: float, *, why: str) -> None:
         item.not_before = until

@@ -122,7 +122,8 @@ def test_every_file_lands_with_identical_bytes(backend: dict[str, str], tmp_path
         assert watcher.wait_idle(90), watcher.stats()
         stats = watcher.stats()
     assert stats.failed == 0 and stats.collisions == 0
-    assert stats.uploaded == len(expected), stats
+    # (a file the scan of a brand-new folder caught half-written is pushed again on its close)
+    assert stats.uploaded >= len(expected), stats
     got = _objects(config)
     want = {object_key("outputs", rel): data for rel, data in expected.items()}
     assert set(got) == set(want), (set(got) ^ set(want))
@@ -237,7 +238,7 @@ def test_burst_of_2000_files(rclone_s3, tmp_path: Path) -> None:
         reader.join()
         stats = watcher.stats()
     assert not errors
-    assert stats.uploaded == 2000 and stats.failed == 0 and stats.p95_latency is not None
+    assert stats.uploaded >= 2000 and stats.failed == 0 and stats.p95_latency is not None
     etags = _etags(config)
     assert len(etags) == 2000
     for rel, data in payloads.items():
