@@ -329,6 +329,10 @@ def bisync(
         log.warning("bisync: left out key %r: not a safe path below %s", f"{key}/{rel}" if key else rel, src,
                     extra={"event": "bisync.unsafe_key", "key": f"{key}/{rel}" if key else rel})
     exclude = [*("/" + _glob_literal(rel) for rel in unsafe), *exclude]
+    if not key:
+        # The whole bucket: leave the fleet's own objects alone (the lease guarding this very
+        # run is rewritten while it runs; heartbeats and leases are no one's files).
+        exclude = (*exclude, f"/{config.fleet.prefix.strip('/')}/**")
     args = bisync_argv(
         str(src), remote_path(config.remote, key), workdir=str(workdir), resync=do_resync,
         conflict_resolve=config.bisync.conflict_resolve, conflict_loser=config.bisync.conflict_loser,

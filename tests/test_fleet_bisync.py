@@ -142,3 +142,19 @@ def test_lease_on_with_a_store_that_ignores_conditional_writes(rclone_s3, tmp_pa
     proc = run_cli(["bisync", str(local), "workflows"], env)
     assert proc.returncode == 0, proc.stderr
     assert "WITHOUT a lease" in proc.stderr
+
+
+def test_bisync_of_the_whole_bucket_leaves_the_fleet_objects_alone(moto_env, tmp_path: Path) -> None:
+    config = load_config(_pod(moto_env, tmp_path, "pod-a", SYNCBRIDGE_HEARTBEAT_SECONDS="0"))
+    store = open_store(config.remote, state_dir=tmp_path / "s")
+    store.put_bytes(".syncbridge/pods/other.json", b"{}")
+    store.put_bytes("shared/a.json", b"{}")
+    local = tmp_path / "everything"
+    local.mkdir()
+    (local / "b.json").write_text("{}")
+    bisync(config, local, "")
+    (local / "c.json").write_text("{}")
+    bisync(config, local, "")  # a second run, with the lease object rewritten meanwhile
+    assert (local / "shared" / "a.json").exists() and store.head("c.json") is not None
+    assert not (local / ".syncbridge").exists()
+    assert store.head(".syncbridge/pods/other.json") is not None
