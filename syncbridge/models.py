@@ -47,7 +47,7 @@ from .config import Config
 from .errors import PreconditionFailedError, StoreError, SyncBridgeError
 from .fsutil import atomic_write_bytes, fsync_dir, private_state_dir
 from .manifest import SNAPSHOT_INDEX, CivitaiSpec, HfSpec, Manifest, ModelSpec, load_manifests, select_models
-from .sources import (CacheSource, Fetched, NotAvailable, Offer, RemoteFile, Source, SourceError, cache_key,
+from .sources import (CacheSource, Fetched, NotAvailable, Offer, RemoteFile, Source, SourceError,
                       default_sources, sha256_file)
 from .store import Store, open_store
 from .system import detect_gpu_tier, free_bytes

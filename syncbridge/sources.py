@@ -53,6 +53,7 @@ __all__ = [
     "sha256_file",
     "cache_key",
     "origin_of",
+    "default_sources",
 ]
 
 log = logging.getLogger(__name__)
@@ -908,14 +909,16 @@ class UrlSource(Source):
 
 def default_sources(*, store: Callable[[], Store] | None, cache_prefix: str, hf_endpoint: str, hf_token: str | None,
                     civitai_endpoint: str, civitai_api_key: str | None, streams: int = 4) -> list[Source]:
-    """The ladder in its fixed order: cache (when a store is given), Hugging Face, CivitAI, URL."""
-    http = None
+    """The ladder in its fixed order: cache (when a store is given), Hugging Face, CivitAI, URL.
+
+    Nothing here opens a connection or imports an HTTP library: a warm start never asks a source.
+    """
     ladder: list[Source] = []
     if store is not None:
         ladder.append(CacheSource(store, cache_prefix, streams=streams))
     ladder.append(HfSource(endpoint=hf_endpoint, token=hf_token))
-    ladder.append(CivitaiSource(endpoint=civitai_endpoint, api_key=civitai_api_key, http=http))
-    ladder.append(UrlSource(http=http))
+    ladder.append(CivitaiSource(endpoint=civitai_endpoint, api_key=civitai_api_key))
+    ladder.append(UrlSource())
     return ladder
 
 
