@@ -421,6 +421,13 @@ class CacheSource(Source):
                                     store.download_range(key, fd, start=start, end=end)
                                 break
                             except StoreError as exc:
+                                if reader is not None:
+                                    # Whatever went wrong with the URL (TLS, a proxy, an expiry), the store's
+                                    # own client gets the remaining attempts.
+                                    reader.close()
+                                    reader = None
+                                    if attempt < 2:
+                                        continue
                                 if not exc.retryable or attempt == 2:
                                     raise
                                 log.info("cache part %s-%s of %s failed (%s); retrying", start, end, key, exc,
@@ -497,8 +504,15 @@ class _RangeReader:
             if self.https:
                 import ssl
 
+                # The CA bundle botocore uses, so a presigned URL is trusted exactly as the store's own requests.
+                try:
+                    from botocore.httpsession import get_cert_path
+
+                    cafile = get_cert_path(True)
+                except Exception:  # noqa: BLE001 - fall back to the system's CAs
+                    cafile = None
                 self.conn = http.client.HTTPSConnection(self.host, self.port, timeout=60,
-                                                        context=ssl.create_default_context())
+                                                        context=ssl.create_default_context(cafile=cafile))
             else:
                 self.conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
         return self.conn
