@@ -991,7 +991,7 @@ class OutputWatcher:
             if remote.etag == local_md5:
                 # Same bytes already there (our upload before a crash, or an identical output): nothing to send.
                 return key, remote, False
-            token = local_md5[:8] if attempt < 2 else self._rand.getrandbits(40).to_bytes(5, "big").hex()
+            token = local_md5[:8] if attempt < 2 else f"{self._rand.getrandbits(32):08x}"
             new_key = sibling_key(canonical, token)
             with self._cond:
                 self._counters["collisions"] += 1
