@@ -108,6 +108,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=100_000, help="files in the volume run (default 100000)")
     parser.add_argument("--size", type=int, default=512, help="bytes per file (default 512)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="volume runs one after another (a high-water mark stays level; a leak grows)")
     parser.add_argument("--soak-seconds", type=float, default=600, help="soak duration (default 600)")
     parser.add_argument("--rate", type=float, default=20, help="files per second in the soak (default 20)")
     parser.add_argument("--keep", type=int, default=1000, help="files kept in the folder during the soak")
@@ -139,35 +141,41 @@ def main() -> int:
             base_rss, base_fds = sampler.sample()
             print(f"watcher pid {proc.pid} idle: RSS {base_rss:.1f} MB, {base_fds} fds (the baseline)")
 
-            # 1. volume run
+            # 1. volume run(s)
             payload = os.urandom(args.size)
-            t0 = time.monotonic()
-            for i in range(args.files):
-                folder = out / f"d{i // 1000:03d}"
-                if i % 1000 == 0:
-                    folder.mkdir()
-                    sampler.sample()
-                with open(folder / f"f{i:06d}.png", "wb") as fh:
-                    fh.write(payload)
-            wrote = time.monotonic() - t0
-            took = wait_uploaded(state, args.files, sampler, args.timeout)
-            end_rss, end_fds = sampler.sample()
-            rows, size = journal_figures(state)
-            print(f"\nvolume run: {args.files} files written in {wrote:.1f}s, all in the bucket "
-                  f"{took:.1f}s later ({args.files / (wrote + took):.0f} files/s overall)")
-            print(f"  RSS MB:   start {base_rss:.1f}  peak {max(sampler.rss):.1f}  end {end_rss:.1f}   "
-                  f"(end/start {end_rss / base_rss:.2f}x, peak/start {max(sampler.rss) / base_rss:.2f}x)")
-            print(f"  open fds: start {base_fds}  min {min(sampler.fds)}  max {max(sampler.fds)}  end {end_fds}")
-            print(f"  journal:  {rows} rows, {size / 1e6:.1f} MB")
-            for p in out.iterdir():
-                for f in p.iterdir():
-                    f.unlink()
-                p.rmdir()
-            time.sleep(5)
-            after_rss, after_fds = sampler.sample()
-            rows, size = journal_figures(state)
-            print(f"  after deleting every file: RSS {after_rss:.1f} MB ({after_rss / base_rss:.2f}x start), "
-                  f"{after_fds} fds, journal {sum(rows.values())} rows, {size / 1e6:.1f} MB")
+            uploaded_total = 0
+            for round_no in range(1, args.rounds + 1):
+                t0 = time.monotonic()
+                for i in range(args.files):
+                    folder = out / f"r{round_no}d{i // 1000:03d}"
+                    if i % 1000 == 0:
+                        folder.mkdir()
+                        sampler.sample()
+                    with open(folder / f"f{i:06d}.png", "wb") as fh:
+                        fh.write(payload)
+                wrote = time.monotonic() - t0
+                uploaded_total += args.files
+                sampler.rss.clear()
+                sampler.fds.clear()
+                took = wait_uploaded(state, uploaded_total, sampler, args.timeout)
+                end_rss, end_fds = sampler.sample()
+                rows, size = journal_figures(state)
+                print(f"\nvolume run {round_no}: {args.files} files written in {wrote:.1f}s, all in the bucket "
+                      f"{took:.1f}s later ({args.files / (wrote + took):.0f} files/s overall)")
+                print(f"  RSS MB:   start {base_rss:.1f}  peak {max(sampler.rss):.1f}  end {end_rss:.1f}   "
+                      f"(end/start {end_rss / base_rss:.2f}x, peak/start {max(sampler.rss) / base_rss:.2f}x)")
+                print(f"  open fds: start {base_fds}  min {min(sampler.fds)}  max {max(sampler.fds)}  end {end_fds}")
+                print(f"  journal:  {rows} rows, {size / 1e6:.1f} MB")
+                for p in out.iterdir():
+                    for f in p.iterdir():
+                        f.unlink()
+                    p.rmdir()
+                time.sleep(5)
+                after_rss, after_fds = sampler.sample()
+                rows, size = journal_figures(state)
+                print(f"  after deleting every file: RSS {after_rss:.1f} MB ({after_rss / base_rss:.2f}x start), "
+                      f"{after_fds} fds, journal {sum(rows.values())} rows, {size / 1e6:.1f} MB")
+            args.files = uploaded_total
 
             # 2. soak
             if args.soak_seconds > 0:
