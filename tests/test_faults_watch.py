@@ -172,7 +172,16 @@ def test_server_down_during_a_burst(rig, capsys):
               f"{outage_started - started:.1f}s before the outage; {stats.retries} retries)")
 
 
-def test_one_put_in_five_answered_503(rig):
+@pytest.fixture(params=["rclone", "moto"])
+def any_rig(request, tmp_path):
+    """Both servers: moto enforces If-None-Match, so the watcher sends conditional PUTs there."""
+    server = request.getfixturevalue(f"{request.param}_s3")
+    with FaultProxy(server.endpoint) as proxy:
+        yield Rig(server, tmp_path, proxy)
+
+
+def test_one_put_in_five_answered_503(any_rig):
+    rig = any_rig
     rng = random.Random(11)
     rig.proxy.add(Rule("error", method="PUT", path=f"/{PREFIX}/", status=503, code="SlowDown", probability=0.2))
     with watch.OutputWatcher(rig.config, directory=rig.out, prefix=PREFIX) as watcher:

@@ -321,6 +321,22 @@ def test_encode_name_agrees_with_the_real_rclone(tmp_path):
     assert not mismatches, f"rclone vs encode_name: {json.dumps(mismatches, ensure_ascii=True)}"
 
 
+@FAST
+@given(rel=valid_paths, prefix=st.sampled_from(["outputs", "outputs/pod-1"]))
+def test_watcher_keys_map_back_to_the_file(rel, prefix):
+    """The key the watcher uploads a file to names that same file when pulled back."""
+    batching = pytest.importorskip("syncbridge.batching")
+    try:
+        key = batching.object_key(prefix, rel)
+    except UnsafePathError:  # only when the key would be longer than S3 allows
+        encoded = "/".join(encode_name(p) for p in rel.split("/"))
+        assert len(f"{prefix}/{encoded}".encode("utf-8", "surrogateescape")) > MAX_KEY_BYTES
+        return
+    assert key.startswith(prefix + "/")
+    back = "/".join(decode_name(part) for part in key_to_relpath(key[len(prefix) + 1:]).split("/"))
+    assert back == rel
+
+
 # -- model manifests ---------------------------------------------------------------------------
 
 manifest = pytest.importorskip("syncbridge.manifest")
