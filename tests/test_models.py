@@ -649,8 +649,17 @@ def test_cache_push_seeds_the_bucket(env, tmp_path):
     assert store.get_bytes("models/b.bin")[0] == b"other"
 
 
-def test_many_small_models_come_in_one_batch_and_are_still_verified(env, tmp_path, files_server):
+def test_many_small_models_come_in_one_batch_and_are_still_verified(env, tmp_path, files_server, caplog):
     """From 16 missing models on: one cache listing, one rclone batch; each file still verified on its own."""
+    _batch_scenario(env, tmp_path, files_server, caplog)
+
+
+def test_batch_from_the_local_bucket(local_env, tmp_path, files_server, caplog):
+    _batch_scenario(local_env, tmp_path, files_server, caplog)
+
+
+def _batch_scenario(env, tmp_path, files_server, caplog):
+    caplog.set_level("INFO", logger="syncbridge.models")
     config = load_config(env)
     store = open_store(config.remote, state_dir=config.state_dir)
     blobs = {f"emb/e{i:02d}.pt": os.urandom(3000 + i) for i in range(20)}
@@ -671,6 +680,7 @@ def test_many_small_models_come_in_one_batch_and_are_still_verified(env, tmp_pat
     by = {r.name: r for r in report.results}
     assert by["emb/e07.pt"].source == "url" and "sha256 mismatch" in by["emb/e07.pt"].attempts[0][1]
     assert {r.source for n, r in by.items() if n != "emb/e07.pt"} == {"cache"}
+    assert "batch copy of 20 small models from the cache" in caplog.text
     for rel, data in blobs.items():
         assert (tmp_path / "models" / rel).read_bytes() == data
     assert not (tmp_path / "models/.syncbridge").exists() or not list((tmp_path / "models/.syncbridge").glob("batch-*"))
