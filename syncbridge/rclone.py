@@ -12,29 +12,32 @@
   the ok/retry/fatal outcome, the redacted argv and the stderr tail.
 
 Why one process per operation and not a long-lived ``rclone rcd`` (measured by
-``benchmarks/bench_rclone_rcd.py``: rclone serve s3 on 127.0.0.1, 2 shared CPUs,
-rclone 1.75.2, median of 3 interleaved runs)::
+``benchmarks/bench_rclone_rcd.py``: rclone serve s3 on 127.0.0.1, 2 CPUs shared with
+other test runs, rclone 1.75.2, median of 3 interleaved runs; two quiet runs, then one
+under heavy load)::
 
-                                 process/op     rcd (unix socket)   ratio
-    single-file copyto (4 KB)      176.7 ms        3.9 ms           45.6x
-    folder copy (100 x 4 KB)       514.5 ms      167.6 ms            3.1x
-    64 MB file copy               2911.9 ms     1604.9 ms            1.8x (noisy: 2.5-4.7 s run to run)
-    rcd start-up                                 139.4 ms
+                                 process/op          rcd (unix socket)      ratio
+    single-file copyto (4 KB)    59 / 61 / 177 ms    2.7 / 2.4 / 3.9 ms     22x / 25x / 46x
+    folder copy (100 x 4 KB)     126 / 151 / 515 ms  84 / 64 / 168 ms       1.5x / 2.4x / 3.1x
+    64 MB file copy              454 / 501 / 2912 ms 433 / 679 / 1605 ms    1.05x / 0.74x / 1.8x
+    rcd start-up                                     47 / 47 / 139 ms
 
-rcd wins per operation, and by far for tiny ones, because each rclone process
-costs ~100-170 ms to start here (``rclone version`` alone: ~106 ms). syncbridge
-still runs one process per operation, because its rclone work is a handful of
-bulk operations per pod (push, pull, bisync of a few folders at start and stop:
-under a second of start-up in total), while the per-file work where rcd's 45x
-would matter goes through boto3 in process (real-time output push, large model
-cache objects) or is batched into one rclone call (small model cache objects). A process per operation keeps what rcd
-would cost: no listening socket (rc access is shell access), nothing left
+rcd wins by far for tiny operations, because each rclone process costs ~60 ms
+to start here (~170 ms under load); once bytes dominate, the two are the same
+within noise. syncbridge still runs one process per operation, because its
+rclone work is a handful of bulk operations per pod (push, pull, bisync of a
+few folders at start and stop: under a second of start-up in total), while the
+per-file work where rcd's 20-45x would matter goes through boto3 in process
+(real-time output push, large model cache objects) or is batched into one
+rclone call (small model cache objects). A process per operation keeps what
+rcd would cost: no listening socket (rc access is shell access), nothing left
 running after a crash or SIGKILL, cancellation by killing a process group
 rather than ``job/stop``, rclone's exit-code table (rc answers with error
-strings), and progress streamed on stderr instead of polled from ``core/stats``.
-If many small rclone operations are ever needed, the benchmark's ``Rcd`` (unix
-socket in a 0700 folder, auth through ``RCLONE_RC_USER``/``RCLONE_RC_PASS`` in
-its environment, remote from ``RCLONE_CONFIG_SYNCBRIDGE_*``) is the way to add it.
+strings), and progress streamed on stderr instead of polled from
+``core/stats``. If many small rclone operations are ever needed, the
+benchmark's ``Rcd`` (unix socket in a 0700 folder, auth through
+``RCLONE_RC_USER``/``RCLONE_RC_PASS`` in its environment, remote from
+``RCLONE_CONFIG_SYNCBRIDGE_*``) is the way to add it.
 """
 
 from __future__ import annotations
