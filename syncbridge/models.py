@@ -636,11 +636,14 @@ class _Puller:
         except (SourceError, OSError) as exc:
             if not isinstance(exc, SourceError):
                 exc = SourceError(f"{source.name}: {type(exc).__name__}: {exc}", source=source.name)
-            if not isinstance(exc, NotAvailable) or source.name != "cache":
+            miss = isinstance(exc, NotAvailable) and source.name == "cache"  # the usual first fill: no noise
+            if not miss:
                 log.warning("model %s: %s", model.name, exc, extra={"event": "models.attempt_failed",
                                                                     "model": model.name, "source": source.name})
-            attempts.append((source.name, str(exc)))
-            self.emit("attempt_failed", model, source=source.name, message=str(exc))
+            if (source.name, str(exc)) not in attempts:  # a coordinator may look at the cache repeatedly
+                attempts.append((source.name, str(exc)))
+                if not miss:
+                    self.emit("attempt_failed", model, source=source.name, message=str(exc))
             return None
         write_back = ""
         if source.upstream and model.write_back and self.cache is not None:
