@@ -82,11 +82,12 @@ def _prepare(config: Config, rclone: Rclone | None) -> Rclone:
     fails here in milliseconds instead of after rclone's minutes of retries.
     """
     private_state_dir(config.state_dir)
+    rc = rclone or Rclone(config)
     if config.remote.is_local:
         config.remote.local_bucket_dir.mkdir(parents=True, exist_ok=True)
-    elif config.remote.endpoint:
+    elif config.remote.endpoint and not rc.proxied:  # through a proxy a direct connect proves nothing
         check_endpoint(config.remote.endpoint)
-    return rclone or Rclone(config)
+    return rc
 
 
 def _human(n: float) -> str:

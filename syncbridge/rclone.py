@@ -145,6 +145,12 @@ class Rclone:
                      if not k.startswith(_DROP_ENV_PREFIXES) and k not in _DROP_ENV_NAMES}
         self._env.update(remote_env(config.remote))
 
+    @property
+    def proxied(self) -> bool:
+        """Whether rclone will reach the endpoint through an HTTP(S) proxy from its environment."""
+        return any(self._env.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                                                    "ALL_PROXY", "all_proxy"))
+
     # -- version --------------------------------------------------------------------
     def version(self) -> tuple[int, ...]:
         """rclone's version, checked once per binary per process.

@@ -390,3 +390,9 @@ def test_callers_flags_override_the_common_ones(local_env, tmp_path):
     (src / "a").write_text("a")
     assert rc.run(["copy", str(src), str(tmp_path / "d1")]).progress is not None
     assert rc.run(["copy", str(src), str(tmp_path / "d2"), "--stats", "0"]).progress is None
+
+
+def test_proxied_environment_is_detected(local_env):
+    config = load_config(local_env)
+    assert not Rclone(config, environ={"PATH": "/usr/bin"}).proxied
+    assert Rclone(config, environ={"https_proxy": "http://proxy.internal:3128"}).proxied
