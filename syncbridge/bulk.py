@@ -90,6 +90,30 @@ def _prepare(config: Config, rclone: Rclone | None) -> Rclone:
     return rc
 
 
+def _checked_prefix(op: str, prefix: str) -> str:
+    """``prefix`` without outer slashes, refused when a segment is ``..``, ``.`` or empty.
+
+    rclone cleans its paths, so ``p/../../x`` would name another bucket on S3, and a
+    folder outside the embedded bucket on the local backend.
+    """
+    key = prefix.strip("/")
+    if key:
+        try:
+            key_to_relpath(key)
+        except UnsafePathError as exc:
+            raise UnsafePathError(f"{op}: PREFIX {prefix!r} is not a safe key prefix: {exc}", path=prefix) from exc
+    return key
+
+
+def _make_folder(op: str, path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:
+        raise SyncBridgeError(f"{op}: {path} exists and is not a folder") from exc
+    except OSError as exc:
+        raise SyncBridgeError(f"{op}: cannot create the folder {path}: {exc.strerror or exc}") from exc
+
+
 def _human(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
@@ -141,7 +165,7 @@ def push(
     if not src.exists():
         raise SyncBridgeError(f"push: {src} does not exist")
     single = src.is_file()
-    key = prefix.strip("/")
+    key = _checked_prefix("push", prefix)
     if single and (prefix.endswith("/") or not key):
         key = f"{key}/{src.name}" if key else src.name
     dst = remote_path(config.remote, key)
@@ -172,7 +196,7 @@ def pull(
     with a warning naming each; nothing else in the run is affected.
     """
     rc = _prepare(config, rclone)
-    key = prefix.strip("/")
+    key = _checked_prefix("pull", prefix)
     dest = Path(local)
     extra = ["--transfers", str(transfers)] if transfers else []
     started = time.monotonic()
@@ -195,7 +219,7 @@ def pull(
         log.warning("nothing to pull: no objects under %r in %s", key or "/", config.remote.describe(),
                     extra={"event": "pull.empty", "prefix": key})
         if not dry_run:
-            dest.mkdir(parents=True, exist_ok=True)
+            _make_folder("pull", dest)
         return TransferSummary("pull", key, str(dest), 0, 0, time.monotonic() - started, dry_run=dry_run)
     unsafe: list[str] = []  # as rclone names them
     shown: list[str] = []  # as the bucket holds them
@@ -214,7 +238,7 @@ def pull(
                         "empty segment)", shown[-1], dest,
                         extra={"event": "pull.unsafe_key", "key": shown[-1], "reason": str(exc)})
     if not dry_run:
-        dest.mkdir(parents=True, exist_ok=True)
+        _make_folder("pull", dest)
     # Anchored exclude rules for exactly the unsafe names, before the user's filters (the first
     # matching rule wins). Not --files-from-raw: its one-name-per-line format cannot hold a
     # name with a newline, which would then be dropped from an otherwise normal pull.
@@ -309,12 +333,15 @@ def bisync(
     """
     rc = _prepare(config, rclone)
     src = Path(local)
-    key = prefix.strip("/")
+    key = _checked_prefix("bisync", prefix)
+    if src.exists() and not src.is_dir():
+        raise SyncBridgeError(f"bisync: LOCAL {src} is not a folder (bisync syncs folders; use push or pull "
+                              f"for one file)")
     workdir = bisync_workdir(config, src, key)
     first = not any(workdir.glob("*.path1.lst"))
     do_resync = resync or first
     if not dry_run:
-        src.mkdir(parents=True, exist_ok=True)
+        _make_folder("bisync", src)
     if do_resync and config.remote.is_local:
         # bisync --resync needs path2 to exist: an empty folder on the local backend (nothing on S3).
         # An empty folder is no object, so a dry run may make it too.

@@ -170,6 +170,9 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
         return 130
     except BrokenPipeError:
         return 141
+    except OSError as exc:  # a local file problem the command did not foresee: still no traceback
+        print(redact(f"syncbridge: error: {exc}", ctx.secrets), file=sys.stderr, flush=True)
+        return 1
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

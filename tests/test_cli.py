@@ -296,3 +296,29 @@ def test_progress_bar_on_a_tty_and_log_lines_otherwise(local_env, tmp_path):
     assert child.returncode == 0, shown
     assert "\rpush [" in shown and "%" in shown, shown
     assert b"push: transferred 1 file, 2.5 MB" in out
+
+
+@pytest.mark.parametrize("args", [
+    ["push", "{tmp}/src", "p/../../other"], ["push", "{tmp}/src", "/../etc"], ["pull", "../x", "{tmp}/dst"],
+    ["bisync", "{tmp}/src", "a//b"], ["bisync", "{tmp}/src", "./a"],
+], ids=lambda a: f"{a[0]} {a[-1] if a[0] == 'pull' else a[-1]}")
+def test_unsafe_prefix_is_refused(local_env, tmp_path, args):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    proc = run_cli(_args(args, tmp_path), local_env)
+    text = assert_clean_failure(proc, code=2)
+    assert "is not a safe key prefix" in text and "PREFIX" in text
+    buckets = Path(local_env["SYNCBRIDGE_STATE_DIR"]) / "buckets"
+    assert sorted(p.name for p in buckets.iterdir()) == ["runpod"], "nothing written beside the bucket"
+    assert [p for p in (buckets / "runpod").rglob("*") if p.is_file()] == []
+
+
+def test_local_path_problems_are_clear(local_env, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    run_cli(["push", str(afile), "p/"], local_env, check=True)
+    proc = run_cli(["pull", "p", str(afile / "x")], local_env)
+    assert f"pull: cannot create the folder {afile / 'x'}: Not a directory" in assert_clean_failure(proc, code=1)
+    proc = run_cli(["bisync", str(afile), "p"], local_env)
+    assert f"bisync: LOCAL {afile} is not a folder" in assert_clean_failure(proc, code=1)
