@@ -361,11 +361,16 @@ def bisync(
         # The whole bucket: leave the fleet's own objects alone (the lease guarding this very
         # run is rewritten while it runs; heartbeats and leases are no one's files).
         exclude = (*exclude, f"/{config.fleet.prefix.strip('/')}/**")
+    # syncbridge's own objects (leases, heartbeats) change under a bisync of the prefix holding them.
+    fleet = config.fleet.prefix.strip("/")
+    own: list[str] = []
+    if fleet and (not key or fleet.startswith(key + "/")):
+        own = ["/" + _glob_literal(fleet[len(key):].strip("/")) + "/**"]
     args = bisync_argv(
         str(src), remote_path(config.remote, key), workdir=str(workdir), resync=do_resync,
         conflict_resolve=config.bisync.conflict_resolve, conflict_loser=config.bisync.conflict_loser,
-        max_delete=config.bisync.max_delete, max_lock=config.bisync.max_lock, include=include, exclude=exclude,
-        dry_run=dry_run, force=force,
+        max_delete=config.bisync.max_delete, max_lock=config.bisync.max_lock, include=include,
+        exclude=[*own, *exclude], dry_run=dry_run, force=force,
     )
     started = time.monotonic()
     # rclone's bisync lock is a local file; the lease in the bucket keeps other pods off this prefix.

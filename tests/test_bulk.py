@@ -337,3 +337,19 @@ def test_bisync_all_files_changed_guard_then_force_keeps_both(local_env, tmp_pat
     assert (local / "both.json").read_text() == "bucket-newer"
     assert (local / "both.json.conflict1").read_text() == "local-older"
     assert sorted(os.listdir(config.remote.local_bucket_dir / "allchanged")) == ["both.json", "both.json.conflict1"]
+
+
+def test_bisync_of_the_bucket_root_leaves_syncbridge_objects_alone(local_env, tmp_path):
+    config = load_config(local_env)
+    store = open_store(config.remote, state_dir=config.state_dir)
+    store.put_bytes(".syncbridge/leases/x", b"lease")
+    store.put_bytes("data/a.txt", b"a")
+    local = tmp_path / "root"
+    bisync(config, local, "")
+    assert sorted(str(p.relative_to(local)) for p in local.rglob("*") if p.is_file()) == ["data/a.txt"]
+    store.put_bytes(".syncbridge/leases/x", b"renewed")
+    (local / "b.txt").write_text("b")
+    bisync(config, local, "/")
+    assert store.get_bytes(".syncbridge/leases/x")[0] == b"renewed"
+    assert store.get_bytes("b.txt")[0] == b"b"
+    assert not (local / ".syncbridge").exists()
