@@ -22,6 +22,7 @@ function the caller may replace.
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import math
 import os
@@ -33,7 +34,8 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from .errors import ConfigError, Problem
+from .errors import ConfigError, Problem, UnsafePathError
+from .keys import render_prefix
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -716,8 +718,16 @@ def build_config(
     folders = _folders(col, environ, folder_tables, get("start.folders_spec"), where_of("start.folders_spec"))
 
     prefix = get("watch.prefix")
-    if prefix.startswith("/") or ".." in prefix.split("/"):
-        col.add(where_of("watch.prefix"), f"must be a relative key prefix without '..', got {prefix!r}")
+    # A backslash, an empty or '.' segment, or a {date:..} that renders to '..' used to pass here
+    # and stop the watcher at start without naming the setting: check what the watcher will render.
+    bad_prefix = _check_prefix(prefix)
+    if not bad_prefix:
+        try:
+            render_prefix(prefix, pod_id="pod", now=dt.datetime(2000, 1, 1))
+        except UnsafePathError as exc:
+            bad_prefix = f"must render to a relative key prefix ({exc}), got {prefix!r}"
+    if bad_prefix:
+        col.add(where_of("watch.prefix"), bad_prefix)
 
     if col.problems:
         raise ConfigError(col.problems)

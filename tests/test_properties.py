@@ -122,6 +122,9 @@ def _build(environ, doc, **kwargs):
 @example(environ={}, doc={"rclone": {"transfers": float("inf")}})
 @example(environ={"SYNCBRIDGE_DRAIN_SECONDS": "nan"}, doc={})
 @example(environ={}, doc={"folder": [{"local": "~nobody\0", "prefix": "p"}]})
+@example(environ={"SYNCBRIDGE_WATCH_PREFIX": "a\\b"}, doc={})
+@example(environ={"SYNCBRIDGE_WATCH_PREFIX": "a//b"}, doc={})
+@example(environ={}, doc={"watch": {"prefix": "x/{date:..}"}})
 def test_config_raises_only_config_error(environ, doc):
     try:
         config = _build(environ, doc)
@@ -131,6 +134,11 @@ def test_config_raises_only_config_error(environ, doc):
             assert problem.where and problem.message
         return
     assert isinstance(config, Config)
+    # what the config accepts, the watcher can use: the prefix renders to a safe key prefix
+    from syncbridge.keys import render_prefix
+    import datetime as dt
+
+    render_prefix(config.watch.prefix, pod_id=config.pod_id, now=dt.datetime(2026, 11, 29))
     for number in (config.watch.drain_seconds, config.watch.batch_delay, config.fleet.heartbeat_seconds,
                    config.fleet.lease_seconds):
         assert math.isfinite(number), "a non-finite duration was accepted"
