@@ -176,7 +176,9 @@ def object_key(prefix: str, rel: str) -> str:
     Raises:
         UnsafePathError: the path cannot be a key (empty segment, too long...).
     """
-    return join_key(prefix, "/".join(encode_name(part) for part in safe_text(rel).split("/")))
+    # Bytes that are not UTF-8 are encoded as rclone does ("\u201bFF"), not replaced by U+FFFD:
+    # the same file pushed by rclone (push, bisync) must land on the same key.
+    return join_key(prefix, "/".join(encode_name(part) for part in rel.split("/")))
 
 
 def sibling_key(key: str, token: str) -> str:

@@ -22,6 +22,7 @@ MAX_KEY_BYTES = 1024  # R2 and S3 limit
 
 _QUOTE = "\u201b"  # rclone's encoder quote character
 _FULL_DOTS = ("\uff0e", "\uff0e\uff0e")  # what rclone's Dot encoding turns "." and ".." into
+_INVALID_BYTE_RE = re.compile(r"[89A-F][0-9A-F]")
 _QUOTED_FULL_DOTS = tuple("".join(_QUOTE + ch for ch in dots) for dots in _FULL_DOTS)
 
 
@@ -45,6 +46,10 @@ def encode_name(name: str) -> str:
             out.append(chr(0x2400 + code))
         elif 0x2401 <= code <= 0x241F:
             out.append(_QUOTE + ch)
+        elif 0xDC80 <= code <= 0xDCFF:
+            # a byte that is not UTF-8 (os.fsdecode's surrogate escape): rclone's InvalidUtf8
+            # encoding writes it as the quote and two hex digits, b"\xff" -> "\u201bFF"
+            out.append(f"{_QUOTE}{code - 0xDC00:02X}")
         else:
             out.append(ch)
     return "".join(out)
@@ -62,6 +67,10 @@ def decode_name(name: str) -> str:
         if ch == _QUOTE and 0x2401 <= nxt <= 0x241F:
             out.append(name[i + 1])  # a quoted, literal control picture
             i += 2
+            continue
+        if ch == _QUOTE and _INVALID_BYTE_RE.match(name, i + 1):
+            out.append(chr(0xDC00 + int(name[i + 1:i + 3], 16)))  # back to os.fsdecode's surrogate escape
+            i += 3
             continue
         code = ord(ch)
         if 0x2401 <= code <= 0x241F:

@@ -98,7 +98,7 @@ def test_object_key_keeps_folders_and_encodes_like_rclone() -> None:
     assert object_key("outputs/pod1", "line\nbreak.png") == "outputs/pod1/line\u240abreak.png"
     assert object_key("", "x.png") == "x.png"
     bad = "caf\udce9.png"  # a Latin-1 byte in a file name, as os.fsdecode gives it
-    assert object_key("o", bad) == "o/caf\ufffd.png"
+    assert object_key("o", bad) == "o/caf\u201bE9.png"  # rclone's InvalidUtf8 encoding, as `push` makes it
     assert safe_text("ok") == "ok"
     with pytest.raises(UnsafePathError):
         object_key("o", "x" * 1100)

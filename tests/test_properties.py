@@ -311,6 +311,21 @@ PARITY_NAMES = ["a\x01b", "new\nline.png", "tab\tx", "\x1f", "\x7f", "a\x7fb", "
                 "$(touch PWNED).png", "*?<>|:\"", "\u240a\n"]
 
 
+# file names that are not UTF-8, as os.fsdecode gives them (surrogate escapes)
+PARITY_NAMES += [os.fsdecode(b) for b in (b"bad\xff.png", b"lat\xe9n.png", b"\xfe\xff", b"ctl\x01\xc3.png")]
+
+
+@FAST
+@given(raw=st.binary(min_size=1, max_size=30).filter(lambda b: b"/" not in b and b"\0" not in b))
+def test_any_file_name_bytes_round_trip(raw):
+    """Any name Linux allows (arbitrary bytes) encodes to a UTF-8 key and back to the same bytes."""
+    name = os.fsdecode(raw)
+    assume("\u201b" not in name)  # rclone's own quote character: see `names` above
+    encoded = encode_name(name)
+    encoded.encode("utf-8")  # a valid key: no surrogates left
+    assert os.fsencode(decode_name(encoded)) == raw
+
+
 def test_encode_name_agrees_with_the_real_rclone(tmp_path):
     """Keys our own uploaders make (encode_name) equal the keys rclone makes for the same file name."""
     src, dst = tmp_path / "src", tmp_path / "dst"
