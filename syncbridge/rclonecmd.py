@@ -21,7 +21,8 @@ import attrs
 # Its command functions build a shell string and run it with shell=True: a file
 # named `$(touch PWNED).png` would run a command, so syncbridge never calls them
 # (every rclone process is started by syncbridge.rclone with an argv list).
-from rclone_python.utils import extract_rclone_progress
+# Imported on the first stats line, not here: rclone_python pulls in `rich`
+# (~6 MB resident), which the long-lived watcher never needs.
 
 from .config import Config, RemoteConfig
 
@@ -258,7 +259,14 @@ def parse_log_line(line: str) -> LogRecord | None:
     stats = data.get("stats")
     progress = None
     transferring: tuple[tuple[str, int, int], ...] = ()
-    ok, parsed = extract_rclone_progress(line)
+    ok, parsed = False, None
+    if isinstance(stats, dict):
+        from rclone_python.utils import extract_rclone_progress
+
+        try:
+            ok, parsed = extract_rclone_progress(line)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            ok, parsed = False, None  # a stats object of another shape: keep our own fields
     if ok and parsed:
         transferring = tuple((str(t["name"]), int(t["sent"] or 0), int(t["total"] or 0)) for t in parsed["tasks"])
     if isinstance(stats, dict):
