@@ -360,6 +360,7 @@ class _Puller:
         self._store = store
         self._store_lock = threading.Lock()
         self._coord_lock = threading.Lock()
+        self._rclone = None
         self.parallel = config.models.parallel or manifest.parallel
         streams = max(1, config.rclone.multi_thread_streams)
         self.streams = streams
@@ -367,7 +368,8 @@ class _Puller:
             sources = default_sources(store=self.store, cache_prefix=manifest.cache_prefix,
                                       hf_endpoint=config.models.hf_endpoint, hf_token=config.models.hf_token,
                                       civitai_endpoint=config.models.civitai_endpoint,
-                                      civitai_api_key=config.models.civitai_api_key, streams=streams)
+                                      civitai_api_key=config.models.civitai_api_key, streams=streams,
+                                      copy_large=self.rclone_copy)
         self.sources = list(sources)
         self.cache = next((s for s in self.sources if isinstance(s, CacheSource)), None)
 
@@ -516,6 +518,28 @@ class _Puller:
             return f"offers {remote.size} bytes, the manifest wants {model.size}"
         return ""
 
+    def rclone_copy(self, key: str, temp: Path, cancel: threading.Event | None,
+                    progress: Callable[[int], None]) -> None:
+        """One large cache object to ``temp`` with rclone's multi-thread streams.
+
+        ``--ignore-checksum``: the caller verifies the sha256 of the result anyway, so
+        rclone's own MD5 pass would only cost CPU. ``--inplace``: ``temp`` is already a temp
+        name beside the target, so no second one is left behind by an interruption.
+        """
+        from .rclone import Rclone
+        from .rclonecmd import remote_path
+
+        with self._coord_lock:
+            if self._rclone is None:
+                self._rclone = Rclone(self.config)
+        streams = str(max(1, self.config.rclone.multi_thread_streams))
+        self._rclone.run(["copyto", remote_path(self.config.remote, key), str(temp), "--config", "/dev/null",
+                          "--multi-thread-streams", streams, "--multi-thread-cutoff", "64M", "--inplace",
+                          "--ignore-checksum", "--ignore-times", "--no-check-dest", "--use-json-log", "--stats", "1s",
+                          "--stats-log-level", "INFO", "-v"],
+                         with_common=False, cancel=cancel, on_progress=lambda p: progress(p.bytes),
+                         what=f"copy {key} from the cache")
+
     def prefetch_small(self, items: Sequence[PlanItem]) -> tuple[Path, threading.Thread] | None:
         """Copy the small cache objects of many missing models with one rclone batch, in the background
         (one rclone process: Go-speed concurrency on the other core while Python fetches the big ones).
@@ -541,7 +565,7 @@ class _Puller:
         def run(extra: list[str]) -> None:
             rc.run(["copy", remote_path(self.config.remote, self.cache.cache_prefix), str(staging), *extra,
                     "--no-traverse", "--transfers", transfers, "--checkers", transfers, "--config", "/dev/null",
-                    "--use-json-log", "-v"], with_common=False, cancel=self.cancel,
+                    "--ignore-checksum", "--use-json-log", "-v"], with_common=False, cancel=self.cancel,
                    what=f"copy {len(files)} small models from the cache")
 
         cache = self.cache

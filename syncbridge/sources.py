@@ -209,10 +209,12 @@ class _HashingWriter:
 class CacheSource(Source):
     """``<cache_prefix>/<path>`` in the bucket (R2: no egress fees, no rate limits).
 
-    Large objects are fetched as parallel ranged GETs written with ``pwrite``
-    into one temp file, while the calling thread hashes the parts in order as
-    they land (from the page cache), so verification overlaps the download.
-    ``benchmarks/bench_models.py`` compares this with tuned ``rclone copy`` and
+    Large objects go through ``copy_large`` when given (``syncbridge.models``
+    passes rclone ``copyto`` with multi-thread streams: Go does the transfer on
+    the other core, Python only hashes the result from the page cache); else,
+    or when that fails, as parallel ranged GETs written with ``pwrite`` into one
+    temp file while the calling thread hashes the parts in order as they land.
+    ``benchmarks/bench_models.py`` compares these with tuned ``rclone copy`` and
     ``s5cmd``.
 
     Args:
@@ -226,8 +228,11 @@ class CacheSource(Source):
     upstream = False
 
     def __init__(self, store: Callable[[], Store], cache_prefix: str, *, streams: int = 4,
-                 part_size: int = 32 * 1024 * 1024, big: int = 64 * 1024 * 1024, preallocate: bool = True) -> None:
+                 part_size: int = 32 * 1024 * 1024, big: int = 64 * 1024 * 1024, preallocate: bool = True,
+                 copy_large: Callable[[str, Path, threading.Event | None, Callable[[int], None]], None]
+                 | None = None) -> None:
         self._store = store
+        self.copy_large = copy_large
         self.cache_prefix = cache_prefix
         self.streams = max(1, streams)
         self.part_size = part_size
@@ -358,6 +363,12 @@ class CacheSource(Source):
         store = self._store()
         try:
             if file.size is not None and file.size >= self.big:
+                if self.copy_large is not None:
+                    try:
+                        return self._copied(key, file.size, temp, on_bytes, cancel)
+                    except StoreError as exc:
+                        log.info("rclone copy of %s failed (%s); ranged GETs instead", key, exc,
+                                 extra={"event": "models.copy_fallback", "key": key})
                 return self._ranged(store, key, file.size, temp, on_bytes, cancel)
             # Retried like a ranged part: one connection reset (or a body cut short behind a
             # 200) used to fail the model when the cache was its only source.
@@ -381,6 +392,33 @@ class CacheSource(Source):
             if exc.status == 404:
                 raise NotAvailable(f"cache: {key} disappeared", source=self.name) from exc
             raise SourceError(f"cache: {exc}", source=self.name, retryable=exc.retryable) from exc
+
+    def _copied(self, key: str, size: int, temp: Path, on_bytes: OnBytes, cancel: threading.Event | None) -> Fetched:
+        """A large object through ``copy_large`` (rclone ``copyto`` with multi-thread streams), hashed after."""
+        assert self.copy_large is not None
+        reported = [0]
+
+        def progress(done: int) -> None:
+            if done > reported[0]:
+                on_bytes(done - reported[0])
+                reported[0] = done
+
+        try:
+            self.copy_large(key, temp, cancel, progress)
+        except SyncBridgeError as exc:
+            if isinstance(exc, CancelledError):
+                raise
+            raise StoreError(f"copy {key!r}: {exc}", key=key, code="CopyFailed", retryable=True) from exc
+        fd = os.open(temp, os.O_RDONLY)
+        try:
+            got = os.fstat(fd).st_size
+            digest = hashlib.sha256()
+            if got:
+                _hash_range(digest, fd, 0, got)
+        finally:
+            os.close(fd)
+        on_bytes(got - reported[0])
+        return Fetched(got, digest.hexdigest())
 
     def _ranged(self, store: Store, key: str, size: int, temp: Path, on_bytes: OnBytes,
                 cancel: threading.Event | None) -> Fetched:
@@ -922,14 +960,15 @@ class UrlSource(Source):
 
 
 def default_sources(*, store: Callable[[], Store] | None, cache_prefix: str, hf_endpoint: str, hf_token: str | None,
-                    civitai_endpoint: str, civitai_api_key: str | None, streams: int = 4) -> list[Source]:
+                    civitai_endpoint: str, civitai_api_key: str | None, streams: int = 4,
+                    copy_large: Callable[..., None] | None = None) -> list[Source]:
     """The ladder in its fixed order: cache (when a store is given), Hugging Face, CivitAI, URL.
 
     Nothing here opens a connection or imports an HTTP library: a warm start never asks a source.
     """
     ladder: list[Source] = []
     if store is not None:
-        ladder.append(CacheSource(store, cache_prefix, streams=streams))
+        ladder.append(CacheSource(store, cache_prefix, streams=streams, copy_large=copy_large))
     ladder.append(HfSource(endpoint=hf_endpoint, token=hf_token))
     ladder.append(CivitaiSource(endpoint=civitai_endpoint, api_key=civitai_api_key))
     ladder.append(UrlSource())

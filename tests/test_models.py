@@ -723,3 +723,23 @@ def test_progress_bars_on_a_tty_and_lines_otherwise():
     text = log.getvalue()
     assert "[syncbridge] vae: hf 50%" in text and "vae: hf failed: sha256 mismatch" in text
     assert "\x1b[" not in text
+
+
+def test_large_cache_object_through_rclone_with_progress(env, tmp_path):
+    """The default ladder: objects from 64 MiB on are copied by rclone (multi-thread), then hashed."""
+    config = load_config(env)
+    store = open_store(config.remote, state_dir=config.state_dir)
+    data = os.urandom(1024 * 1024) * 70  # 70 MiB
+    seed(store, "models/checkpoints/xl.safetensors", data)
+    m = manifest(tmp_path / "m.toml", tmp_path / "models", '''
+        [[model]]
+        name = "xl"
+        path = "checkpoints/xl.safetensors"
+        ''')
+    events = []
+    report = pull_models(config, [m], environ=env, on_event=events.append)
+    r = report.results[0]
+    assert (r.status, r.source, r.verified) == ("pulled", "cache", "sha256"), report.table()
+    assert sha((tmp_path / "models/checkpoints/xl.safetensors").read_bytes()) == sha(data)
+    assert sum(e.bytes for e in events if e.kind == "bytes") == len(data)
+    assert sorted(p.name for p in (tmp_path / "models/checkpoints").iterdir()) == ["xl.safetensors"]
