@@ -357,11 +357,9 @@ def bisync(
         log.warning("bisync: left out key %r: not a safe path below %s", f"{key}/{rel}" if key else rel, src,
                     extra={"event": "bisync.unsafe_key", "key": f"{key}/{rel}" if key else rel})
     exclude = [*("/" + _glob_literal(rel) for rel in unsafe), *exclude]
-    if not key:
-        # The whole bucket: leave the fleet's own objects alone (the lease guarding this very
-        # run is rewritten while it runs; heartbeats and leases are no one's files).
-        exclude = (*exclude, f"/{config.fleet.prefix.strip('/')}/**")
-    # syncbridge's own objects (leases, heartbeats) change under a bisync of the prefix holding them.
+    # Leave the fleet's own objects alone when the prefix holds them (the whole bucket, or a parent
+    # of fleet.prefix): the lease guarding this very run is rewritten while it runs, and heartbeats
+    # and leases are no one's files.
     fleet = config.fleet.prefix.strip("/")
     own: list[str] = []
     if fleet and (not key or fleet.startswith(key + "/")):
