@@ -56,7 +56,8 @@ class ModelsProgress:
                 entry = self.active.pop(event.model, None)
                 if entry is not None:
                     self.done_bytes -= entry[1]
-                self._print(f"[syncbridge] {event.model}: {event.source} failed: {event.message}")
+                self._print(f"[syncbridge] {event.model}: {event.source} failed: "
+                            f"{event.message.removeprefix(event.source + ': ')}")
             elif event.kind == "waiting":
                 self._print(f"[syncbridge] {event.model}: waiting, {event.message}")
             elif event.kind == "done":

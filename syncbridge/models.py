@@ -148,7 +148,7 @@ class PullReport:
                 lines.append(f"  {r.name}: {r.message}")
             if r.status in ("failed", "optional_failed"):
                 for source, error in r.attempts:
-                    lines.append(f"  {r.name}: {source}: {error}")
+                    lines.append(f"  {r.name}: {source}: {error.removeprefix(source + ': ')}")
                 if r.message:
                     lines.append(f"  {r.name}: {r.message}")
             if r.write_back.startswith(("failed", "conflict")):
