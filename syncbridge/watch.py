@@ -931,6 +931,11 @@ class OutputWatcher:
         # The ETag marks the object as ours (a later rewrite may replace it); an identical
         # object found in place is ours only if our pod's metadata says it put it there.
         ours = uploaded or info.metadata.get(ORIGIN_META) == self.origin
+        if ours:
+            # We put that object there: a rewrite of this file (even one that arrived while this
+            # upload ran, for an item a scan created untrusted) replaces it rather than going to a
+            # sibling key.
+            item.trust_owner = True
         try:
             journal.mark_done(item.rel, key=key, size=before.st_size, mtime_ns=before.st_mtime_ns,
                               ino=before.st_ino, etag=info.etag if ours else None)

@@ -97,6 +97,22 @@ def landed(store: Store, prefix: str, outputs: dict[str, dict[str, Any]]) -> boo
     return True
 
 
+def wait_landed(store: Store, events: Path, log_path: Path, timeout: float = 20) -> None:
+    """Every output the app wrote is in the bucket at its own key with its final bytes (else: say which, and the log)."""
+    try:
+        wait_for(lambda: landed(store, "outputs", latest_outputs(read_events(events))), timeout,
+                 "every output in the bucket")
+    except AssertionError as exc:
+        missing = []
+        for path, record in latest_outputs(read_events(events)).items():
+            if record["push"]:
+                info = store.head(join_key("outputs", path))
+                if info is None or info.etag != record["md5"]:
+                    missing.append((path, None if info is None else info.etag, record["md5"]))
+        raise AssertionError(f"{exc}; missing or stale (path, bucket etag, local md5): {missing}\n"
+                             f"{log_path.read_text()}") from None
+
+
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15) -> tuple[int, float]:
     started = time.monotonic()
     proc.send_signal(sig)
@@ -406,8 +422,7 @@ def test_bin_start_end_to_end(s3: LocalS3, tmp_path: Path, procs: list[subproces
                  with_bin(env), log_path)
     events = Path(env["SYNCBRIDGE_DEMO_EVENTS"])
     wait_for(lambda: any(r.get("done") for r in read_events(events)), 60, "the stand-in app's outputs")
-    wait_for(lambda: landed(store, "outputs", latest_outputs(read_events(events))), 20,
-             "every output in the bucket")
+    wait_landed(store, events, log_path)
     (tmp_path / "workspace" / "notes" / "during.txt").write_text("written while the app ran")
     code, seconds = stop(proc)
     log = log_path.read_text()
@@ -429,8 +444,7 @@ def test_example_start_sh_end_to_end(rclone_s3: LocalS3, tmp_path: Path, procs: 
     proc = spawn(procs, ["bash", str(START_SH)], with_bin(env), log_path)
     events = Path(env["SYNCBRIDGE_DEMO_EVENTS"])
     wait_for(lambda: any(r.get("done") for r in read_events(events)), 60, "the stand-in app's outputs")
-    wait_for(lambda: landed(store, "outputs", latest_outputs(read_events(events))), 20,
-             "every output in the bucket")
+    wait_landed(store, events, log_path)
     (tmp_path / "workspace" / "notes" / "during.txt").write_text("written while the app ran")
     code, seconds = stop(proc)
     log = log_path.read_text()
