@@ -153,15 +153,19 @@ class DrainResult:
     failed: int  # files failing fatally (recorded in the journal)
     seconds: float
     uploaded_total: int = 0  # files uploaded since start
+    unscanned: bool = False  # a folder scan did not finish: files in it may not be known yet
 
     @property
     def ok(self) -> bool:
-        return self.pending == 0 and self.failed == 0
+        return self.pending == 0 and self.failed == 0 and not self.unscanned
 
     def line(self) -> str:
         head = "watch stopped: everything pushed" if self.ok else "watch stopped: NOT everything pushed"
-        return (f"{head} ({self.pushed} pushed while draining in {self.seconds:.1f}s, {self.uploaded_total} since "
+        text = (f"{head} ({self.pushed} pushed while draining in {self.seconds:.1f}s, {self.uploaded_total} since "
                 f"start; {self.pending} pending and {self.failed} failed recorded in the journal for the next start)")
+        if self.unscanned:
+            text += "; a folder scan did not finish in time: the next start's catch-up scan pushes what it missed"
+        return text
 
 
 @attrs.define(eq=False)
@@ -260,6 +264,7 @@ class OutputWatcher:
         self._draining = False
         self._drain_deadline: float | None = None
         self._stop_event = threading.Event()
+        self._scan_abort = threading.Event()  # set when a drain gives up on folder scans
         self._scan_queue: queue.SimpleQueue[tuple[str, bool] | None] = queue.SimpleQueue()
         self._scans_pending = 0
         self._catch_up_done = False
@@ -440,10 +445,25 @@ class OutputWatcher:
         self._stop_event.set()
         if self._tree is not None:
             self._tree.wake()
-        self._scan_queue.put(None)
-        for thread in self._threads:
-            if thread.name.endswith(("-reader", "-scanner", "-maintainer")):
-                thread.join(timeout=max(0.2, min(1.0, drain / 4)))
+        # The reader first: the new folders among its last events queue scans, and files made
+        # in them before their watch existed have no event of their own. Then the scanner
+        # finishes every scan queued so far (its sentinel goes in after the reader is done).
+        unscanned = False
+        for suffix in ("-reader", "-scanner", "-maintainer"):
+            if suffix == "-scanner":
+                self._scan_queue.put(None)
+            for thread in self._threads:
+                if thread.name.endswith(suffix):
+                    budget = max(0.2, min(1.0, drain / 4)) if suffix != "-scanner" else \
+                        max(0.2, min(drain / 2, t0 + drain - time.monotonic()))
+                    thread.join(timeout=budget)
+                    if suffix == "-scanner" and thread.is_alive():
+                        unscanned = True
+                        self._scan_abort.set()
+                        log.warning("a folder scan did not finish before the drain deadline",
+                                    extra={"event": "watch.scan_unfinished"})
+        if not self._catch_up_done:
+            unscanned = True  # stopped before the start-up scan went through the whole folder
         with self._cond:
             self._accepting = False
         # 2. Drain: everything waiting becomes due now; the dispatcher runs until empty or the deadline.
@@ -474,7 +494,7 @@ class OutputWatcher:
                 journal.mark_pending([(rel, item.seen_wall) for rel, item in left.items()])
                 self._flush_journal()
         result = DrainResult(self._counters["uploaded"] - uploaded_before, len(left), failed,
-                             time.monotonic() - t0, self._counters["uploaded"])
+                             time.monotonic() - t0, self._counters["uploaded"], unscanned)
         self._write_status(final=True)
         if self._heartbeat is not None:
             # Before the store closes, and within what is left of the drain budget (a spot pod's 5 s).
@@ -661,22 +681,25 @@ class OutputWatcher:
     def _scanner_loop(self) -> None:
         while True:
             request = self._scan_queue.get()
-            if request is None or self._stop_event.is_set():
+            if request is None:
                 with self._cond:
                     self._scans_pending = 0
                     self._cond.notify_all()
                 return
             rel_dir, full = request
             try:
-                self._scan(rel_dir, full=full)
+                # Stopping: a new folder's scan still runs (its early files have no event), a full
+                # rescan does not (a safety net; the next start's catch-up scan does one).
+                if not (full and self._stop_event.is_set()):
+                    self._scan(rel_dir, full=full)
             except Exception:  # noqa: BLE001
                 log.exception("scanning %s failed", self.directory / rel_dir, extra={"event": "watch.scan_failed"})
             finally:
                 first_catch_up = full and rel_dir == "" and not self._catch_up_done
                 with self._cond:
                     self._scans_pending -= 1
-                    if full and rel_dir == "":
-                        self._catch_up_done = True
+                    if full and rel_dir == "" and not self._stop_event.is_set():
+                        self._catch_up_done = True  # not when a stop cut it short or skipped it
                     self._cond.notify_all()
                 if first_catch_up:
                     _trim_heap()  # what building the S3 client and the scan allocated and freed
@@ -689,7 +712,7 @@ class OutputWatcher:
         seen: set[str] = set()
         count = 0
         for rel, st in scan_tree(self.directory, rel_dir, dir_selected=self._dir_selected,
-                                 file_selected=self._filter, stop=self._stop_event):
+                                 file_selected=self._filter, stop=self._stop_event if full else self._scan_abort):
             seen.add(rel)
             row = rows.get(rel) if rows is not None else journal.get(rel)
             if _matches(row, st):

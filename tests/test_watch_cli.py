@@ -95,7 +95,10 @@ def test_sigterm_drains_or_journals_never_loses(rclone_s3, tmp_path: Path) -> No
     summary = read_summary(journal_path(state))
     if proc.returncode == 0:
         assert "everything pushed" in stderr
-        assert all(got.get(f"outputs/{rel}") == data for rel, data in files.items())
+        missing = sorted(rel for rel, data in files.items() if got.get(f"outputs/{rel}") != data)
+        extra = sorted(set(got) - {f"outputs/{rel}" for rel in files})
+        assert not missing, f"exit 0 but {len(missing)} not in the bucket: {missing[:5]}; other keys: {extra[:5]}" \
+                            f"\n{stderr[-3000:]}"
     else:  # a loaded machine may not finish in 4 s: what is missing must be in the journal
         assert proc.returncode == 1 and "NOT everything pushed" in stderr
         missing = [rel for rel, data in files.items() if got.get(f"outputs/{rel}") != data]
