@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 
 import attrs
 
+from .fmt import human_bytes as _human
 from .config import Config
 from .errors import RcloneError, SyncBridgeError, UnsafePathError
 from .fleet import bisync_lease
@@ -112,14 +113,6 @@ def _make_folder(op: str, path: Path) -> None:
         raise SyncBridgeError(f"{op}: {path} exists and is not a folder") from exc
     except OSError as exc:
         raise SyncBridgeError(f"{op}: cannot create the folder {path}: {exc.strerror or exc}") from exc
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"  # pragma: no cover
 
 
 class BisyncError(SyncBridgeError):

@@ -8,19 +8,12 @@ import threading
 import time
 from typing import TextIO
 
+from .fmt import human_bytes as _human
 from .models import ModelEvent, PullReport, list_models, pull_models, push_cache
 from .system import free_bytes
 
 _TTY_REDRAW = 0.2
 _LOG_EVERY = 5.0
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"  # pragma: no cover
 
 
 class ModelsProgress:

@@ -7,8 +7,6 @@ import datetime as dt
 import email.utils
 import json
 import os
-import socket
-import time
 import uuid
 from typing import Iterator, Mapping
 from urllib.parse import urlsplit
@@ -20,7 +18,7 @@ from .errors import ConfigError, RcloneError, RcloneNotFoundError, StoreError, S
 from .fsutil import private_state_dir
 from .rclone import Rclone
 from .rclonecmd import remote_path
-from .store import S3Store, Store, open_store
+from .store import S3Store, Store, check_endpoint, open_store
 
 __all__ = ["Check", "run_doctor"]
 
@@ -56,27 +54,18 @@ _FIXES = {
 
 def _tcp_check(endpoint: str, timeout: float = 3.0) -> Check:
     parts = urlsplit(endpoint)
-    host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host_port = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        return Check("endpoint", False, f"cannot resolve {host}: {exc.strerror}",
-                     "check R2_ENDPOINT's host name and this machine's DNS")
-    last: OSError | None = None
-    for family, kind, proto, _, addr in infos:
-        with contextlib.closing(socket.socket(family, kind, proto)) as sock:
-            sock.settimeout(timeout)
-            try:
-                started = time.monotonic()
-                sock.connect(addr)
-                ms = (time.monotonic() - started) * 1000
-                return Check("endpoint", True, f"{host}:{port} reachable ({ms:.0f} ms)")
-            except OSError as exc:
-                last = exc
-    reason = "connection refused" if isinstance(last, ConnectionRefusedError) else str(last)
-    return Check("endpoint", False, f"{host}:{port}: {reason}",
-                 "check R2_ENDPOINT (scheme, host, port) and that the server is running and reachable from here")
+        seconds = check_endpoint(endpoint, timeout=timeout)
+    except StoreError as exc:
+        if exc.code == "NameResolution":
+            cause = getattr(exc.__cause__, "strerror", None) or exc.__cause__
+            return Check("endpoint", False, f"cannot resolve {parts.hostname}: {cause}",
+                         "check R2_ENDPOINT's host name and this machine's DNS")
+        reason = "connection refused" if exc.code == "ConnectionRefused" else str(exc.__cause__ or exc)
+        return Check("endpoint", False, f"{host_port}: {reason}",
+                     "check R2_ENDPOINT (scheme, host, port) and that the server is running and reachable from here")
+    return Check("endpoint", True, f"{host_port} reachable ({seconds * 1000:.0f} ms)")
 
 
 def _store_fix(exc: StoreError) -> str:

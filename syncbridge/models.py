@@ -43,6 +43,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import attrs
 
+from .fmt import human_bytes as _human
 from .config import Config
 from .errors import PreconditionFailedError, StoreError, SyncBridgeError
 from .fsutil import atomic_write_bytes, fsync_dir, private_state_dir
@@ -275,14 +276,6 @@ class HashCache:
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"  # pragma: no cover
 
 
 def _inside(base: Path, target: Path) -> bool:

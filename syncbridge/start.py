@@ -53,6 +53,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import attrs
 
+from .fmt import human_bytes as _human
 from .bulk import TransferSummary, bisync, pull, push
 from .config import Config, Folder
 from .errors import SyncBridgeError
@@ -113,14 +114,6 @@ def signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return f"signal {signum}"
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"  # pragma: no cover
 
 
 @attrs.frozen

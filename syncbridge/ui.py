@@ -7,20 +7,13 @@ import sys
 import time
 from typing import Iterable, TextIO
 
+from .fmt import human_bytes
 from .rclonecmd import Progress
 from .redact import redact
 
 __all__ = ["setup_logging", "ProgressPrinter", "human_bytes"]
 
 _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "event"}
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"  # pragma: no cover
 
 
 class _Formatter(logging.Formatter):

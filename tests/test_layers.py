@@ -18,6 +18,7 @@ LAYERS = {
     "__init__": PURE,
     "errors": PURE,
     "redact": PURE,
+    "fmt": PURE,
     "config": PURE,
     "keys": PURE,
     "rclonecmd": PURE,
