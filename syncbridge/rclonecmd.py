@@ -18,7 +18,7 @@ from typing import Iterable, Mapping, Sequence
 import attrs
 
 # rclone-python is used only for its pure parser of --use-json-log stats lines.
-# Its command functions build a shell string and run it with shell=True: a file
+# Its command functions build a shell string and run it through a shell: a file
 # named `$(touch PWNED).png` would run a command, so syncbridge never calls them
 # (every rclone process is started by syncbridge.rclone with an argv list).
 # Imported on the first stats line, not here: rclone_python pulls in `rich`

@@ -840,7 +840,19 @@ class _Http:
         return self.request("HEAD", url, headers={"Accept-Encoding": "identity"}, source=source)
 
 
-class CivitaiSource(Source):
+class _HttpSource(Source):
+    """A source that speaks plain HTTP through one shared, lazily made connection pool."""
+
+    _http: _Http | None = None
+
+    @property
+    def http(self) -> _Http:
+        if self._http is None:
+            self._http = _Http()
+        return self._http
+
+
+class CivitaiSource(_HttpSource):
     """A CivitAI model version: ``GET {endpoint}/api/v1/model-versions/{id}`` lists the files with their
     SHA256; the download URL answers with a redirect to presigned storage on another host."""
 
@@ -850,12 +862,6 @@ class CivitaiSource(Source):
         self.endpoint = endpoint.rstrip("/")
         self._auth = ((origin_of(self.endpoint), {"Authorization": f"Bearer {api_key}"}) if api_key else None)
         self._http = http
-
-    @property
-    def http(self) -> _Http:
-        if self._http is None:
-            self._http = _Http()
-        return self._http
 
     def applies(self, model: ModelSpec) -> bool:
         return model.civitai is not None
@@ -915,19 +921,13 @@ class CivitaiSource(Source):
                                   on_bytes=on_bytes, cancel=cancel)
 
 
-class UrlSource(Source):
+class UrlSource(_HttpSource):
     """A plain http(s) URL: no credentials, resumed with ``Range`` where the server supports it."""
 
     name = "url"
 
     def __init__(self, *, http: _Http | None = None) -> None:
         self._http = http
-
-    @property
-    def http(self) -> _Http:
-        if self._http is None:
-            self._http = _Http()
-        return self._http
 
     def applies(self, model: ModelSpec) -> bool:
         return model.url is not None
