@@ -336,14 +336,22 @@ def parse_manifest(text: str, *, path: str | Path = "<manifest>") -> _Parsed:
     return _Parsed(file, settings, tuple(models))
 
 
-def _hf(value: Any, at, problems: list[Problem]) -> HfSpec | None:
+def _inline_table(value: Any, name: str, keys: Sequence[str], example: str, at,
+                  problems: list[Problem]) -> bool:
+    """Whether ``value`` is a table (``name = { ... }``); each unknown key is a problem with a "did you mean"."""
     if not isinstance(value, dict):
-        problems.append(Problem(at("hf"), "must be a table: hf = { repo = \"owner/name\", file = \"...\" }"))
-        return None
-    count = len(problems)
+        problems.append(Problem(at(name), f"must be a table: {name} = {example}"))
+        return False
     for key in value:
-        if key not in HF_KEYS:
-            problems.append(Problem(at("hf"), f"unknown key hf.{key}" + _suggest(key, HF_KEYS)))
+        if key not in keys:
+            problems.append(Problem(at(name), f"unknown key {name}.{key}" + _suggest(key, keys)))
+    return True
+
+
+def _hf(value: Any, at, problems: list[Problem]) -> HfSpec | None:
+    count = len(problems)
+    if not _inline_table(value, "hf", HF_KEYS, '{ repo = "owner/name", file = "..." }', at, problems):
+        return None
     repo = value.get("repo")
     if not isinstance(repo, str) or not _REPO_RE.match(repo):
         problems.append(Problem(at("hf"), f"hf.repo must be \"owner/name\", got {repo!r}"))
@@ -379,13 +387,9 @@ def _hf(value: Any, at, problems: list[Problem]) -> HfSpec | None:
 
 
 def _civitai(value: Any, at, problems: list[Problem]) -> CivitaiSpec | None:
-    if not isinstance(value, dict):
-        problems.append(Problem(at("civitai"), "must be a table: civitai = { version_id = 12345 }"))
-        return None
     count = len(problems)
-    for key in value:
-        if key not in CIVITAI_KEYS:
-            problems.append(Problem(at("civitai"), f"unknown key civitai.{key}" + _suggest(key, CIVITAI_KEYS)))
+    if not _inline_table(value, "civitai", CIVITAI_KEYS, "{ version_id = 12345 }", at, problems):
+        return None
     version = value.get("version_id")
     if isinstance(version, bool) or not isinstance(version, int) or version <= 0:
         problems.append(Problem(at("civitai"), f"civitai.version_id must be a positive whole number, got {version!r}"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -112,6 +113,18 @@ def run_cli(args: list[str], env: dict[str, str], *, timeout: float = 120, cwd: 
     if check and proc.returncode != 0:
         raise AssertionError(f"syncbridge {args} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def wait_for(predicate, timeout: float = 20.0, what: str = "condition", *, interval: float = 0.02):
+    """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` passes (AssertionError)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
 
 
 def assert_no_secret(*texts: str) -> None:

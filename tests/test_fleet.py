@@ -22,7 +22,7 @@ from syncbridge.fleet import (CacheEntryError, CacheFill, Heartbeat, ModelFillCo
 from syncbridge.lease import Lease, Leases, lease_key
 from syncbridge.store import open_store
 
-from .conftest import assert_no_secret, new_bucket, run_cli, server_env
+from .conftest import assert_no_secret, new_bucket, run_cli, server_env, wait_for as _wait
 from .fleet_pod import Upstream
 
 HERE = Path(__file__).resolve().parent
@@ -68,14 +68,6 @@ def _pod_config(env: dict[str, str], tmp_path: Path, pod: str, **extra: str):
     return load_config({**env, "SYNCBRIDGE_POD_ID": pod, "SYNCBRIDGE_STATE_DIR": str(tmp_path / f"state-{pod}"),
                         **extra})
 
-
-def _wait(cond, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_heartbeats_and_fleet_status(moto_env, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from syncbridge.rclonecmd import (EXIT_CODES, Progress, bisync_argv, classify_ex
                                   parse_log_line, remote_env, remote_path)
 from syncbridge.ui import ProgressPrinter
 
-from .conftest import ACCESS_KEY, SECRET_KEY, new_bucket, server_env
+from .conftest import ACCESS_KEY, SECRET_KEY, new_bucket, server_env, wait_for as _wait_for
 
 REAL = find_rclone()
 
@@ -44,15 +44,6 @@ def _procs_with(marker: bytes) -> list[int]:
                 pass
     return found
 
-
-def _wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # -- discovery and version -----------------------------------------------------------------

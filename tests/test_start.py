@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -29,7 +29,7 @@ from syncbridge.localserver import LocalS3
 from syncbridge.start import StartOptions, exit_status, models_line
 from syncbridge.store import Store, open_store
 
-from .conftest import assert_no_secret, new_bucket, run_cli, server_env
+from .conftest import assert_no_secret, new_bucket, run_cli, server_env, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / "bin"
@@ -39,15 +39,6 @@ MODEL_PATH = "checkpoints/e2e.safetensors"
 
 # -- helpers ---------------------------------------------------------------------------------
 
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def with_bin(env: dict[str, str]) -> dict[str, str]:

@@ -22,7 +22,7 @@ from syncbridge.localserver import free_port, serve_rclone_s3
 from syncbridge.store import Store, open_store
 from syncbridge.watch import OutputWatcher, journal_path, read_status
 
-from .conftest import ACCESS_KEY, SECRET_KEY, new_bucket, server_env
+from .conftest import ACCESS_KEY, SECRET_KEY, new_bucket, server_env, wait_for as _wait_for
 
 
 @pytest.fixture(params=["local", "rclone", "moto"])
@@ -62,13 +62,6 @@ def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
 
-
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 EXTENSIONS = ("png", "jpg", "jpeg", "webp", "gif", "avif", "mp4", "webm", "mov", "mkv", "wav", "mp3", "flac", "ogg",
