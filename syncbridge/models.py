@@ -48,7 +48,7 @@ from .config import Config
 from .errors import PreconditionFailedError, StoreError, SyncBridgeError
 from .fsutil import atomic_write_bytes, fsync_dir, private_state_dir
 from .manifest import SNAPSHOT_INDEX, CivitaiSpec, HfSpec, Manifest, ModelSpec, load_manifests, select_models
-from .sources import (CacheSource, Fetched, NotAvailable, Offer, RemoteFile, Source, SourceError,
+from .sources import (RESUME_SUFFIX, CacheSource, Fetched, NotAvailable, Offer, RemoteFile, Source, SourceError,
                       default_sources, sha256_file)
 from .store import Store, open_store
 from .system import detect_gpu_tier, free_bytes
@@ -278,24 +278,55 @@ class HashCache:
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def _inside(base: Path, target: Path) -> bool:
-    """Whether ``target`` (following symlinks of its existing part) stays inside ``base``."""
-    real_base = os.path.realpath(base)
-    return os.path.realpath(target).startswith(real_base.rstrip(os.sep) + os.sep)
+def _inside(base: Path, target: Path, resolved: dict[Path, str] | None = None) -> bool:
+    """Whether ``target`` (following symlinks of its existing part) stays inside ``base``.
+
+    ``resolved`` caches the real paths of folders for one pull (a realpath is a syscall per path
+    component: for 500 models in one folder it cost more CPU than fetching them).
+    """
+    if resolved is None:
+        resolved = {}
+
+    def real(folder: Path) -> str:
+        found = resolved.get(folder)
+        if found is None:
+            found = resolved[folder] = os.path.realpath(folder)
+        return found
+
+    if os.path.islink(target):
+        full = os.path.realpath(target)
+    else:
+        full = os.path.join(real(target.parent), target.name)
+    return full.startswith(real(base).rstrip(os.sep) + os.sep)
 
 
 def _part_path(target: Path, source: str) -> Path:
     return target.with_name(f".{target.name}.{source}{PART_SUFFIX}")
 
 
-def _clean_parts(target: Path, model: ModelSpec) -> None:
-    """Remove temp files and staging folders an earlier run left for this target (known names only:
-    a stat each is much cheaper than listing a folder of thousands of models)."""
+def _clean_parts(target: Path, model: ModelSpec, hidden: dict[Path, frozenset[str]] | None = None) -> None:
+    """Remove temp files and staging folders an earlier run left for this target (known names only).
+
+    ``hidden`` caches, per folder and per pull, the dot-names in it (one listing instead of a failed
+    unlink per possible leftover of each model: a folder of 500 models cost 2,500 syscalls).
+    """
     if model.is_snapshot:
         names = [f".{target.name}{SNAPSHOT_STAGING}", f".{target.name}.sbold"]
     else:
         names = [f".{target.name}.{s}{PART_SUFFIX}" for s in ("cache", "hf", "civitai", "url")]
-        names.append(f".{target.name}.hf{PART_SUFFIX}.d")
+        names += [f".{target.name}.hf{PART_SUFFIX}.d", f".{target.name}.cache{PART_SUFFIX}{RESUME_SUFFIX}"]
+    if hidden is not None:
+        there = hidden.get(target.parent)
+        if there is None:
+            try:
+                with os.scandir(target.parent) as entries:
+                    there = frozenset(e.name for e in entries if e.name.startswith("."))
+            except OSError:
+                there = None
+            if there is not None:
+                hidden[target.parent] = there
+        if there is not None:
+            names = [n for n in names if n in there]
     for name in names:
         leftover = target.with_name(name)
         try:
@@ -353,7 +384,10 @@ class _Puller:
         self._store = store
         self._store_lock = threading.Lock()
         self._coord_lock = threading.Lock()
-        self._rclone = None
+        # Per-pull caches of the file system: real paths of folders, dot-names per folder, folders made.
+        self._resolved: dict[Path, str] = {}
+        self._hidden: dict[Path, frozenset[str]] = {}
+        self._made: set[Path] = set()
         self.parallel = config.models.parallel or manifest.parallel
         streams = max(1, config.rclone.multi_thread_streams)
         self.streams = streams
@@ -361,8 +395,7 @@ class _Puller:
             sources = default_sources(store=self.store, cache_prefix=manifest.cache_prefix,
                                       hf_endpoint=config.models.hf_endpoint, hf_token=config.models.hf_token,
                                       civitai_endpoint=config.models.civitai_endpoint,
-                                      civitai_api_key=config.models.civitai_api_key, streams=streams,
-                                      copy_large=self.rclone_copy)
+                                      civitai_api_key=config.models.civitai_api_key, streams=streams)
         self.sources = list(sources)
         self.cache = next((s for s in self.sources if isinstance(s, CacheSource)), None)
 
@@ -511,41 +544,20 @@ class _Puller:
             return f"offers {remote.size} bytes, the manifest wants {model.size}"
         return ""
 
-    def rclone_copy(self, key: str, temp: Path, cancel: threading.Event | None,
-                    progress: Callable[[int], None]) -> None:
-        """One large cache object to ``temp`` with rclone's multi-thread streams.
-
-        ``--ignore-checksum``: the caller verifies the sha256 of the result anyway, so
-        rclone's own MD5 pass would only cost CPU. ``--inplace``: ``temp`` is already a temp
-        name beside the target, so no second one is left behind by an interruption.
-        """
-        from .rclone import Rclone
-        from .rclonecmd import remote_path
-
-        with self._coord_lock:
-            if self._rclone is None:
-                self._rclone = Rclone(self.config)
-        streams = str(max(1, self.config.rclone.multi_thread_streams))
-        self._rclone.run(["copyto", remote_path(self.config.remote, key), str(temp), "--config", "/dev/null",
-                          "--multi-thread-streams", streams, "--multi-thread-cutoff", "64M", "--inplace",
-                          "--ignore-checksum", "--ignore-times", "--no-check-dest", "--use-json-log", "--stats", "1s",
-                          "--stats-log-level", "INFO", "-v"],
-                         with_common=False, cancel=cancel, on_progress=lambda p: progress(p.bytes),
-                         what=f"copy {key} from the cache")
-
-    def prefetch_small(self, items: Sequence[PlanItem]) -> tuple[Path, threading.Thread] | None:
+    def prefetch_small(self, items: Sequence[PlanItem]) -> tuple[Path, threading.Thread, frozenset[str]] | None:
         """Copy the small cache objects of many missing models with one rclone batch, in the background
         (one rclone process: Go-speed concurrency on the other core while Python fetches the big ones).
 
-        Returns the staging folder (removed by the caller when the pull ends) and the thread running
-        the batch, or None when there are too few such models to be worth a batch. Models in the batch
-        wait for it in :meth:`CacheSource.fetch`.
+        Returns the staging folder (removed by the caller when the pull ends), the thread running
+        the batch and the names of the models in it, or None when there are too few such models to be
+        worth a batch. Models in the batch wait for their file in :meth:`CacheSource.fetch`.
         """
         if self.cache is None:
             return None
-        files = [item.chosen.files[0] for item in items
-                 if item.chosen is not None and item.chosen.source == "cache" and not item.model.is_snapshot
-                 and (item.chosen.files[0].size or 0) < BATCH_MAX_SIZE]
+        chosen = [item for item in items
+                  if item.chosen is not None and item.chosen.source == "cache" and not item.model.is_snapshot
+                  and (item.chosen.files[0].size or 0) < BATCH_MAX_SIZE]
+        files = [item.chosen.files[0] for item in chosen]  # type: ignore[union-attr]
         if len(files) < BULK_MIN:
             return None
         from .rclone import Rclone
@@ -555,11 +567,16 @@ class _Puller:
         rc = Rclone(self.config)
         transfers = str(max(16, self.config.rclone.transfers))
 
-        def run(extra: list[str]) -> None:
+        def run(extra: list[str], copied: Callable[[str], None]) -> None:
+            def on_record(record) -> None:
+                if record.object and record.msg.startswith("Copied"):
+                    copied(record.object)
+
+            # --files-from lists each folder once, instead of a HEAD per file (--no-traverse).
             rc.run(["copy", remote_path(self.config.remote, self.cache.cache_prefix), str(staging), *extra,
-                    "--no-traverse", "--transfers", transfers, "--checkers", transfers, "--config", "/dev/null",
+                    "--transfers", transfers, "--checkers", transfers, "--config", "/dev/null",
                     "--ignore-checksum", "--use-json-log", "-v"], with_common=False, cancel=self.cancel,
-                   what=f"copy {len(files)} small models from the cache")
+                   on_record=on_record, what=f"copy {len(files)} small models from the cache")
 
         cache = self.cache
         ready = threading.Event()
@@ -576,7 +593,7 @@ class _Puller:
         thread = threading.Thread(target=batch, name="models-batch", daemon=True)
         thread.start()
         ready.wait()
-        return staging, thread
+        return staging, thread, frozenset(item.model.name for item in chosen)
 
     # -- pulling one model ----------------------------------------------------------------------
     def pull(self, item: PlanItem) -> ModelResult:
@@ -629,7 +646,8 @@ class _Puller:
                 self.emit("done", model, message=status)
                 return ModelResult(model.name, model.path, "", 0, time.monotonic() - started, "", status,
                                    tuple(attempts), message)
-            _clean_parts(target, model)
+            # A source that failed in this run may have left a part the folder listing predates.
+            _clean_parts(target, model, None if attempts else self._hidden)
             return result
 
     def _attempt(self, source: Source, item: PlanItem, offers: dict[str, Offer | SourceError],
@@ -677,9 +695,11 @@ class _Puller:
         return "sha256" if sha256 else ("size" if size is not None else "")
 
     def _fetch_file(self, source: Source, model: ModelSpec, target: Path, remote: RemoteFile) -> tuple[str, str]:
-        if not _inside(self.models_dir, target):
+        if not _inside(self.models_dir, target, self._resolved):
             raise SourceError(f"{target} resolves outside {self.models_dir} (a symlink?)", source=source.name)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.parent not in self._made:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(target.parent)
         temp = _part_path(target, source.name)
         if not source.resumable():
             temp.unlink(missing_ok=True)
@@ -702,7 +722,7 @@ class _Puller:
         return fetched.sha256, verified
 
     def _fetch_snapshot(self, source: Source, model: ModelSpec, target: Path, offer: Offer) -> str:
-        if not _inside(self.models_dir, target):
+        if not _inside(self.models_dir, target, self._resolved):
             raise SourceError(f"{target} resolves outside {self.models_dir} (a symlink?)", source=source.name)
         staging = target.with_name(f".{target.name}{SNAPSHOT_STAGING}")
         staging.mkdir(parents=True, exist_ok=True)
@@ -942,7 +962,7 @@ def pull_models(
     for model in selection.enabled:
         target = manifest.models_dir / model.path
         state, sha, level = puller.local_state(model, target)
-        if state != "present" and not _inside(manifest.models_dir, target):
+        if state != "present" and not _inside(manifest.models_dir, target, puller._resolved):
             results[model.name] = ModelResult(model.name, model.path, "", 0, 0.0, "", "failed",
                                               message=f"{target} resolves outside {manifest.models_dir}")
             continue
@@ -987,15 +1007,25 @@ def pull_models(
             if to_fetch:
                 _check_space(manifest.models_dir, to_fetch)
                 batch = puller.prefetch_small(to_fetch)
+                batched = [item for item in to_fetch if batch is not None and item.model.name in batch[2]]
+                rest = [item for item in to_fetch if batch is None or item.model.name not in batch[2]]
                 # Largest first: the long downloads start at once, the small ones fill in around them.
-                to_fetch.sort(key=lambda item: -(item.chosen.size if item.chosen is not None else 0))
+                rest.sort(key=lambda item: -(item.chosen.size if item.chosen is not None else 0))
                 try:
-                    with ThreadPoolExecutor(max_workers=puller.parallel, thread_name_prefix="models-pull") as pool:
+                    # Models in the batch get their own lane: each is put in place as the batch delivers
+                    # it, instead of waiting for a slot behind the large downloads.
+                    with ThreadPoolExecutor(max_workers=puller.parallel, thread_name_prefix="models-pull") as pool, \
+                            ThreadPoolExecutor(max_workers=2, thread_name_prefix="models-batch") as lane:
+                        futures = [pool.submit(puller.pull, item) for item in rest]
+                        futures += [lane.submit(puller.pull, item) for item in batched]
                         try:
-                            for result in pool.map(puller.pull, to_fetch):
+                            for future in futures:
+                                result = future.result()
                                 results[result.name] = result
                         except BaseException:
                             puller.cancel.set()  # do not wait for every download to finish
+                            for future in futures:
+                                future.cancel()
                             raise
                 finally:
                     if batch is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -79,7 +80,7 @@ class Scene:
     def leftovers(self) -> list[str]:
         """Anything in the models folder that is not a final, complete model file."""
         return sorted(p.relative_to(self.models_dir).as_posix() for p in self.models_dir.rglob("*")
-                      if p.is_file() and (p.name.endswith((".sbpart", ".sbtmp", ".partial", ".incomplete"))))
+                      if p.is_file() and (p.name.endswith((".sbpart", ".sbtmp", ".partial", ".incomplete", ".resume"))))
 
 
 @pytest.fixture
@@ -238,3 +239,80 @@ def test_kill_9_mid_download_then_rerun(scene, tmp_path):
     assert again.returncode == 0, again.stdout + again.stderr
     assert sha_file(target) == digest
     assert not scene.leftovers()
+
+
+def test_killed_large_cache_download_resumes_where_it_stopped(scene, tmp_path, caplog):
+    """kill -9 while the later parts of a large cache object stall: the next run keeps the complete prefix
+    (re-hashed from disk, not fetched again) and fetches only the rest; the model verifies."""
+    import signal
+    import sys
+    import time
+
+    part = 32 * 1024 * 1024
+    rel = "checkpoints/resume.safetensors"
+    src = _big_file(tmp_path / "blob", max(MODEL_MB, 160))
+    digest = scene.seed_file(rel, src)
+    scene.write_manifest([{"name": "r", "path": rel, "sha256": digest}])
+    # the first four ranged GETs (4 x 32 MiB) pass; every later one stalls
+    scene.proxy.add(Rule("stall", method="GET", path=r"/resume\.safetensors$", phase="response", skip=4,
+                         after_bytes=1024, seconds=60))
+    proc = subprocess.Popen([sys.executable, "-m", "syncbridge", "models", "pull", str(scene.manifest)],
+                            env=scene.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    sidecar = scene.models_dir / "checkpoints" / ".resume.safetensors.cache.sbpart.resume"
+    try:
+        def progress() -> int:
+            try:
+                return json.loads(sidecar.read_text())["complete"]
+            except (OSError, ValueError, KeyError):
+                return 0
+
+        assert scene.proxy.wait_for(lambda: progress() >= 4 * part, 120), "the first parts never completed"
+        time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    kept = json.loads(sidecar.read_text())["complete"]
+    assert kept >= 4 * part
+    target = scene.models_dir / rel
+    assert not target.exists()
+    scene.proxy.clear()
+    before = len(scene.proxy.seen(method="GET"))
+    caplog.set_level(logging.INFO, logger="syncbridge.sources")
+    report = scene.pull()
+    (result,) = report.results
+    assert (result.status, result.source, result.verified) == ("pulled", "cache", "sha256"), report.table()
+    assert f"at {kept} of {src.stat().st_size} bytes" in caplog.text
+    gets = len(scene.proxy.seen(method="GET")) - before
+    total_parts = -(-src.stat().st_size // part)
+    assert gets <= total_parts - kept // part, f"{gets} GETs: the kept prefix was fetched again"
+    assert sha_file(target) == digest
+    assert not sidecar.exists() and not scene.leftovers()
+
+
+def test_cache_object_replaced_after_an_interruption_starts_over(scene, tmp_path, caplog):
+    """A sidecar left by an interrupted download whose object has since changed (another ETag): the kept
+    bytes are dropped, the new object is fetched whole and verified."""
+    rel = "checkpoints/swap.safetensors"
+    old = _big_file(tmp_path / "old", 70)
+    scene.seed_file(rel, old)
+    scene.write_manifest([{"name": "s", "path": rel}])
+    # interrupted run: half the object on disk and its sidecar, as a killed pull leaves them
+    temp = scene.models_dir / "checkpoints" / ".swap.safetensors.cache.sbpart"
+    temp.parent.mkdir(parents=True)
+    with open(old, "rb") as fh:
+        temp.write_bytes(fh.read(35 * 1024 * 1024))
+    etag = scene.direct.head(f"{CACHE}/{rel}").etag
+    Path(str(temp) + ".resume").write_text(json.dumps({"key": f"{CACHE}/{rel}", "size": old.stat().st_size,
+                                                       "etag": etag, "complete": 32 * 1024 * 1024}))
+    new = tmp_path / "new"
+    new.write_bytes(os.urandom(old.stat().st_size))
+    digest = scene.seed_file(rel, new)
+    scene.write_manifest([{"name": "s", "path": rel, "sha256": digest}])
+    caplog.set_level(logging.INFO, logger="syncbridge.sources")
+    report = scene.pull()
+    (result,) = report.results
+    assert (result.status, result.verified) == ("pulled", "sha256"), report.table()
+    assert "changed during the download; starting over" in caplog.text
+    assert sha_file(scene.models_dir / rel) == digest
+    assert not scene.leftovers() and not Path(str(temp) + ".resume").exists()

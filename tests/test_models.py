@@ -725,8 +725,8 @@ def test_progress_bars_on_a_tty_and_lines_otherwise():
     assert "\x1b[" not in text
 
 
-def test_large_cache_object_through_rclone_with_progress(env, tmp_path):
-    """The default ladder: objects from 64 MiB on are copied by rclone (multi-thread), then hashed."""
+def test_large_cache_object_by_ranged_gets_with_progress(env, tmp_path):
+    """The default ladder: objects from 64 MiB on come as parallel ranged GETs, hashed in order as they land."""
     config = load_config(env)
     store = open_store(config.remote, state_dir=config.state_dir)
     data = os.urandom(1024 * 1024) * 70  # 70 MiB
