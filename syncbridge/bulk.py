@@ -236,7 +236,8 @@ def pull(
     # matching rule wins). Not --files-from-raw: its one-name-per-line format cannot hold a
     # name with a newline, which would then be dropped from an otherwise normal pull.
     result = rc.run(copy_argv(remote_path(config.remote, key), str(dest), include=include,
-                              exclude=[*("/" + _glob_literal(rel) for rel in unsafe), *exclude],
+                              exclude=[*_fleet_excludes(config, key),
+                                       *("/" + _glob_literal(rel) for rel in unsafe), *exclude],
                               dry_run=dry_run, extra=extra),
                     on_progress=on_progress, cancel=cancel, what=f"pull {key or '/'} -> {dest}")
     return _summary("pull", key, str(dest), started, result.progress, result.transferred, dry_run=dry_run,
@@ -250,6 +251,15 @@ def _unsafe_listing(rel: str) -> bool:
     except UnsafePathError:
         return True
     return any(part in _RCLONE_DOT_NAMES for part in rel.split("/"))
+
+
+def _fleet_excludes(config: Config, key: str) -> list[str]:
+    """An anchored rule leaving out the fleet's own objects (leases, heartbeats: no one's files) when
+    ``key`` holds them: the whole bucket, or a parent of ``fleet.prefix``."""
+    fleet = config.fleet.prefix.strip("/")
+    if fleet and (not key or fleet.startswith(key + "/")):
+        return ["/" + _glob_literal(fleet[len(key):].strip("/")) + "/**"]
+    return []
 
 
 def _glob_literal(name: str) -> str:
@@ -350,13 +360,8 @@ def bisync(
         log.warning("bisync: left out key %r: not a safe path below %s", f"{key}/{rel}" if key else rel, src,
                     extra={"event": "bisync.unsafe_key", "key": f"{key}/{rel}" if key else rel})
     exclude = [*("/" + _glob_literal(rel) for rel in unsafe), *exclude]
-    # Leave the fleet's own objects alone when the prefix holds them (the whole bucket, or a parent
-    # of fleet.prefix): the lease guarding this very run is rewritten while it runs, and heartbeats
-    # and leases are no one's files.
-    fleet = config.fleet.prefix.strip("/")
-    own: list[str] = []
-    if fleet and (not key or fleet.startswith(key + "/")):
-        own = ["/" + _glob_literal(fleet[len(key):].strip("/")) + "/**"]
+    # the lease guarding this very run is rewritten while it runs
+    own = _fleet_excludes(config, key)
     args = bisync_argv(
         str(src), remote_path(config.remote, key), workdir=str(workdir), resync=do_resync,
         conflict_resolve=config.bisync.conflict_resolve, conflict_loser=config.bisync.conflict_loser,

@@ -343,7 +343,7 @@ def _summarize(store: Store, root: Path, expected: dict[str, dict[str, Any]], la
             f"{m.get('seconds') or 0:.2f} s")
     if not models:
         out(f"  model     {'present and verified' if model_ok else 'MISSING'} at {model_file}")
-    out(f"  folders   workflows/demo-workflow.json pulled at start; edited-in-pod.json pushed by the final bisync")
+    out("  folders   workflows/demo-workflow.json pulled at start; edited-in-pod.json pushed by the final bisync")
     out(f"  outputs   {pushed} pushed as they were written (subfolders kept, the rewritten video's last "
         f"version, the renamed file); temp/ preview not pushed")
     if result.p50 is not None:

@@ -87,7 +87,6 @@ HOSTILE = ["sp ace.png", "quo'te\".png", "hash#1.png", "pct%20.png", "ünïcød�
 
 
 def test_hostile_names_round_trip_and_run_nothing(env, tmp_path):
-    config = load_config(env)
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
     expected = {}
@@ -356,3 +355,18 @@ def test_bisync_of_the_bucket_root_leaves_syncbridge_objects_alone(local_env, tm
     assert store.get_bytes(".syncbridge/leases/x")[0] == b"renewed"
     assert store.get_bytes("b.txt")[0] == b"b"
     assert not (local / ".syncbridge").exists()
+
+
+def test_pulling_the_whole_bucket_leaves_the_fleets_objects_out(env, tmp_path):
+    """Leases and heartbeats under fleet.prefix (.syncbridge/) are no one's files: a pull of the whole
+    bucket, or of a parent of fleet.prefix, does not copy them; a pull of that prefix itself still does."""
+    config = load_config(env)
+    store = open_store(config.remote, state_dir=config.state_dir)
+    store.put_bytes("outputs/a.png", b"png")
+    store.put_bytes(".syncbridge/leases/bisync.json", b"{}")
+    store.put_bytes(".syncbridge/pods/pod1.json", b"{}")
+    summary = pull(config, "", tmp_path / "all")
+    assert _tree(tmp_path / "all") == {"outputs/a.png": b"png"}
+    assert summary.files == 1
+    pull(config, ".syncbridge", tmp_path / "fleet")
+    assert sorted(_tree(tmp_path / "fleet")) == ["leases/bisync.json", "pods/pod1.json"]

@@ -197,7 +197,7 @@ def test_bulk_commands_say_which_bucket_at_start_up(local_env, tmp_path):
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     proc = run_cli(["doctor"], local_env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"[ok  ] configuration: local bucket 'runpod'" in proc.stdout
+    assert "[ok  ] configuration: local bucket 'runpod'" in proc.stdout
     assert "all checks passed" in proc.stdout
 
 
