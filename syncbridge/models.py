@@ -290,7 +290,9 @@ def _inside(base: Path, target: Path, resolved: dict[Path, str] | None = None) -
     def real(folder: Path) -> str:
         found = resolved.get(folder)
         if found is None:
-            found = resolved[folder] = os.path.realpath(folder)
+            found = os.path.realpath(folder)
+            if os.path.isdir(found):  # a folder made later is resolved again once it exists
+                resolved[folder] = found
         return found
 
     if os.path.islink(target):
