@@ -252,7 +252,10 @@ def cmd_pod(args, config, store) -> int:
                 with bisync_lease(config, spec["workflows_prefix"]):
                     print("HOLDING", flush=True)
                     time.sleep(3600)
-            if time.monotonic() >= deadline and n >= spec.get("min_rounds", 1):
+            # ``until``: a file the test makes once the victim is dead, so the final bisync below always
+            # meets its lease (a victim slowed by a loaded machine once took it after everyone was done).
+            until = spec.get("until")
+            if time.monotonic() >= deadline and n >= spec.get("min_rounds", 1) and (not until or Path(until).exists()):
                 break
         # The last edit is in the bucket once a bisync after it has run (the lease serializes them).
         summary = bisync(config, wf_local, spec["workflows_prefix"])

@@ -68,7 +68,7 @@ def test_fleet_simulation(moto_s3, tmp_path: Path) -> None:
             work = tmp_path / pod
             work.mkdir()
             spec = {"work": str(work), "seconds": seconds, "workflows_prefix": "workflows", "min_rounds": 2,
-                    "die_holding": pod == VICTIM}
+                    "die_holding": pod == VICTIM, "until": str(tmp_path / "victim-dead")}
             (work / "spec.json").write_text(json.dumps(spec))
             env = {**base, "SYNCBRIDGE_POD_ID": pod, "SYNCBRIDGE_STATE_DIR": str(work / "state"),
                    "SYNCBRIDGE_WORKSPACE": str(work), "COMFYUI_OUTPUT_DIR": str(work / "output"),
@@ -95,6 +95,7 @@ def test_fleet_simulation(moto_s3, tmp_path: Path) -> None:
                                              f"{victim.stderr.read() if victim.poll() is not None else ''}"
         victim.send_signal(signal.SIGKILL)
         victim.wait()
+        (tmp_path / "victim-dead").touch()
         reports: dict[str, dict] = {}
         errors: dict[str, str] = {}
         for pod, proc in procs.items():
