@@ -369,7 +369,8 @@ class CacheSource(Source):
         store = self._store()
         try:
             if file.size is not None and file.size >= self.big:
-                return self._ranged(store, key, file.size, temp, on_bytes, cancel)
+                return self._ranged(store, key, file.size, temp, on_bytes, cancel,
+                                    expected=model.sha256 or file.sha256)
             # Retried like a ranged part: one connection reset (or a body cut short behind a
             # 200) used to fail the model when the cache was its only source.
             for attempt in range(3):
@@ -394,14 +395,15 @@ class CacheSource(Source):
             raise SourceError(f"cache: {exc}", source=self.name, retryable=exc.retryable) from exc
 
     def _ranged(self, store: Store, key: str, size: int, temp: Path, on_bytes: OnBytes,
-                cancel: threading.Event | None) -> Fetched:
+                cancel: threading.Event | None, *, expected: str | None = None) -> Fetched:
         """Parallel ranged GETs into one temp file, hashed in order as the bytes land (no second pass).
 
         A sidecar (``<temp>.resume``) records the object's ETag and how far the file is known to be
         complete, so an interrupted pull (a killed pod, a dropped connection) continues from there:
         the kept prefix is re-hashed from disk (GB/s) instead of fetched again. Every response must carry
         the recorded ETag, so a cache object replaced in between is never spliced onto the old bytes:
-        the download starts over instead.
+        the download starts over instead, as it does when a resumed file misses ``expected`` (its kept
+        bytes did not survive a host crash, say), rather than failing over to an upstream.
         """
         resume = _Resume(temp.with_name(temp.name + RESUME_SUFFIX), key, size)
         reported = [0]
@@ -411,27 +413,33 @@ class CacheSource(Source):
             on_bytes(n)
 
         try:
-            return self._ranged_once(store, key, size, temp, counted, cancel, resume)
+            fetched = self._ranged_once(store, key, size, temp, counted, cancel, resume)
+            if not (resume.resumed and expected and fetched.sha256 != expected):
+                return fetched
+            why = "the resumed file does not match its sha256"
         except StoreError as exc:
             if exc.code != "ETagChanged":
                 raise
-            log.info("%s changed during the download; starting over", key,
-                     extra={"event": "models.restart", "key": key})
-            resume.discard()
-            temp.unlink(missing_ok=True)
-            already = [reported[0]]
+            why = "it changed during the download"
+        log.info("%s: %s; starting over", key, why, extra={"event": "models.restart", "key": key})
+        resume.discard()
+        temp.unlink(missing_ok=True)
+        already = [reported[0]]
 
-            def again(n: int) -> None:  # progress counts each byte once across both tries
-                skip = min(already[0], n)
-                already[0] -= skip
-                if n > skip:
-                    on_bytes(n - skip)
+        def again(n: int) -> None:  # progress counts each byte once across both tries
+            skip = min(already[0], n)
+            already[0] -= skip
+            if n > skip:
+                on_bytes(n - skip)
 
-            return self._ranged_once(store, key, size, temp, again, cancel, _Resume(resume.path, key, size))
+        return self._ranged_once(store, key, size, temp, again, cancel, _Resume(resume.path, key, size))
 
     def _ranged_once(self, store: Store, key: str, size: int, temp: Path, on_bytes: OnBytes,
                      cancel: threading.Event | None, resume: _Resume) -> Fetched:
         kept = resume.load() if temp.exists() else 0
+        if kept and temp.stat().st_size < kept:  # the file lost its tail: the sidecar is not to be trusted
+            kept = 0
+        resume.resumed = kept > 0
         # No posix_fallocate: reserving the blocks up front doubled the kernel time of the writes that
         # follow on ext4 (benchmarks/bench_models.py); the free-space check has run before any download.
         fd = os.open(temp, os.O_RDWR | os.O_CREAT | (0 if kept else os.O_TRUNC), 0o644)
@@ -552,6 +560,7 @@ class _Resume:
         self.key = key
         self.size = size
         self.etag: str | None = None
+        self.resumed = False  # whether this download continued a kept prefix
         self._saved = -1
         self._lock = threading.Lock()
 
@@ -755,17 +764,19 @@ class _RangeReader:
 # -- Hugging Face -------------------------------------------------------------------------------
 
 
-def _hf_progress_class(on_bytes: OnBytes):
+def _hf_progress_class(on_bytes: OnBytes, cancel: threading.Event | None = None):
     from huggingface_hub.utils import tqdm as hf_tqdm
 
     class _Progress(hf_tqdm):  # type: ignore[misc, valid-type]
-        """huggingface_hub's progress hook, turned into byte counts for our own display."""
+        """huggingface_hub's progress hook, turned into byte counts for our own display; it is also
+        where a cancel (Ctrl-C, a stop) interrupts a download mid-file (the *.incomplete is kept)."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["disable"] = True
             super().__init__(*args, **kwargs)
 
         def update(self, n: float | None = 1) -> bool | None:
+            _check_cancel(cancel)
             if n:
                 on_bytes(int(n))
             return super().update(n)
@@ -868,9 +879,11 @@ class HfSource(Source):
             path = hf_hub_download(
                 spec.repo, file.ref, revision=spec.revision, repo_type=spec.repo_type, local_dir=staging,
                 cache_dir=staging / ".hub-cache", token=self._token or False, endpoint=self.endpoint,
-                tqdm_class=_hf_progress_class(on_bytes),
+                tqdm_class=_hf_progress_class(on_bytes, cancel),
             )
             os.replace(path, temp)
+        except CancelledError:
+            raise
         except Exception as exc:  # noqa: BLE001
             error = self._error(exc, f"{spec.repo}@{spec.revision}/{file.ref}")
             if not error.retryable:  # keep a resumable *.incomplete only when a retry may use it

@@ -79,8 +79,9 @@ class LoopbackServer:
 
 
 def send_body(h: BaseHTTPRequestHandler, data: bytes, *, status: int = 200, headers: dict[str, str] | None = None,
-              drop_after: int | None = None, ranges: bool = True) -> None:
-    """Answer with ``data`` (honouring a ``Range: bytes=N-`` header), optionally dropping the connection."""
+              drop_after: int | None = None, ranges: bool = True, trickle: float = 0.0) -> None:
+    """Answer with ``data`` (honouring a ``Range: bytes=N-`` header), optionally dropping the connection,
+    or sending 64 KiB every ``trickle`` seconds (a slow link)."""
     start = 0
     rng = h.headers.get("Range")
     if rng and ranges and status == 200 and rng.startswith("bytes="):
@@ -116,6 +117,15 @@ def send_body(h: BaseHTTPRequestHandler, data: bytes, *, status: int = 200, head
 
             h.connection.shutdown(socket.SHUT_RDWR)
         return
+    if trickle:
+        import time
+
+        with contextlib.suppress(OSError):
+            for pos in range(0, len(body), 65536):
+                h.wfile.write(body[pos:pos + 65536])
+                h.wfile.flush()
+                time.sleep(trickle)
+        return
     h.wfile.write(body)
 
 
@@ -144,6 +154,7 @@ class HfHub:
         self.repos: dict[str, dict[str, bytes]] = {}
         self.drop_after: dict[str, int] = {}
         self.corrupt: set[str] = set()
+        self.trickle: dict[str, float] = {}  # file name -> seconds between 64 KiB pieces
         self.server = LoopbackServer(self._handle)
         # The CDN is another origin (another port), as cdn-lfs.huggingface.co is: huggingface_hub
         # reads the metadata from the redirect itself and drops the token on the way there.
@@ -186,7 +197,8 @@ class HfHub:
             if name in self.corrupt:
                 data = bytes(b ^ 0xFF for b in data)
             drop = self.drop_after.pop(name, None)
-            send_body(h, data, headers={"Content-Type": "application/octet-stream"}, drop_after=drop)
+            send_body(h, data, headers={"Content-Type": "application/octet-stream"}, drop_after=drop,
+                      trickle=self.trickle.get(name, 0.0))
             return
         if path.startswith("/api/models/"):
             rest = path[len("/api/models/"):]

@@ -316,3 +316,27 @@ def test_cache_object_replaced_after_an_interruption_starts_over(scene, tmp_path
     assert "changed during the download; starting over" in caplog.text
     assert sha_file(scene.models_dir / rel) == digest
     assert not scene.leftovers() and not Path(str(temp) + ".resume").exists()
+
+
+def test_resumed_bytes_that_do_not_verify_start_over_from_the_cache(scene, tmp_path, caplog):
+    """A kept prefix that lost its content (a host crash after the sidecar was written, say): the
+    resumed file misses the sha256, so the download starts over from the cache instead of failing
+    the cache and going upstream."""
+    rel = "checkpoints/torn.safetensors"
+    src = _big_file(tmp_path / "blob", 70)
+    digest = scene.seed_file(rel, src)
+    scene.write_manifest([{"name": "t", "path": rel, "sha256": digest}])
+    temp = scene.models_dir / "checkpoints" / ".torn.safetensors.cache.sbpart"
+    temp.parent.mkdir(parents=True)
+    temp.write_bytes(b"\0" * (40 * 1024 * 1024))  # the right length, the wrong bytes
+    etag = scene.direct.head(f"{CACHE}/{rel}").etag
+    Path(str(temp) + ".resume").write_text(json.dumps({"key": f"{CACHE}/{rel}", "size": src.stat().st_size,
+                                                       "etag": etag, "complete": 32 * 1024 * 1024}))
+    caplog.set_level(logging.INFO, logger="syncbridge.sources")
+    report = scene.pull()
+    (result,) = report.results
+    assert (result.status, result.source, result.verified) == ("pulled", "cache", "sha256"), report.table()
+    assert not result.attempts, result.attempts
+    assert "the resumed file does not match its sha256; starting over" in caplog.text
+    assert sha_file(scene.models_dir / rel) == digest
+    assert not scene.leftovers()

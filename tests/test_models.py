@@ -20,7 +20,7 @@ from syncbridge.sources import CacheSource
 from syncbridge.store import open_store
 
 from .civitaiserver import serve_civitai
-from .conftest import CIVITAI_KEY, HF_TOKEN, assert_no_secret, new_bucket, run_cli, server_env
+from .conftest import CIVITAI_KEY, HF_TOKEN, assert_no_secret, new_bucket, run_cli, server_env, wait_for
 from .hfserver import LoopbackServer, send_body, serve_hf
 
 
@@ -191,6 +191,53 @@ def test_cache_miss_pulls_from_hf_and_writes_back(env, tmp_path):
         second = pull_models(config, [m2], environ=environ)
         assert (second.results[0].status, second.results[0].source) == ("pulled", "cache")
         assert len(hub.requests) == before
+
+
+def test_cancel_interrupts_a_hugging_face_download_mid_file(local_env, tmp_path):
+    """A stop (Ctrl-C, SIGTERM in start) while huggingface_hub streams a large file: the pull ends at the
+    next piece huggingface_hub hands over (10 MiB), not when the file is done; nothing at the final path."""
+    import threading
+
+    from syncbridge.errors import CancelledError
+
+    data = os.urandom(32 * 1024 * 1024)
+    with serve_hf() as hub:
+        hub.add("org/big", {"big.safetensors": data})
+        hub.trickle["big.safetensors"] = 0.005  # 64 KiB every 5 ms: a 10 MiB piece every ~0.8 s, 32 MiB in ~2.6 s
+        environ = with_upstreams(local_env, hub)
+        config = load_config(environ)
+        m = manifest(tmp_path / "m.toml", tmp_path / "models", '''
+            [[model]]
+            name = "big"
+            path = "checkpoints/big.safetensors"
+            hf = { repo = "org/big", file = "big.safetensors" }
+            ''')
+        cancel = threading.Event()
+        got = []
+        outcome: list[BaseException | object] = []
+
+        def on_event(event) -> None:
+            if event.kind == "bytes":
+                got.append(event.bytes)
+                cancel.set()  # at the first piece
+
+        def run() -> None:
+            try:
+                outcome.append(pull_models(config, [m], environ=environ, cancel=cancel, on_event=on_event))
+            except BaseException as exc:  # noqa: BLE001
+                outcome.append(exc)
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        wait_for(cancel.is_set, 30, "the download to start")
+        stopped = time.monotonic()
+        worker.join(10)
+        assert not worker.is_alive(), "the pull went on after the cancel"
+        took = time.monotonic() - stopped
+        assert not (tmp_path / "models/checkpoints/big.safetensors").exists()
+        assert isinstance(outcome[0], CancelledError) or not outcome[0].ok, outcome
+        assert sum(got) < len(data)
+        assert took < 1.6, f"{took:.2f}s after the cancel (the rest of the file takes about 1.8 s)"
 
 
 def test_civitai_key_only_to_the_api_host(local_env, tmp_path):
