@@ -466,8 +466,13 @@ class CacheSource(Source):
             # is the fallback (and the only way for the local bucket).
             url = store.presign_get(key, expires=6 * 3600)
 
+            readers: list[_RangeReader] = []
+
             def worker() -> None:
                 reader = _RangeReader(url, etag=resume.etag) if url else None
+                if reader is not None:
+                    with cond:
+                        readers.append(reader)
                 try:
                     while True:
                         with cond:
@@ -481,7 +486,7 @@ class CacheSource(Source):
                             _check_cancel(cancel)
                             try:
                                 if reader is not None:
-                                    reader.read_into(fd, at, end, digest.landed, write_lock)
+                                    reader.read_into(fd, at, end, digest.landed, write_lock, cancel)
                                     with cond:
                                         etags.add(reader.etag)
                                         resume.etag = resume.etag or reader.etag
@@ -494,7 +499,6 @@ class CacheSource(Source):
                                     raise
                                 if reader is not None:
                                     at = max(at, reader.reached)
-                                if reader is not None:
                                     # Whatever went wrong with the URL (TLS, a proxy, an expiry), the store's
                                     # own client gets the remaining attempts.
                                     reader.close()
@@ -525,9 +529,11 @@ class CacheSource(Source):
             try:
                 with cond:
                     while not all(done) and not failure:
-                        cond.wait(0.5)
+                        cond.wait(0.2)
                         if cancel is not None and cancel.is_set():
                             failure.append(CancelledError("stopped"))
+                            for reader in readers:  # a read waiting on a stalled server returns now
+                                reader.abort()
                     if failure:
                         raise failure[0]
             finally:
@@ -706,8 +712,9 @@ class _RangeReader:
 
     def read_into(self, fd: int, start: int, end: int,
                   landed: Callable[[int, int, memoryview], None] | None = None,
-                  write_lock: threading.Lock | None = None) -> None:
-        """Bytes ``[start, end)`` to the same offsets of ``fd``; ``landed(a, b, data)`` after each write."""
+                  write_lock: threading.Lock | None = None, cancel: threading.Event | None = None) -> None:
+        """Bytes ``[start, end)`` to the same offsets of ``fd``; ``landed(a, b, data)`` after each write.
+        A set ``cancel`` stops it between two reads (CancelledError), not at the end of the range."""
         import http.client
 
         try:
@@ -730,6 +737,9 @@ class _RangeReader:
             self.etag = self.etag or etag
             pos = self.reached = start
             while pos < end:
+                if cancel is not None and cancel.is_set():
+                    self.close()
+                    raise CancelledError("model download cancelled")
                 n = response.readinto(self.buffer[:min(self._BUFFER, end - pos)])
                 if not n:
                     break
@@ -759,6 +769,16 @@ class _RangeReader:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+
+    def abort(self) -> None:
+        """From another thread: end a read that waits on the socket (it then fails, and is not retried
+        once the cancel is seen)."""
+        import socket
+
+        sock = getattr(self.conn, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 # -- Hugging Face -------------------------------------------------------------------------------

@@ -340,3 +340,38 @@ def test_resumed_bytes_that_do_not_verify_start_over_from_the_cache(scene, tmp_p
     assert "the resumed file does not match its sha256; starting over" in caplog.text
     assert sha_file(scene.models_dir / rel) == digest
     assert not scene.leftovers()
+
+
+def test_cancel_ends_a_cache_download_stalled_mid_part(scene, tmp_path):
+    """A stop while a ranged GET hangs mid-body (the server went quiet): the pull ends at once, not when
+    the socket times out (60 s) or the 32 MiB part completes; nothing at the final path."""
+    import threading
+    import time
+
+    from syncbridge.errors import CancelledError
+
+    rel = "checkpoints/stall.safetensors"
+    src = _big_file(tmp_path / "blob", 70)
+    digest = scene.seed_file(rel, src)
+    scene.write_manifest([{"name": "s", "path": rel, "sha256": digest}])
+    scene.proxy.add(Rule("stall", method="GET", path=r"/stall\.safetensors$", phase="response",
+                         after_bytes=1024 * 1024, seconds=60))
+    cancel = threading.Event()
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(models.pull_models(scene.config, [scene.manifest], tier="datacenter", cancel=cancel))
+        except BaseException as exc:  # noqa: BLE001
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    assert scene.proxy.wait_for(lambda: scene.proxy.count("stall") >= 2, 30), "no stalled GET"
+    cancel.set()
+    stopped = time.monotonic()
+    worker.join(15)
+    assert not worker.is_alive(), "the pull still waits on the stalled GETs"
+    assert time.monotonic() - stopped < 3.0
+    assert isinstance(outcome[0], CancelledError) or not outcome[0].ok, outcome
+    assert not (scene.models_dir / rel).exists()
