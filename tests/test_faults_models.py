@@ -77,6 +77,18 @@ class Scene:
     def pull(self):
         return models.pull_models(self.config, [self.manifest], tier="datacenter")
 
+    def leave_interrupted(self, rel: str, kept: bytes, size: int, complete: int) -> Path:
+        """What a killed pull of the cache object ``rel`` leaves: its temp file holding ``kept`` and the
+        sidecar saying ``complete`` bytes of the object's current ETag are in it. Returns the temp file."""
+        target = self.models_dir / rel
+        temp = target.with_name(f".{target.name}.cache.sbpart")
+        temp.parent.mkdir(parents=True, exist_ok=True)
+        temp.write_bytes(kept)
+        etag = self.direct.head(f"{CACHE}/{rel}").etag
+        Path(str(temp) + ".resume").write_text(json.dumps({"key": f"{CACHE}/{rel}", "size": size, "etag": etag,
+                                                           "complete": complete}))
+        return temp
+
     def leftovers(self) -> list[str]:
         """Anything in the models folder that is not a final, complete model file."""
         return sorted(p.relative_to(self.models_dir).as_posix() for p in self.models_dir.rglob("*")
@@ -298,13 +310,8 @@ def test_cache_object_replaced_after_an_interruption_starts_over(scene, tmp_path
     scene.seed_file(rel, old)
     scene.write_manifest([{"name": "s", "path": rel}])
     # interrupted run: half the object on disk and its sidecar, as a killed pull leaves them
-    temp = scene.models_dir / "checkpoints" / ".swap.safetensors.cache.sbpart"
-    temp.parent.mkdir(parents=True)
     with open(old, "rb") as fh:
-        temp.write_bytes(fh.read(35 * 1024 * 1024))
-    etag = scene.direct.head(f"{CACHE}/{rel}").etag
-    Path(str(temp) + ".resume").write_text(json.dumps({"key": f"{CACHE}/{rel}", "size": old.stat().st_size,
-                                                       "etag": etag, "complete": 32 * 1024 * 1024}))
+        temp = scene.leave_interrupted(rel, fh.read(35 * 1024 * 1024), old.stat().st_size, 32 * 1024 * 1024)
     new = tmp_path / "new"
     new.write_bytes(os.urandom(old.stat().st_size))
     digest = scene.seed_file(rel, new)
@@ -326,12 +333,8 @@ def test_resumed_bytes_that_do_not_verify_start_over_from_the_cache(scene, tmp_p
     src = _big_file(tmp_path / "blob", 70)
     digest = scene.seed_file(rel, src)
     scene.write_manifest([{"name": "t", "path": rel, "sha256": digest}])
-    temp = scene.models_dir / "checkpoints" / ".torn.safetensors.cache.sbpart"
-    temp.parent.mkdir(parents=True)
-    temp.write_bytes(b"\0" * (40 * 1024 * 1024))  # the right length, the wrong bytes
-    etag = scene.direct.head(f"{CACHE}/{rel}").etag
-    Path(str(temp) + ".resume").write_text(json.dumps({"key": f"{CACHE}/{rel}", "size": src.stat().st_size,
-                                                       "etag": etag, "complete": 32 * 1024 * 1024}))
+    # a prefix the sidecar vouches for, the wrong bytes in it
+    scene.leave_interrupted(rel, b"\0" * (40 * 1024 * 1024), src.stat().st_size, 32 * 1024 * 1024)
     caplog.set_level(logging.INFO, logger="syncbridge.sources")
     report = scene.pull()
     (result,) = report.results
