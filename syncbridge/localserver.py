@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import attrs
 
@@ -90,8 +90,9 @@ def _stop(proc: subprocess.Popen) -> None:
 @contextlib.contextmanager
 def serve_rclone_s3(root: Path, *, access_key: str | None = None, secret_key: str | None = None,
                     rclone_binary: str | None = None, log_file: Path | None = None,
-                    port: int | None = None) -> Iterator[LocalS3]:
-    """Run ``rclone serve s3`` over ``root`` on 127.0.0.1 until the block ends."""
+                    port: int | None = None, extra_args: Sequence[str] = ()) -> Iterator[LocalS3]:
+    """Run ``rclone serve s3`` over ``root`` on 127.0.0.1 until the block ends (``extra_args``: more
+    rclone flags, such as ``--bwlimit`` for a benchmark of a link-bound cache)."""
     root.mkdir(parents=True, exist_ok=True)
     access_key = access_key or "sb" + secrets.token_hex(8)
     secret_key = secret_key or secrets.token_hex(16)
@@ -101,7 +102,7 @@ def serve_rclone_s3(root: Path, *, access_key: str | None = None, secret_key: st
     # rclone reads a list flag from the environment as CSV: quote the pair.
     env["RCLONE_AUTH_KEY"] = f'"{access_key},{secret_key}"'
     argv = [binary, "serve", "s3", str(root), "--addr", f"127.0.0.1:{port}", "--config", "/dev/null",
-            "--etag-hash", "MD5", "--no-cleanup"]
+            "--etag-hash", "MD5", "--no-cleanup", *extra_args]
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
                             start_new_session=True)

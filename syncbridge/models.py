@@ -266,9 +266,20 @@ class HashCache:
         return sha
 
     def save(self) -> None:
+        """Write the cache when it changed, leaving out files that are gone or changed since they were
+        hashed (such an entry could never match again; a warm start that changed nothing writes nothing)."""
         with self._lock:
             if not self._dirty:
                 return
+            for name, entry in list(self._entries.items()):
+                try:
+                    st = os.stat(name)
+                except OSError:
+                    del self._entries[name]
+                    continue
+                if not (isinstance(entry, list) and len(entry) == 4 and entry[0] == st.st_size
+                        and entry[1] == st.st_mtime_ns):
+                    del self._entries[name]
             data = json.dumps(self._entries, separators=(",", ":")).encode()
             self._dirty = False
         private_state_dir(self.path.parent)

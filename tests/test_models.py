@@ -382,6 +382,35 @@ def test_truncated_file_at_the_final_path_is_not_present(local_env, tmp_path, fi
     assert report.results[0].status == "pulled" and target.read_bytes() == data
 
 
+def test_hash_cache_forgets_files_that_are_gone_or_changed(local_env, tmp_path):
+    config = load_config(local_env)
+    store = open_store(config.remote, state_dir=config.state_dir)
+    blobs = {name: os.urandom(5000) for name in ("a", "b", "c")}
+    for name, data in blobs.items():
+        seed(store, f"models/{name}.bin", data)
+
+    def entries(*names: str) -> str:
+        return "".join(f'''
+            [[model]]
+            name = "{name}"
+            path = "{name}.bin"
+            sha256 = "{sha(blobs[name])}"
+            ''' for name in names)
+
+    models = tmp_path / "models"
+    assert pull_models(config, [manifest(tmp_path / "m.toml", models, entries("a", "b", "c"))], environ=local_env).ok
+    cache_file = config.state_dir / "models" / "hashes.json"
+    assert set(json.loads(cache_file.read_text())) == {str(models / f"{n}.bin") for n in blobs}
+    # a model taken out of the manifest and deleted, and a file changed by hand: neither entry can match again
+    (models / "a.bin").unlink()
+    (models / "b.bin").write_bytes(b"edited")
+    report = pull_models(config, [manifest(tmp_path / "m2.toml", models, entries("b", "c"))], environ=local_env)
+    assert report.ok and {r.name: r.status for r in report.results} == {"b": "pulled", "c": "present"}
+    kept = json.loads(cache_file.read_text())
+    assert set(kept) == {str(models / "b.bin"), str(models / "c.bin")}
+    assert kept[str(models / "b.bin")][2] == sha(blobs["b"])
+
+
 # -- planning, space, filtering -----------------------------------------------------------------
 
 
