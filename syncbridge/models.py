@@ -989,11 +989,19 @@ def pull_models(
             listed: dict[str, Offer | SourceError] = {}
             if puller.cache is not None and len(todo) >= BULK_MIN:
                 listed = puller.cache.list_offers([t[0] for t in todo])
+
+            def plan(t: tuple[ModelSpec, Path, str, str | None]) -> PlanItem:
+                return puller.plan(*t, known={"cache": listed[t[0].name]} if t[0].name in listed else None)
+
+            # A missing model the listing offers needs no request and no hashing: planned here, since
+            # handing hundreds of them to threads cost more than the plans (about 0.1 s for 500).
+            quick = {t[0].name for t in todo if t[2] == "missing" and isinstance(listed.get(t[0].name), Offer)}
+            planned = {t[0].name: plan(t) for t in todo if t[0].name in quick}
             with ThreadPoolExecutor(max_workers=min(8, max(1, puller.parallel * 2)),
                                     thread_name_prefix="models-plan") as pool:
-                plans = list(pool.map(
-                    lambda t: puller.plan(*t, known={"cache": listed[t[0].name]} if t[0].name in listed else None),
-                    todo))
+                slow = [t for t in todo if t[0].name not in quick]
+                planned.update(zip((t[0].name for t in slow), pool.map(plan, slow)))
+            plans = [planned[t[0].name] for t in todo]
             to_fetch: list[PlanItem] = []
             for item in plans:
                 model = item.model

@@ -34,7 +34,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO, Iterator, Mapping
+from typing import Any, BinaryIO, Iterator, Mapping
 
 import attrs
 
@@ -148,7 +148,11 @@ def make_s3_client(remote: RemoteConfig, *, max_pool_connections: int = 10, max_
 
     if remote.is_local:
         raise ValueError("the local bucket has no S3 client")
-    session = boto3.session.Session()
+    import botocore.session
+
+    core = botocore.session.get_session()
+    core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_parse_timestamp)
+    session = boto3.session.Session(botocore_session=core)
     return session.client(
         "s3",
         endpoint_url=remote.endpoint,
@@ -167,6 +171,23 @@ def make_s3_client(remote: RemoteConfig, *, max_pool_connections: int = 10, max_
             tcp_keepalive=True,
         ),
     )
+
+
+def _parse_timestamp(value: Any) -> dt.datetime:
+    """Timestamps in responses: the ISO 8601 with a zone of listings read by ``datetime.fromisoformat``
+    (0.3 us each, where botocore's dateutil parser takes 25 us: 13 ms of a pull's plan for a
+    500-object listing), anything else (HTTP dates in headers, epochs) by botocore's parser."""
+    if isinstance(value, str) and "T" in value:
+        text = value[:-1] + "+00:00" if value.endswith("Z") else value
+        try:
+            parsed = dt.datetime.fromisoformat(text)
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            return parsed
+    from botocore.utils import parse_timestamp
+
+    return parse_timestamp(value)
 
 
 def _store_error(exc: BaseException, *, key: str | None, action: str) -> StoreError:

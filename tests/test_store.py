@@ -57,6 +57,27 @@ def test_put_get_head_list_delete(store_and_kind, tmp_path):
     store.check_bucket()
 
 
+def test_listing_and_head_times_agree_and_match_botocore(store_and_kind):
+    store, _kind = store_and_kind
+    store.put_bytes("t/x", b"x")
+    listed = next(iter(store.list("t/")))
+    head = store.head("t/x")
+    assert listed.last_modified.tzinfo is not None
+    assert abs((listed.last_modified - head.last_modified).total_seconds()) < 1
+
+
+@pytest.mark.parametrize("value", ["2026-11-29T07:31:36.000Z", "2026-11-29T07:31:36Z", "2026-11-29T07:31:36.5Z",
+                                   "2026-11-29T07:31:36.123456+02:00", "2026-11-29T07:31:36",
+                                   "Sun, 29 Nov 2026 07:31:36 GMT", 1764401496, "1764401496"])
+def test_fast_timestamp_parser_agrees_with_botocore(value):
+    from botocore.utils import parse_timestamp
+
+    from syncbridge.store import _parse_timestamp
+
+    ours, theirs = _parse_timestamp(value), parse_timestamp(value)
+    assert ours == theirs and ours.utcoffset() == theirs.utcoffset()
+
+
 def test_missing_object_error_carries_data(store_and_kind):
     store, _kind = store_and_kind
     with pytest.raises(StoreError) as exc:
