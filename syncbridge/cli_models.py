@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import threading
 import time
@@ -165,15 +166,24 @@ def _finish(ctx, report: PullReport) -> int:
     return 0
 
 
+def _no_attempt_records(record: logging.LogRecord) -> bool:
+    return getattr(record, "event", None) != "models.attempt_failed"
+
+
 def _pull(args, ctx) -> int:
     overrides = {"models.parallel": args.parallel} if args.parallel else None
     config = ctx.config(overrides)
     print(f"[syncbridge] models: cache in {config.remote.describe()}", file=sys.stderr, flush=True)
     progress = None if (args.quiet or args.dry_run) else ModelsProgress()
+    # The progress display prints each failed attempt itself: its log record would say it twice.
+    logger = logging.getLogger("syncbridge.models")
+    if progress is not None:
+        logger.addFilter(_no_attempt_records)
     try:
         report = pull_models(config, args.manifests or None, dry_run=args.dry_run, on_event=progress,
                              environ=ctx.environ)
     finally:
+        logger.removeFilter(_no_attempt_records)
         if progress is not None:
             progress.close()
     if args.dry_run:

@@ -318,6 +318,10 @@ def test_every_source_failing_lists_every_attempt(local_env, tmp_path, files_ser
     assert "optional_failed" in out and "warning: optional model nice is missing" in out
     assert "Traceback" not in out
     assert not (tmp_path / "models/a.safetensors").exists()
+    # each failed attempt is told once on stderr (the progress line, not also its log record)
+    assert proc.stderr.count("needed: hf failed:") == 1 and "warning: model needed: hf:" not in proc.stderr
+    quiet = run_cli(["models", "pull", "-q", str(m)], environ)  # no progress: the log record tells it
+    assert quiet.returncode == 1 and quiet.stderr.count("warning: model needed: url:") == 1
 
 
 def test_interrupted_download_resumes_with_range(local_env, tmp_path, files_server):
