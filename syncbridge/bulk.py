@@ -87,7 +87,7 @@ def _prepare(config: Config, rclone: Rclone | None) -> Rclone:
     if config.remote.is_local:
         config.remote.local_bucket_dir.mkdir(parents=True, exist_ok=True)
     elif config.remote.endpoint and not rc.proxied:  # through a proxy a direct connect proves nothing
-        check_endpoint(config.remote.endpoint)
+        check_endpoint(config.remote.endpoint, ca_bundle=config.remote.ca_bundle)
     return rc
 
 

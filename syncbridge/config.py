@@ -133,6 +133,9 @@ SETTINGS: tuple[Setting, ...] = (
       choices=("auto", "Cloudflare", "AWS", "Minio", "Ceph", "Wasabi", "Other")),
     S("remote.region", ("SYNCBRIDGE_REGION",), "str", None,
       "Region; default inferred (R2: auto, AWS: from the host name, others: us-east-1)."),
+    S("remote.ca_bundle", ("SYNCBRIDGE_CA_BUNDLE", "AWS_CA_BUNDLE"), "path", None,
+      "PEM file of the CA certificates to trust for an https endpoint behind a private CA (a self-hosted "
+      "MinIO, say); used by boto3, rclone and the model downloads alike. Default: the public CAs."),
     S("remote.local_root", ("SYNCBRIDGE_LOCAL_BUCKET_DIR",), "path", None,
       "Folder holding the embedded local bucket(s) when no endpoint is set (default <state_dir>/buckets)."),
     # -- general --------------------------------------------------------------------
@@ -249,6 +252,7 @@ class RemoteConfig:
     provider: str
     region: str
     local_root: Path
+    ca_bundle: Path | None = None  # CA certificates to trust for the endpoint (None: the public CAs)
 
     @property
     def is_local(self) -> bool:
@@ -708,6 +712,9 @@ def build_config(
         for key in ("remote.access_key", "remote.secret_key"):
             if not get(key):
                 col.add(where_of(key), "is required when an endpoint is set (R2_ENDPOINT); it is not set")
+        ca_bundle = get("remote.ca_bundle")
+        if ca_bundle is not None and not Path(ca_bundle).is_file():
+            col.add(where_of("remote.ca_bundle"), f"{ca_bundle} is not a file (a PEM file of CA certificates)")
     else:
         provider, region = "local", region or "local"
     bucket = get("remote.bucket")
@@ -742,6 +749,7 @@ def build_config(
             provider=provider,
             region=region,
             local_root=get("remote.local_root") or Path(state_dir) / "buckets",
+            ca_bundle=Path(get("remote.ca_bundle")) if endpoint and get("remote.ca_bundle") else None,
         ),
         state_dir=Path(state_dir),
         workspace=workspace,

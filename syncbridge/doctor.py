@@ -8,6 +8,7 @@ import email.utils
 import json
 import os
 import uuid
+from pathlib import Path
 from typing import Iterator, Mapping
 from urllib.parse import urlsplit
 
@@ -52,12 +53,21 @@ _FIXES = {
 }
 
 
-def _tcp_check(endpoint: str, timeout: float = 3.0) -> Check:
+def _tcp_check(endpoint: str, timeout: float = 3.0, ca_bundle: Path | None = None) -> Check:
     parts = urlsplit(endpoint)
     host_port = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
     try:
-        seconds = check_endpoint(endpoint, timeout=timeout)
+        seconds = check_endpoint(endpoint, timeout=timeout, ca_bundle=ca_bundle)
     except StoreError as exc:
+        if exc.code == "CertificateUntrusted":
+            why = getattr(exc.__cause__, "verify_message", None) or exc.__cause__
+            return Check("endpoint", False, f"{host_port}: TLS certificate not trusted ({why})",
+                         "for a private CA, set SYNCBRIDGE_CA_BUNDLE to its PEM file; otherwise the endpoint (or a "
+                         "proxy in between) presents a certificate no public CA signed")
+        if exc.code == "TLSFailed":
+            why = getattr(exc.__cause__, "reason", None) or exc.__cause__
+            return Check("endpoint", False, f"{host_port}: no TLS handshake ({why})",
+                         "check R2_ENDPOINT's scheme: https:// for a TLS endpoint, http:// for a plain one")
         if exc.code == "NameResolution":
             cause = getattr(exc.__cause__, "strerror", None) or exc.__cause__
             return Check("endpoint", False, f"cannot resolve {parts.hostname}: {cause}",
@@ -164,7 +174,7 @@ def run_doctor(
 
     # endpoint
     if not config.remote.is_local:
-        tcp = _tcp_check(config.remote.endpoint or "")
+        tcp = _tcp_check(config.remote.endpoint or "", ca_bundle=config.remote.ca_bundle)
         yield tcp
         if not tcp.ok:
             return

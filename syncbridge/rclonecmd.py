@@ -104,6 +104,9 @@ def remote_env(remote: RemoteConfig) -> dict[str, str]:
     }
     if remote.provider != "AWS":
         env[_ENV_PREFIX + "FORCE_PATH_STYLE"] = "true"
+    if remote.ca_bundle is not None:
+        # --ca-cert (a global flag: rclone reads a list flag from the environment as CSV, so quoted)
+        env["RCLONE_CA_CERT"] = '"' + str(remote.ca_bundle).replace('"', '""') + '"'
     return env
 
 

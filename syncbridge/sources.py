@@ -469,7 +469,7 @@ class CacheSource(Source):
             readers: list[_RangeReader] = []
 
             def worker() -> None:
-                reader = _RangeReader(url, etag=resume.etag) if url else None
+                reader = _RangeReader(url, etag=resume.etag, cafile=store.ca_bundle) if url else None
                 if reader is not None:
                     with cond:
                         readers.append(reader)
@@ -678,8 +678,9 @@ class _RangeReader:
     # page cache cost 1.2 to 3.4 s of kernel time per 2 GB against about 1.2 s for 32 KiB ones.
     _WRITE = 32 * 1024
 
-    def __init__(self, url: str, *, etag: str | None = None) -> None:
+    def __init__(self, url: str, *, etag: str | None = None, cafile: str | os.PathLike[str] | None = None) -> None:
         parts = urlsplit(url)
+        self.cafile = cafile
         self.https = parts.scheme == "https"
         self.host = parts.hostname or ""
         self.port = parts.port
@@ -697,13 +698,16 @@ class _RangeReader:
             if self.https:
                 import ssl
 
-                # The CA bundle botocore uses, so a presigned URL is trusted exactly as the store's own requests.
-                try:
-                    from botocore.httpsession import get_cert_path
+                # The CA bundle the store's client uses (the configured one, else botocore's), so a
+                # presigned URL is trusted exactly as the store's own requests.
+                cafile = self.cafile
+                if cafile is None:
+                    try:
+                        from botocore.httpsession import get_cert_path
 
-                    cafile = get_cert_path(True)
-                except Exception:  # noqa: BLE001 - fall back to the system's CAs
-                    cafile = None
+                        cafile = get_cert_path(True)
+                    except Exception:  # noqa: BLE001 - fall back to the system's CAs
+                        cafile = None
                 self.conn = http.client.HTTPSConnection(self.host, self.port, timeout=60,
                                                         context=ssl.create_default_context(cafile=cafile))
             else:

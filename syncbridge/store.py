@@ -71,6 +71,7 @@ class Store:
     """Interface shared by :class:`S3Store` and :class:`LocalStore`."""
 
     description: str = ""
+    ca_bundle: Path | None = None  # the CA certificates a client of presign_get's URLs must trust (None: public)
     _conditional: bool | None = None
 
     def head(self, key: str) -> ObjectInfo | None:  # pragma: no cover - interface
@@ -159,6 +160,7 @@ def make_s3_client(remote: RemoteConfig, *, max_pool_connections: int = 10, max_
         aws_access_key_id=remote.access_key,
         aws_secret_access_key=remote.secret_key,
         region_name="auto" if remote.provider == "Cloudflare" else remote.region,
+        verify=str(remote.ca_bundle) if remote.ca_bundle else None,
         config=BotoConfig(
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
@@ -213,6 +215,11 @@ def _store_error(exc: BaseException, *, key: str | None, action: str) -> StoreEr
         }.get(code, "")
         return StoreError(f"{action}{where} failed: {code or status}: {message}{hint}", key=key, code=code,
                           status=status, retryable=retryable)
+    if isinstance(exc, bexc.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        # Not transient: retrying cannot make the certificate trusted.
+        return StoreError(f"{action} {key!r} failed: the endpoint's TLS certificate is not trusted ({exc}); for a "
+                          f"private CA, set SYNCBRIDGE_CA_BUNDLE to its PEM file", key=key, code="CertificateUntrusted",
+                          retryable=False)
     if isinstance(exc, (bexc.EndpointConnectionError, bexc.ConnectionClosedError, bexc.ReadTimeoutError,
                         bexc.ConnectTimeoutError, bexc.ResponseStreamingError, bexc.ProxyConnectionError,
                         bexc.IncompleteReadError,  # a body cut short behind a 200: transient
@@ -245,6 +252,7 @@ class S3Store(Store):
         self.remote = remote
         self.bucket = remote.bucket
         self.description = remote.describe()
+        self.ca_bundle = remote.ca_bundle
         self.multipart_threshold = multipart_threshold
         self.client = make_s3_client(remote, max_pool_connections=max_pool_connections, max_attempts=max_attempts,
                                      connect_timeout=connect_timeout, read_timeout=read_timeout)
@@ -594,19 +602,22 @@ class LocalStore(Store):
             self._path(key).unlink()
 
 
-def check_endpoint(endpoint: str, *, timeout: float = 5.0) -> float:
-    """Open (and close) one TCP connection to the endpoint's host and port.
+def check_endpoint(endpoint: str, *, timeout: float = 5.0, ca_bundle: str | os.PathLike[str] | None = None) -> float:
+    """Open (and close) one TCP connection to the endpoint's host and port, with a TLS
+    handshake for https (verifying the certificate against ``ca_bundle``, else the system's CAs).
 
     rclone retries a refused connection for minutes (measured: 7m46s before a push
-    to a closed port gave up, with a misleading "is a file not a directory"), so
-    bulk operations check this first and fail in milliseconds with a clear message.
+    to a closed port gave up, with a misleading "is a file not a directory"), and an
+    untrusted certificate likewise (3m51s, the same message), so bulk operations check
+    this first and fail in milliseconds with a clear message.
 
     Returns:
         The connect time in seconds.
 
     Raises:
         StoreError: ``code`` is ``NameResolution``, ``ConnectionRefused`` or
-            ``ConnectFailed``; retryable (the server may come back).
+            ``ConnectFailed`` (retryable: the server may come back), or
+            ``CertificateUntrusted`` or ``TLSFailed`` (not retryable).
     """
     from urllib.parse import urlsplit
 
@@ -625,9 +636,13 @@ def check_endpoint(endpoint: str, *, timeout: float = 5.0) -> float:
             started = time.monotonic()
             try:
                 sock.connect(addr)
-                return time.monotonic() - started
+                seconds = time.monotonic() - started
             except OSError as exc:
                 last = exc
+                continue
+            if parts.scheme == "https":
+                _check_tls(sock, host, f"{host}:{port} (R2_ENDPOINT={endpoint})", ca_bundle)
+            return seconds
     if isinstance(last, ConnectionRefusedError):
         raise StoreError(f"cannot connect to the endpoint {host}:{port} (R2_ENDPOINT={endpoint}): connection refused "
                          f"(is the server running? is the port right?)", code="ConnectionRefused",
@@ -635,6 +650,25 @@ def check_endpoint(endpoint: str, *, timeout: float = 5.0) -> float:
     reason = "timed out" if isinstance(last, (TimeoutError, socket.timeout)) else str(last)
     raise StoreError(f"cannot connect to the endpoint {host}:{port} (R2_ENDPOINT={endpoint}): {reason}",
                      code="ConnectFailed", retryable=True) from last
+
+
+def _check_tls(sock: socket.socket, host: str, where: str, ca_bundle: str | os.PathLike[str] | None) -> None:
+    import ssl
+
+    context = ssl.create_default_context(cafile=os.fspath(ca_bundle) if ca_bundle else None)
+    try:
+        with context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=True):
+            pass
+    except ssl.SSLCertVerificationError as exc:
+        raise StoreError(f"the TLS certificate of the endpoint {where} is not trusted: {exc.verify_message}; "
+                         f"for a private CA, set SYNCBRIDGE_CA_BUNDLE to its PEM file", code="CertificateUntrusted",
+                         retryable=False) from exc
+    except ssl.SSLError as exc:
+        raise StoreError(f"no TLS handshake with the endpoint {where}: {exc.reason or exc} (does it speak https?)",
+                         code="TLSFailed", retryable=False) from exc
+    except OSError as exc:
+        raise StoreError(f"TLS handshake with the endpoint {where} failed: {exc}", code="ConnectFailed",
+                         retryable=True) from exc
 
 
 def open_store(remote: RemoteConfig, *, state_dir: Path, max_pool_connections: int = 10,

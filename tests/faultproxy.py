@@ -41,6 +41,7 @@ import json
 import random
 import re
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -219,14 +220,17 @@ class FaultProxy:
         upstream: the S3 server's endpoint, ``http://127.0.0.1:PORT``.
         port: port to listen on (0: any free port).
         seed: seed of the RNG behind :attr:`Rule.probability`.
+        tls: a server-side SSL context: clients then speak https to the proxy (a TLS endpoint in
+            front of the plain loopback server, with a certificate of the test's own CA).
     """
 
-    def __init__(self, upstream: str, *, port: int = 0, seed: int = 1234) -> None:
+    def __init__(self, upstream: str, *, port: int = 0, seed: int = 1234, tls: ssl.SSLContext | None = None) -> None:
         parts = urlsplit(upstream)
         if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(f"the fault proxy only talks to loopback servers, got {upstream!r}")
         self.upstream = (parts.hostname, parts.port or 80)
         self.port = port
+        self.tls = tls
         self._rules: list[Rule] = []
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
@@ -250,7 +254,7 @@ class FaultProxy:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         ready = threading.Event()
@@ -297,7 +301,7 @@ class FaultProxy:
 
     async def _listen(self) -> None:
         self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port, reuse_address=True,
-                                                  backlog=512)
+                                                  backlog=512, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _unlisten(self) -> None:
