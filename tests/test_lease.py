@@ -243,13 +243,16 @@ def test_processes_racing_exactly_one_wins(moto_env, tmp_path: Path) -> None:
 def test_hold_renews_in_the_background_and_releases(store) -> None:
     a, b = _leases(store, "pod-a"), _leases(store, "pod-b")
     key = lease_key(".syncbridge", "bisync", "hold")
-    with a.hold(key, purpose="bisync", ttl=1.5, subject="hold") as held:
+    # ttl 5: a renew (every 1.7 s) has 1.3 s to land before the holder gives up at 3 s. With ttl 1.5
+    # it had 0.25 s (give-up at 0.75 s), and one slow PUT to moto in a loaded CI run lost the lease.
+    ttl = 5.0
+    with a.hold(key, purpose="bisync", ttl=ttl, subject="hold") as held:
         first = held.lease.etag
         deadline = time.monotonic() + 15
         while held.lease.etag == first and time.monotonic() < deadline:
             time.sleep(0.1)
         assert held.lease.etag != first, "the lease was not renewed"
-        time.sleep(1.5 + CLOCK_GRACE + 0.5)  # longer than the ttl: renewals keep it ours
+        time.sleep(ttl + CLOCK_GRACE + 0.5)  # longer than the ttl: renewals keep it ours
         verdict = b.try_acquire(key, purpose="bisync", ttl=1.5)
         assert isinstance(verdict, Verdict) and verdict.holder == "pod-a"
         assert not held.lost.is_set()
