@@ -5,6 +5,8 @@ on every subcommand (found by walking the parser, so new ones are covered)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import stat
 import time
 from pathlib import Path
@@ -150,6 +152,30 @@ def _command_paths() -> list[list[str]]:
     for sub in iter_subparsers(parser):
         paths.append(sub.prog.split()[1:])
     return paths
+
+
+def test_command_table_matches_what_each_module_registers():
+    import argparse
+    import importlib
+
+    from syncbridge.cli import COMMAND_MODULES
+
+    for module, commands in COMMAND_MODULES.items():
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(module).register(sub)
+        assert set(sub.choices) == set(commands), module
+
+
+def test_a_command_imports_only_its_own_modules():
+    code = ("import sys; from syncbridge.cli import build_parser; "
+            "build_parser(sys.argv[1:]).parse_args(sys.argv[1:]); "
+            "print(' '.join(m for m in sys.modules if m.startswith('syncbridge.')))")
+    run = [sys.executable, "-c", code, "-q", "--config", "x.toml", "models", "pull", "m.toml"]
+    loaded = set(subprocess.run(run, capture_output=True, text=True, check=True).stdout.split())
+    assert "syncbridge.cli_models" in loaded
+    assert not loaded & {"syncbridge.bulk", "syncbridge.watch", "syncbridge.fleet", "syncbridge.doctor"}, loaded
+    every = subprocess.run([sys.executable, "-c", code, "push", "a", "b"], capture_output=True, text=True, check=True)
+    assert "syncbridge.bulk" in every.stdout.split()
 
 
 def test_every_subcommand_is_found():
