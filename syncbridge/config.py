@@ -189,6 +189,10 @@ SETTINGS: tuple[Setting, ...] = (
       "syncbridge start: stop (exit) or warn when a required model cannot be pulled.", choices=("stop", "warn")),
     S("models.parallel", ("SYNCBRIDGE_MODELS_PARALLEL",), "int", None,
       "Models fetched at once (default: the manifest's parallel, else 3).", minimum=1),
+    S("models.cache_timeout", ("SYNCBRIDGE_CACHE_TIMEOUT",), "float", 15.0,
+      "Seconds the R2 cache may stay silent on a request of a model pull before the request is retried (3 "
+      "tries). A cache that stops answering is skipped for the rest of the pull: the models come from upstream "
+      "instead of each waiting out its own timeouts.", minimum=0.1),
     S("models.hf_token", ("HF_TOKEN",), "secret", None, "Hugging Face token."),
     S("models.hf_endpoint", ("HF_ENDPOINT",), "str", "https://huggingface.co", "Hugging Face endpoint."),
     S("models.civitai_api_key", ("CIVITAI_API_KEY",), "secret", None,
@@ -305,6 +309,7 @@ class ModelsConfig:
     hf_endpoint: str
     civitai_api_key: str | None = attrs.field(repr=False)
     civitai_endpoint: str
+    cache_timeout: float
 
 
 @attrs.frozen
@@ -784,6 +789,7 @@ def build_config(
             hf_endpoint=get("models.hf_endpoint").rstrip("/"),
             civitai_api_key=get("models.civitai_api_key"),
             civitai_endpoint=get("models.civitai_endpoint").rstrip("/"),
+            cache_timeout=get("models.cache_timeout"),
         ),
         bisync=BisyncConfig(
             conflict_resolve=get("bisync.conflict_resolve"),

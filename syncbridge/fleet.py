@@ -638,8 +638,13 @@ class ModelFillCoordinator:
                     self._store = self._store_factory()
                 if self._store is None:
                     self._store = open_store(self.config.remote, state_dir=self.config.state_dir)
-                self._enabled = leases_enabled(self._store, "auto", prefix=self.config.fleet.prefix,
-                                               what="model cache fill")
+                try:
+                    self._enabled = leases_enabled(self._store, "auto", prefix=self.config.fleet.prefix,
+                                                   what="model cache fill")
+                except StoreError as exc:  # a read-only token, say: the models still come, from upstream
+                    log.warning("model cache fill: no lease (%s); this pod goes upstream on its own", exc,
+                                extra={"event": "fleet.fill_no_lease"})
+                    self._enabled = False
                 if self._enabled:
                     self._fill = CacheFill(self._store, leases=Leases(self._store, owner=self.config.pod_id,
                                                                       prefix=self.config.fleet.prefix),
@@ -652,8 +657,21 @@ class ModelFillCoordinator:
         coordinated = self._setup()
         if coordinated is None:
             return go_upstream()
-        result = coordinated.run(cache_key, fill=lambda held: go_upstream(), try_cache=try_cache,
-                                 cancel=self.cancel)
+        went = []
+
+        def upstream(held: Any) -> Any:
+            went.append(True)
+            return go_upstream()
+
+        try:
+            result = coordinated.run(cache_key, fill=upstream, try_cache=try_cache, cancel=self.cancel)
+        except StoreError as exc:
+            if went:
+                raise
+            # The lease could not be read or written: fetching the model matters more than sharing the work.
+            log.warning("model cache fill of %s: the lease failed (%s); going upstream without it", cache_key, exc,
+                        extra={"event": "fleet.fill_no_lease", "key": cache_key})
+            return go_upstream()
         with self._lock:
             self.results.append(result)
         return result.value

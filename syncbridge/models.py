@@ -408,7 +408,8 @@ class _Puller:
             sources = default_sources(store=self.store, cache_prefix=manifest.cache_prefix,
                                       hf_endpoint=config.models.hf_endpoint, hf_token=config.models.hf_token,
                                       civitai_endpoint=config.models.civitai_endpoint,
-                                      civitai_api_key=config.models.civitai_api_key, streams=streams)
+                                      civitai_api_key=config.models.civitai_api_key, streams=streams,
+                                      cache_timeout=config.models.cache_timeout)
         self.sources = list(sources)
         self.cache = next((s for s in self.sources if isinstance(s, CacheSource)), None)
 
@@ -428,7 +429,8 @@ class _Puller:
         with self._store_lock:
             if self._store is None:
                 self._store = open_store(self.config.remote, state_dir=self.config.state_dir,
-                                         max_pool_connections=max(10, self.parallel * self.streams + 4))
+                                         max_pool_connections=max(10, self.parallel * self.streams + 4),
+                                         read_timeout=self.config.models.cache_timeout)
             return self._store
 
     def emit(self, kind: str, model: ModelSpec, **fields: Any) -> None:
@@ -579,6 +581,7 @@ class _Puller:
         staging = self.models_dir / ".syncbridge" / f"batch-{os.getpid()}-{threading.get_ident()}"
         rc = Rclone(self.config)
         transfers = str(max(16, self.config.rclone.transfers))
+        timeout = self.config.models.cache_timeout
 
         def run(extra: list[str], copied: Callable[[str], None]) -> None:
             def on_record(record) -> None:
@@ -588,7 +591,12 @@ class _Puller:
             # --files-from lists each folder once, instead of a HEAD per file (--no-traverse).
             rc.run(["copy", remote_path(self.config.remote, self.cache.cache_prefix), str(staging), *extra,
                     "--transfers", transfers, "--checkers", transfers, "--config", "/dev/null",
-                    "--ignore-checksum", "--use-json-log", "-v"], with_common=False, cancel=self.cancel,
+                    "--ignore-checksum", "--use-json-log", "-v",
+                    # A cache that stops answering ends the batch within about three of its timeouts
+                    # (rclone's defaults wait 5 min per stalled read, 10 times, 3 runs); what the batch
+                    # did not deliver is then fetched one by one, and skipped once the cache is down.
+                    "--timeout", f"{timeout:g}s", "--contimeout", f"{min(timeout, 10.0):g}s",
+                    "--low-level-retries", "3", "--retries", "1"], with_common=False, cancel=self.cancel,
                    on_record=on_record, what=f"copy {len(files)} small models from the cache")
 
         cache = self.cache
@@ -642,7 +650,7 @@ class _Puller:
                                 return found
                     return None
 
-                if model.write_back and cache is not None:
+                if model.write_back and cache is not None and not cache.down:
                     # The one place where "about to go upstream for a model the cache should hold" happens.
                     result = self.coordinator.fill(model, cache_key=cache.key(model), go_upstream=go_upstream,
                                                    try_cache=lambda: attempt(cache))
@@ -790,6 +798,10 @@ class _Puller:
     # -- the cache --------------------------------------------------------------------------------
     def _write_back(self, model: ModelSpec, target: Path, offer: Offer, sha: str | None) -> str:
         assert self.cache is not None
+        if self.cache.down:  # each put would wait out the same timeouts
+            log.info("model %s: cache write-back skipped: the cache is not answering", model.name,
+                     extra={"event": "models.write_back", "model": model.name})
+            return "skipped: the cache is not answering"
         try:
             if model.is_snapshot:
                 index_bytes = (target / SNAPSHOT_INDEX).read_bytes()

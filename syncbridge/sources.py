@@ -220,14 +220,21 @@ class CacheSource(Source):
         streams: ranged GETs in flight per large object.
         part_size: bytes per ranged GET.
         big: objects at least this large use ranged GETs.
+        timeout: seconds a ranged GET may wait for bytes before it is retried.
+
+    A cache that stops answering (a timeout or a lost connection, after the retries) is skipped for
+    the rest of the pull: every later offer or fetch fails at once, naming the first failure, so the
+    models go upstream instead of each waiting out its own timeouts.
     """
 
     name = "cache"
     upstream = False
 
     def __init__(self, store: Callable[[], Store], cache_prefix: str, *, streams: int = 4,
-                 part_size: int = 32 * 1024 * 1024, big: int = 64 * 1024 * 1024) -> None:
+                 part_size: int = 32 * 1024 * 1024, big: int = 64 * 1024 * 1024, timeout: float = 60.0) -> None:
         self._store = store
+        self.timeout = timeout
+        self._down: str | None = None  # why the cache was given up on in this pull
         self.cache_prefix = cache_prefix
         self.streams = max(1, streams)
         self.part_size = part_size
@@ -244,7 +251,7 @@ class CacheSource(Source):
         left out (its offer comes from a HEAD, which reads the sha256 metadata).
         """
         wanted = {self.key(m): m for m in models if not m.is_snapshot and m.sha256}
-        if not wanted:
+        if not wanted or self._down is not None:
             return {}
         found: dict[str, Offer | SourceError] = {}
         try:
@@ -253,6 +260,8 @@ class CacheSource(Source):
                 if model is not None:
                     found[model.name] = Offer(self.name, info.key, (RemoteFile("", info.size, None, info.key),))
         except StoreError as exc:
+            if self._unreachable(exc):  # no HEAD per model: each would wait out the same timeouts
+                return {m.name: SourceError(f"cache: {exc}", source=self.name) for m in wanted.values()}
             log.info("cache listing failed (%s); asking per model", exc, extra={"event": "models.list_failed"})
             return {}
         for key, model in wanted.items():
@@ -322,7 +331,30 @@ class CacheSource(Source):
     def key(self, model: ModelSpec, rel: str = "") -> str:
         return cache_key(self.cache_prefix, model.path, rel)
 
+    def _unreachable(self, exc: StoreError) -> bool:
+        """Whether ``exc`` says the bucket is not answering (a timeout, a refused or lost connection, after
+        the retries); the first such failure takes the cache out of this pull."""
+        if not exc.retryable or exc.status is not None or exc.code in ("ShortRead", "ETagChanged"):
+            return False
+        with self._lock:
+            if self._down is None:
+                self._down = str(exc)
+                log.warning("the cache did not answer (%s): it is skipped for the rest of this pull", exc,
+                            extra={"event": "models.cache_down"})
+        return True
+
+    @property
+    def down(self) -> bool:
+        """Whether the cache stopped answering in this pull (it is then skipped, write-back included)."""
+        return self._down is not None
+
+    def _check_up(self) -> None:
+        if self._down is not None:  # a miss, not a new failure: the first one was reported
+            raise NotAvailable(f"cache: skipped, it stopped answering earlier in this pull ({self._down})",
+                               source=self.name)
+
     def offer(self, model: ModelSpec) -> Offer:
+        self._check_up()
         store = self._store()
         if model.is_snapshot:
             key = self.key(model, SNAPSHOT_INDEX)
@@ -331,6 +363,7 @@ class CacheSource(Source):
             except StoreError as exc:
                 if exc.status == 404 or exc.code in ("NoSuchKey", "404", "NotFound"):
                     raise NotAvailable(f"no snapshot index at {key}", source=self.name) from exc
+                self._unreachable(exc)
                 raise SourceError(f"cache: {exc}", source=self.name, retryable=exc.retryable) from exc
             try:
                 index = json.loads(data)
@@ -343,6 +376,7 @@ class CacheSource(Source):
         try:
             info = store.head(key)
         except StoreError as exc:
+            self._unreachable(exc)
             raise SourceError(f"cache: {exc}", source=self.name, retryable=exc.retryable) from exc
         if info is None:
             raise NotAvailable(f"not in the cache ({key})", source=self.name)
@@ -366,6 +400,7 @@ class CacheSource(Source):
                 return Fetched(size, sha)
             except FileNotFoundError:
                 pass  # gone (another puller took it): fetch it the ordinary way
+        self._check_up()
         store = self._store()
         try:
             if file.size is not None and file.size >= self.big:
@@ -392,6 +427,7 @@ class CacheSource(Source):
         except StoreError as exc:
             if exc.status == 404:
                 raise NotAvailable(f"cache: {key} disappeared", source=self.name) from exc
+            self._unreachable(exc)
             raise SourceError(f"cache: {exc}", source=self.name, retryable=exc.retryable) from exc
 
     def _ranged(self, store: Store, key: str, size: int, temp: Path, on_bytes: OnBytes,
@@ -469,7 +505,8 @@ class CacheSource(Source):
             readers: list[_RangeReader] = []
 
             def worker() -> None:
-                reader = _RangeReader(url, etag=resume.etag, cafile=store.ca_bundle) if url else None
+                reader = _RangeReader(url, etag=resume.etag, cafile=store.ca_bundle, timeout=self.timeout) \
+                    if url else None
                 if reader is not None:
                     with cond:
                         readers.append(reader)
@@ -678,9 +715,11 @@ class _RangeReader:
     # page cache cost 1.2 to 3.4 s of kernel time per 2 GB against about 1.2 s for 32 KiB ones.
     _WRITE = 32 * 1024
 
-    def __init__(self, url: str, *, etag: str | None = None, cafile: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, url: str, *, etag: str | None = None, cafile: str | os.PathLike[str] | None = None,
+                 timeout: float = 60.0) -> None:
         parts = urlsplit(url)
         self.cafile = cafile
+        self.timeout = timeout
         self.https = parts.scheme == "https"
         self.host = parts.hostname or ""
         self.port = parts.port
@@ -708,10 +747,10 @@ class _RangeReader:
                         cafile = get_cert_path(True)
                     except Exception:  # noqa: BLE001 - fall back to the system's CAs
                         cafile = None
-                self.conn = http.client.HTTPSConnection(self.host, self.port, timeout=60,
+                self.conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
                                                         context=ssl.create_default_context(cafile=cafile))
             else:
-                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         return self.conn
 
     def read_into(self, fd: int, start: int, end: int,
@@ -1151,14 +1190,15 @@ class UrlSource(_HttpSource):
 
 
 def default_sources(*, store: Callable[[], Store] | None, cache_prefix: str, hf_endpoint: str, hf_token: str | None,
-                    civitai_endpoint: str, civitai_api_key: str | None, streams: int = 4) -> list[Source]:
+                    civitai_endpoint: str, civitai_api_key: str | None, streams: int = 4,
+                    cache_timeout: float = 60.0) -> list[Source]:
     """The ladder in its fixed order: cache (when a store is given), Hugging Face, CivitAI, URL.
 
     Nothing here opens a connection or imports an HTTP library: a warm start never asks a source.
     """
     ladder: list[Source] = []
     if store is not None:
-        ladder.append(CacheSource(store, cache_prefix, streams=streams))
+        ladder.append(CacheSource(store, cache_prefix, streams=streams, timeout=cache_timeout))
     ladder.append(HfSource(endpoint=hf_endpoint, token=hf_token))
     ladder.append(CivitaiSource(endpoint=civitai_endpoint, api_key=civitai_api_key))
     ladder.append(UrlSource())

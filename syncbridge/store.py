@@ -672,9 +672,13 @@ def _check_tls(sock: socket.socket, host: str, where: str, ca_bundle: str | os.P
 
 
 def open_store(remote: RemoteConfig, *, state_dir: Path, max_pool_connections: int = 10,
-               max_attempts: int = 3) -> Store:
-    """The store for ``remote``: S3 when an endpoint is set, else the local bucket folder."""
+               max_attempts: int = 3, read_timeout: float = 60.0) -> Store:
+    """The store for ``remote``: S3 when an endpoint is set, else the local bucket folder.
+
+    ``read_timeout``: how long a request may wait for the next bytes of an answer before it is retried.
+    """
     if remote.is_local:
         private_state_dir(state_dir)  # before the bucket folder inside it, so it is 0700
         return LocalStore(remote.local_bucket_dir, lock_dir=state_dir / "locks")
-    return S3Store(remote, max_pool_connections=max_pool_connections, max_attempts=max_attempts)
+    return S3Store(remote, max_pool_connections=max_pool_connections, max_attempts=max_attempts,
+                   read_timeout=read_timeout)

@@ -15,6 +15,7 @@ import logging
 import os
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -378,3 +379,54 @@ def test_cancel_ends_a_cache_download_stalled_mid_part(scene, tmp_path):
     assert time.monotonic() - stopped < 3.0
     assert isinstance(outcome[0], CancelledError) or not outcome[0].ok, outcome
     assert not (scene.models_dir / rel).exists()
+
+
+def test_a_cache_that_stops_answering_is_skipped_not_waited_on(rclone_s3, tmp_path):
+    """The endpoint accepts connections and never answers (a hung proxy, a stalled R2 edge). Before,
+    every model asked it in turn and waited out 3 x 60 s; write-back and the fleet's lease waited too."""
+    with FaultProxy(rclone_s3.endpoint) as proxy, serve_hf() as hub:
+        scene = Scene(rclone_s3, tmp_path, proxy, hub=hub)
+        files = {f"m{i:02d}.safetensors": os.urandom(2000 + i) for i in range(20)}
+        hub.add("org/m", files)
+        lines = [f'[settings]\nmodels_dir = "{scene.models_dir}"\ncache_prefix = "{CACHE}"\nwrite_back = true\n']
+        for i, (name, data) in enumerate(files.items()):
+            lines += ["[[model]]", f'name = "{name}"', f'path = "loras/{name}"',
+                      f'hf = {{ repo = "org/m", file = "{name}" }}']
+            if i % 5:  # most in the listing (they have a sha256), the others asked one by one
+                lines.append(f'sha256 = "{sha(data)}"')
+        scene.manifest.write_text("\n".join(lines) + "\n")
+        proxy.add(Rule("stall", seconds=600))
+        config = load_config({**scene.env, "SYNCBRIDGE_CACHE_TIMEOUT": "1"})
+        started = time.monotonic()
+        report = models.pull_models(config, [scene.manifest], tier="datacenter")
+        took = time.monotonic() - started
+        asked = proxy.count("request")
+    assert report.ok, report.table()
+    assert {r.source for r in report.results} == {"hf"}
+    for name, data in files.items():
+        assert (scene.models_dir / "loras" / name).read_bytes() == data
+    # one listing, tried 3 times; then no HEAD per model, no write-back, no lease
+    assert asked <= 3, asked
+    assert all(r.write_back == "skipped: the cache is not answering" for r in report.results), report.table()
+    assert all("cache" in dict(r.attempts) for r in report.results)
+    assert took < 30, took
+
+
+def test_a_read_only_token_with_write_back_still_pulls(moto_s3, tmp_path):
+    """Pods often get a token that can only read the cache. With write_back on, the fleet's lease probe
+    (a PUT) used to fail the whole pull with the store's error; now the models come from upstream and
+    each result says its write-back failed."""
+    with FaultProxy(moto_s3.endpoint) as proxy, serve_hf() as hub:
+        scene = Scene(moto_s3, tmp_path, proxy, hub=hub)
+        files = {"a.safetensors": os.urandom(5000), "b.safetensors": os.urandom(6000)}
+        hub.add("org/m", files)
+        lines = [f'[settings]\nmodels_dir = "{scene.models_dir}"\ncache_prefix = "{CACHE}"\nwrite_back = true\n']
+        for name in files:
+            lines += ["[[model]]", f'name = "{name}"', f'path = "{name}"', f'hf = {{ repo = "org/m", file = "{name}" }}']
+        scene.manifest.write_text("\n".join(lines) + "\n")
+        proxy.add(Rule("error", method="PUT", status=403, code="AccessDenied"))
+        report = scene.pull()
+    assert report.ok, report.table()
+    for r in report.results:
+        assert r.source == "hf" and r.write_back.startswith("failed:") and "AccessDenied" in r.write_back
+        assert (scene.models_dir / r.name).read_bytes() == files[r.name]
