@@ -68,6 +68,10 @@ def _tcp_check(endpoint: str, timeout: float = 3.0, ca_bundle: Path | None = Non
             why = getattr(exc.__cause__, "reason", None) or exc.__cause__
             return Check("endpoint", False, f"{host_port}: no TLS handshake ({why})",
                          "check R2_ENDPOINT's scheme: https:// for a TLS endpoint, http:// for a plain one")
+        if exc.code == "NoAnswer":
+            return Check("endpoint", False, f"{host_port}: connects, but sent no HTTP answer",
+                         "the server, or a proxy in between, is hung or is not an S3 endpoint: check R2_ENDPOINT, "
+                         "and try again later")
         if exc.code == "NameResolution":
             cause = getattr(exc.__cause__, "strerror", None) or exc.__cause__
             return Check("endpoint", False, f"cannot resolve {parts.hostname}: {cause}",

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -430,3 +431,17 @@ def test_a_read_only_token_with_write_back_still_pulls(moto_s3, tmp_path):
     for r in report.results:
         assert r.source == "hf" and r.write_back.startswith("failed:") and "AccessDenied" in r.write_back
         assert (scene.models_dir / r.name).read_bytes() == files[r.name]
+
+
+def test_bulk_pull_from_a_hung_endpoint_fails_fast(rclone_s3, tmp_path):
+    """rclone alone was still waiting after 150 s on an endpoint that accepts connections and never answers."""
+    with FaultProxy(rclone_s3.endpoint) as proxy:
+        env = {**server_env(rclone_s3, new_bucket(rclone_s3), tmp_path), "R2_ENDPOINT": proxy.endpoint}
+        proxy.add(Rule("stall", seconds=600))
+        started = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "syncbridge", "pull", "workflows", str(tmp_path / "dst")],
+                              env=env, capture_output=True, text=True, timeout=60)
+        took = time.monotonic() - started
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "sent no answer in 10 s" in proc.stderr and "R2_ENDPOINT" in proc.stderr, proc.stderr
+    assert took < 30, took

@@ -194,6 +194,35 @@ def test_check_endpoint(moto_s3):
     assert exc.value.code == "NameResolution"
 
 
+def test_check_endpoint_wants_an_http_answer(rclone_s3):
+    import socket
+    import threading
+    import time
+
+    from .faultproxy import FaultProxy, Rule
+
+    assert check_endpoint(rclone_s3.endpoint) >= 0
+    with FaultProxy(rclone_s3.endpoint) as proxy:
+        proxy.add(Rule("stall", seconds=600))  # accepts connections, never answers
+        started = time.monotonic()
+        with pytest.raises(StoreError) as exc:
+            check_endpoint(proxy.endpoint, answer_timeout=1)
+        assert time.monotonic() - started < 5
+        assert exc.value.code == "NoAnswer" and "no answer in 1 s" in str(exc.value)
+        assert f"R2_ENDPOINT={proxy.endpoint}" in str(exc.value)
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts, then hangs up without a word
+
+    def hang_up() -> None:
+        conn, _ = listener.accept()
+        conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    with pytest.raises(StoreError) as exc:
+        check_endpoint(f"http://127.0.0.1:{listener.getsockname()[1]}", answer_timeout=5)
+    listener.close()
+    assert exc.value.code == "NoAnswer" and "closed the connection" in str(exc.value)
+
+
 def test_wrong_secret_is_a_clear_store_error(rclone_s3, tmp_path):
     env = {**server_env(rclone_s3, new_bucket(rclone_s3), tmp_path), "R2_SECRET_KEY": "sbWRONG-0000000000000"}
     config = load_config(env)
