@@ -980,6 +980,8 @@ def pull_models(
     selection = _select(config, manifest, environ, tier)
     puller = _Puller(config, manifest, on_event=on_event, sources=sources, fill_coordinator=fill_coordinator,
                      cancel=cancel, store=store)
+    if puller.cache is not None:
+        puller.cache.begin_pull()
     results: dict[str, ModelResult] = {}
     for model, reason in selection.skipped:
         results[model.name] = ModelResult(model.name, model.path, "", 0, 0.0, "", "skipped", message=reason)

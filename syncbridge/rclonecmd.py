@@ -105,8 +105,10 @@ def remote_env(remote: RemoteConfig) -> dict[str, str]:
     if remote.provider != "AWS":
         env[_ENV_PREFIX + "FORCE_PATH_STYLE"] = "true"
     if remote.ca_bundle is not None:
-        # --ca-cert (a global flag: rclone reads a list flag from the environment as CSV, so quoted)
-        env["RCLONE_CA_CERT"] = '"' + str(remote.ca_bundle).replace('"', '""') + '"'
+        # --ca-cert, a global flag. Newer rclones read it as a list, from the environment as CSV: a path
+        # with a comma or a quote is quoted (a plain path reads the same either way).
+        path = str(remote.ca_bundle)
+        env["RCLONE_CA_CERT"] = '"' + path.replace('"', '""') + '"' if any(c in path for c in ',"') else path
     return env
 
 

@@ -343,6 +343,11 @@ class CacheSource(Source):
                             extra={"event": "models.cache_down"})
         return True
 
+    def begin_pull(self) -> None:
+        """A new pull gives a cache that stopped answering in an earlier one another chance."""
+        with self._lock:
+            self._down = None
+
     @property
     def down(self) -> bool:
         """Whether the cache stopped answering in this pull (it is then skipped, write-back included)."""

@@ -305,6 +305,23 @@ def test_provider_and_region_inferred(base, endpoint, provider, region):
     assert env["RCLONE_CONFIG_SYNCBRIDGE_NO_CHECK_BUCKET"] == "true"
 
 
+@pytest.mark.parametrize("name, expected", [("ca.pem", None), ("a,b.pem", '"{}"'), ('a"b.pem', '"{}"')])
+def test_ca_bundle_reaches_rclone_and_is_checked(base, tmp_path, name, expected):
+    remote = {**base, "R2_ENDPOINT": "https://minio.example:9000", "R2_ACCESS_KEY": ACCESS_KEY,
+              "R2_SECRET_KEY": SECRET_KEY}
+    bundle = tmp_path / name
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    config = load_config({**remote, "SYNCBRIDGE_CA_BUNDLE": str(bundle)})
+    assert config.remote.ca_bundle == bundle
+    quoted = str(bundle).replace('"', '""')
+    assert remote_env(config.remote)["RCLONE_CA_CERT"] == (expected.format(quoted) if expected else str(bundle))
+    assert load_config({**remote, "AWS_CA_BUNDLE": str(bundle)}).remote.ca_bundle == bundle  # boto3's name too
+    assert "RCLONE_CA_CERT" not in remote_env(load_config(remote).remote)
+    with pytest.raises(ConfigError) as exc:
+        load_config({**remote, "SYNCBRIDGE_CA_BUNDLE": str(tmp_path / "missing.pem")})
+    assert "SYNCBRIDGE_CA_BUNDLE" in str(exc.value) and "missing.pem" in str(exc.value)
+
+
 def test_provider_and_region_set_explicitly(base):
     env = {**base, "R2_ENDPOINT": "https://minio.example:9000", "R2_ACCESS_KEY": ACCESS_KEY,
            "R2_SECRET_KEY": SECRET_KEY, "SYNCBRIDGE_PROVIDER": "minio", "SYNCBRIDGE_REGION": "eu-central-7"}

@@ -24,7 +24,8 @@ import pytest
 models = pytest.importorskip("syncbridge.models")
 
 from syncbridge.config import load_config  # noqa: E402
-from syncbridge.store import S3Store  # noqa: E402
+from syncbridge.sources import default_sources  # noqa: E402
+from syncbridge.store import S3Store, open_store  # noqa: E402
 
 from .conftest import HF_TOKEN, new_bucket, server_env  # noqa: E402
 from .faultproxy import FaultProxy, Rule  # noqa: E402
@@ -398,10 +399,24 @@ def test_a_cache_that_stops_answering_is_skipped_not_waited_on(rclone_s3, tmp_pa
         scene.manifest.write_text("\n".join(lines) + "\n")
         proxy.add(Rule("stall", seconds=600))
         config = load_config({**scene.env, "SYNCBRIDGE_CACHE_TIMEOUT": "1"})
+        # the library's way to keep sources across pulls
+        store = open_store(config.remote, state_dir=config.state_dir, read_timeout=1)
+        sources = default_sources(store=lambda: store, cache_prefix=CACHE, hf_endpoint=hub.url, hf_token=HF_TOKEN,
+                                  civitai_endpoint="http://127.0.0.1:9", civitai_api_key=None, cache_timeout=1)
         started = time.monotonic()
-        report = models.pull_models(config, [scene.manifest], tier="datacenter")
+        report = models.pull_models(config, [scene.manifest], tier="datacenter", sources=sources, store=store)
         took = time.monotonic() - started
         asked = proxy.count("request")
+        # a later pull with the same sources gives the cache another chance: it answers again by then
+        proxy.clear()
+        later = tmp_path / "later.bin"
+        later.write_bytes(os.urandom(3000))
+        digest = scene.seed_file("later.bin", later)
+        manifest = tmp_path / "later.toml"
+        manifest.write_text(f'[settings]\nmodels_dir = "{scene.models_dir}"\ncache_prefix = "{CACHE}"\n'
+                            f'[[model]]\nname = "later"\npath = "later.bin"\nsha256 = "{digest}"\n')
+        again = models.pull_models(config, [manifest], tier="datacenter", sources=sources, store=store)
+        assert [(r.status, r.source) for r in again.results] == [("pulled", "cache")], again.table()
     assert report.ok, report.table()
     assert {r.source for r in report.results} == {"hf"}
     for name, data in files.items():
