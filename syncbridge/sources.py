@@ -205,6 +205,14 @@ class _HashingWriter:
         return len(data)
 
 
+# StoreError codes (botocore's, or the exception's type name) that mean the bucket did not answer.
+_UNREACHABLE = frozenset({
+    "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+    "ProxyConnectionError", "ConnectionError", "TimeoutError", "timeout", "ConnectionRefusedError",
+    "ConnectionResetError", "ConnectionAbortedError", "BrokenPipeError", "RemoteDisconnected",
+})
+
+
 class CacheSource(Source):
     """``<cache_prefix>/<path>`` in the bucket (R2: no egress fees, no rate limits).
 
@@ -334,7 +342,7 @@ class CacheSource(Source):
     def _unreachable(self, exc: StoreError) -> bool:
         """Whether ``exc`` says the bucket is not answering (a timeout, a refused or lost connection, after
         the retries); the first such failure takes the cache out of this pull."""
-        if not exc.retryable or exc.status is not None or exc.code in ("ShortRead", "ETagChanged"):
+        if exc.status is not None or exc.code not in _UNREACHABLE:  # a local error (a full disk) is not one
             return False
         with self._lock:
             if self._down is None:
