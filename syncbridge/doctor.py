@@ -53,25 +53,29 @@ _FIXES = {
 }
 
 
+# check_endpoint's failures past the connection: (detail, attribute of the cause shown in it, fix)
+_ENDPOINT_FIXES = {
+    "CertificateUntrusted": ("TLS certificate not trusted ({})", "verify_message",
+                             "for a private CA, set SYNCBRIDGE_CA_BUNDLE to its PEM file; otherwise the endpoint (or "
+                             "a proxy in between) presents a certificate no public CA signed"),
+    "TLSFailed": ("no TLS handshake ({})", "reason",
+                  "check R2_ENDPOINT's scheme: https:// for a TLS endpoint, http:// for a plain one"),
+    "NoAnswer": ("connects, but sent no HTTP answer", None,
+                 "the server, or a proxy in between, is hung or is not an S3 endpoint: check R2_ENDPOINT, and try "
+                 "again later"),
+}
+
+
 def _tcp_check(endpoint: str, timeout: float = 3.0, ca_bundle: Path | None = None) -> Check:
     parts = urlsplit(endpoint)
     host_port = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
     try:
         seconds = check_endpoint(endpoint, timeout=timeout, ca_bundle=ca_bundle)
     except StoreError as exc:
-        if exc.code == "CertificateUntrusted":
-            why = getattr(exc.__cause__, "verify_message", None) or exc.__cause__
-            return Check("endpoint", False, f"{host_port}: TLS certificate not trusted ({why})",
-                         "for a private CA, set SYNCBRIDGE_CA_BUNDLE to its PEM file; otherwise the endpoint (or a "
-                         "proxy in between) presents a certificate no public CA signed")
-        if exc.code == "TLSFailed":
-            why = getattr(exc.__cause__, "reason", None) or exc.__cause__
-            return Check("endpoint", False, f"{host_port}: no TLS handshake ({why})",
-                         "check R2_ENDPOINT's scheme: https:// for a TLS endpoint, http:// for a plain one")
-        if exc.code == "NoAnswer":
-            return Check("endpoint", False, f"{host_port}: connects, but sent no HTTP answer",
-                         "the server, or a proxy in between, is hung or is not an S3 endpoint: check R2_ENDPOINT, "
-                         "and try again later")
+        if exc.code in _ENDPOINT_FIXES:
+            detail, cause_attr, fix = _ENDPOINT_FIXES[exc.code]
+            why = (getattr(exc.__cause__, cause_attr, None) or exc.__cause__) if cause_attr else None
+            return Check("endpoint", False, f"{host_port}: {detail.format(why)}", fix)
         if exc.code == "NameResolution":
             cause = getattr(exc.__cause__, "strerror", None) or exc.__cause__
             return Check("endpoint", False, f"cannot resolve {parts.hostname}: {cause}",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from syncbridge.config import load_config
-from syncbridge.doctor import Check, _clock_check, run_doctor, summarize
+from syncbridge.doctor import Check, _clock_check, _tcp_check, run_doctor, summarize
 from syncbridge.localserver import free_port
 from syncbridge.store import S3Store
 
@@ -177,3 +177,18 @@ def test_missing_state_dir_parent_is_created_private(local_env):
     state = Path(local_env["SYNCBRIDGE_STATE_DIR"])
     assert not state.exists()
     assert _checks(local_env)["state directory"].detail.endswith("(mode 0o700)")
+
+
+def test_endpoint_that_hangs_up_without_an_answer():
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def hang_up() -> None:
+        conn, _ = listener.accept()
+        conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    check = _tcp_check(f"http://127.0.0.1:{listener.getsockname()[1]}")
+    listener.close()
+    assert not check.ok and "sent no HTTP answer" in check.detail and "R2_ENDPOINT" in check.fix
