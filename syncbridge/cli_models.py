@@ -17,6 +17,14 @@ _TTY_REDRAW = 0.2
 _LOG_EVERY = 5.0
 
 
+def _eta(got: int, total: int, speed: float) -> str:
+    """`` ETA 1m05s`` at the average speed so far (empty when unknown or done)."""
+    if not total or got >= total or speed <= 0:
+        return ""
+    left = int((total - got) / speed + 0.5)
+    return f" ETA {left // 60}m{left % 60:02d}s" if left >= 60 else f" ETA {left}s"
+
+
 class ModelsProgress:
     """A bar per active model and a total on a TTY; otherwise a log line per active model every few seconds."""
 
@@ -88,7 +96,7 @@ class ModelsProgress:
                 pct = f"{got * 100 / total:.0f}%" if total else "-"
                 speed = got / max(now - began, 1e-6)
                 self.stream.write(f"[syncbridge] {name}: {source} {pct} {_human(got)}/{_human(total)} "
-                                  f"{_human(speed)}/s\n")
+                                  f"{_human(speed)}/s{_eta(got, total, speed)}\n")
                 self.stream.flush()
 
     @staticmethod
@@ -99,7 +107,7 @@ class ModelsProgress:
         speed = got / elapsed if elapsed > 0 else 0.0
         label = f"{name[:28]:<28}" + (f" {source:<7}" if source else " " * 8)
         return (f"{label} [{'#' * filled}{'-' * (width - filled)}] {frac * 100:5.1f}% "
-                f"{_human(got)}/{_human(total)} {_human(speed)}/s")
+                f"{_human(got)}/{_human(total)} {_human(speed)}/s{_eta(got, total, speed)}")
 
     def close(self) -> None:
         with self.lock:

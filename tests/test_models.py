@@ -803,6 +803,15 @@ def test_progress_bars_on_a_tty_and_lines_otherwise():
     text = log.getvalue()
     assert "[syncbridge] vae: hf 50%" in text and "vae: hf failed: sha256 mismatch" in text
     assert "\x1b[" not in text
+    assert " ETA " in tty.getvalue() and " ETA " in text  # half done: as long again at the same speed
+
+
+def test_eta():
+    from syncbridge.cli_models import _eta
+
+    assert _eta(500, 1000, 10.0) == " ETA 50s"
+    assert _eta(0, 10_000, 100.0) == " ETA 1m40s"
+    assert _eta(1000, 1000, 10.0) == _eta(5, 0, 1.0) == _eta(5, 10, 0.0) == ""
 
 
 def test_large_cache_object_by_ranged_gets_with_progress(env, tmp_path):
