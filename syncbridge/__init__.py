@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -32,6 +32,8 @@ _EXPORTS = {
     "RcloneError": "errors",
     "StoreError": "errors",
     "open_store": "store",
+    "OutputWatcher": "watch",
+    "PushedOutput": "notify",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -98,6 +98,13 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
 
 
+def _left_out_line(ctx, report: dict) -> None:
+    if report.get("left_out"):
+        examples = ", ".join(report.get("left_out_examples") or [])
+        ctx.out(f"left out:     {report['left_out']} files by watch.include / watch.exclude "
+                f"(SYNCBRIDGE_WATCH_INCLUDE / _EXCLUDE){': ' + examples if examples else ''}")
+
+
 def _status(args: argparse.Namespace, ctx) -> int:
     if getattr(args, "fleet", False):
         from .cli_fleet import status_command
@@ -113,7 +120,8 @@ def _status(args: argparse.Namespace, ctx) -> int:
                                              "oldest_pending_age", "uploaded", "skipped", "failed", "retries",
                                              "collisions", "bytes_uploaded", "last_latency", "p95_latency",
                                              "started_at", "updated_at", "watches", "unwatched", "catch_up_done",
-                                             "last_error")}
+                                             "last_error", "left_out", "left_out_examples", "recent",
+                                             "waiting_to_finish")}
         if report["oldest_pending_age"] is not None and status.get("updated_at"):
             report["oldest_pending_age"] += max(0.0, now - float(status["updated_at"]))
     else:
@@ -124,7 +132,8 @@ def _status(args: argparse.Namespace, ctx) -> int:
         if status:  # the last run's figures
             report["last_run"] = {k: status.get(k) for k in ("directory", "prefix", "uploaded", "failed", "retries",
                                                              "last_latency", "p95_latency", "started_at",
-                                                             "updated_at")}
+                                                             "updated_at", "left_out", "left_out_examples",
+                                                             "recent")}
     report["running"] = running
     report["journal"] = {"path": str(journal_path(config.state_dir)),
                          "pending": summary.pending if summary else 0, "failed": summary.failed if summary else 0,
@@ -142,6 +151,12 @@ def _status(args: argparse.Namespace, ctx) -> int:
         ctx.out(f"since start:  {report['uploaded']} uploaded, {report['failed']} failing, {report['retries']} retried "
                 f"errors, {report['collisions']} sent to sibling keys, {report['skipped']} already there")
         ctx.out(f"latency:      last {_ms(report['last_latency'])}, p95 {_ms(report['p95_latency'])}")
+        if report.get("waiting_to_finish"):
+            ctx.out(f"being written: {report['waiting_to_finish']} found by a scan, pushed once closed or quiet")
+        _left_out_line(ctx, report)
+        for output in (report.get("recent") or [])[-5:]:
+            ctx.out(f"pushed:       {output['key']} ({output['size']} bytes, {output['content_type']})"
+                    + (f" {output['url']}" if output.get("url") else ""))
         if report.get("unwatched"):
             ctx.out(f"not watched (rescanned instead): {', '.join(report['unwatched'])}")
         if report.get("last_error"):
@@ -154,6 +169,7 @@ def _status(args: argparse.Namespace, ctx) -> int:
         if last:
             ctx.out(f"last run:     {last['uploaded']} uploaded, {last['failed']} failing, latency last "
                     f"{_ms(last['last_latency'])}, p95 {_ms(last['p95_latency'])}")
+            _left_out_line(ctx, last)
     for failure in report["journal"]["failures"][:5]:
         ctx.out(f"failed:       {failure['path']} -> {failure['key']}: {failure['error']}")
     return 0

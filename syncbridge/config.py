@@ -61,6 +61,7 @@ __all__ = [
     "infer_provider",
     "DEFAULT_WATCH_INCLUDE",
     "ALWAYS_EXCLUDED",
+    "PARTIAL_SUFFIXES",
 ]
 
 # Exactly what the issue promises: anything else (on/off, y/n, enabled) is an error,
@@ -68,15 +69,18 @@ __all__ = [
 TRUE_WORDS = frozenset({"true", "1", "yes"})
 FALSE_WORDS = frozenset({"false", "0", "no"})
 
-DEFAULT_WATCH_INCLUDE = (
-    "*.png", "*.jpg", "*.jpeg", "*.webp", "*.gif", "*.avif",
-    "*.mp4", "*.webm", "*.mov", "*.mkv",
-    "*.wav", "*.mp3", "*.flac", "*.ogg",
-    "*.json", "*.txt",
-)
-# Never synced by the watcher, whatever the include list says (FIELD_NOTES:
-# ComfyUI wipes temp/; partial files are not finished).
-ALWAYS_EXCLUDED = ("temp/**", ".*", "**/.*", "*.partial", "*.incomplete", ".cache/**", "**/.cache/**")
+# The watcher pushes every finished regular file by default: what lands in ComfyUI's output
+# folder is open-ended (.opus, .latent, .glb, .safetensors, a custom node's own format), and an
+# extension allowlist lost those without a word. ``watch.include`` narrows it when set.
+DEFAULT_WATCH_INCLUDE: tuple[str, ...] = ()
+# What can never be an output, so the watcher never pushes it, whatever the filters say
+# (FIELD_NOTES): ComfyUI wipes temp/; hidden names (the tempfile of SaveLatent's
+# tempfile + os.replace, editors' swap files); partial downloads and writes, the suffixes
+# ComfyUI's own asset scanner skips; huggingface_hub's .cache/.
+PARTIAL_SUFFIXES = (".part", ".partial", ".incomplete", ".crdownload", ".download", ".downloading", ".tmp",
+                    ".aria2", ".!qb", ".opdownload", ".sbpart")
+ALWAYS_EXCLUDED = ("temp/**", ".*", "**/.*", ".cache/**", "**/.cache/**",
+                   *(f"*{suffix}" for suffix in PARTIAL_SUFFIXES))
 
 
 def secret_values(environ: Mapping[str, str]) -> tuple[str, ...]:
@@ -167,9 +171,28 @@ SETTINGS: tuple[Setting, ...] = (
     S("watch.prefix", ("SYNCBRIDGE_WATCH_PREFIX",), "str", "outputs",
       "Key prefix; may contain {pod_id} and strftime-style {date} ({date:%Y-%m-%d})."),
     S("watch.include", ("SYNCBRIDGE_WATCH_INCLUDE",), "list", DEFAULT_WATCH_INCLUDE,
-      "Glob patterns of files to push (comma separated in the environment)."),
+      "Narrow the push to files matching these glob patterns (comma separated in the environment). Default: "
+      "every finished file. Files left out are counted in status and the stop summary."),
     S("watch.exclude", ("SYNCBRIDGE_WATCH_EXCLUDE",), "list", (),
-      "Extra glob patterns never pushed (temp/, hidden files, *.partial, *.incomplete and .cache/ always are)."),
+      "Glob patterns never pushed, on top of what never is: temp/, hidden names, .cache/ and partial files "
+      "(*.part, *.partial, *.incomplete, *.crdownload, *.download, *.downloading, *.tmp, *.aria2, *.!qb, "
+      "*.opdownload)."),
+    S("watch.quiet_seconds", ("SYNCBRIDGE_WATCH_QUIET_SECONDS",), "float", 2.0,
+      "A file found by a scan rather than by its close event (a new folder's first files, catch-up, rescans) "
+      "is pushed once no process has it open for writing, or, where that cannot be seen (network file "
+      "systems, other users' processes), once its size and mtime have not changed for this long.", minimum=0),
+    S("watch.cache_control", ("SYNCBRIDGE_WATCH_CACHE_CONTROL",), "str", None,
+      "Cache-Control stored with each pushed output (e.g. 'public, max-age=31536000, immutable'). "
+      "Default: none."),
+    S("watch.public_url", ("SYNCBRIDGE_PUBLIC_URL",), "str", None,
+      "Public URL of a pushed output, {key} standing for its key (e.g. https://pub-xxxx.r2.dev/{key}); "
+      "without {key}, the key is appended. Shown in the debug log, status --json, on_pushed and the webhook."),
+    S("watch.webhook_url", ("SYNCBRIDGE_WEBHOOK_URL",), "secret", None,
+      "http(s) URL that gets a JSON POST for the pushed outputs (batched, retried with backoff in its own "
+      "thread; at least once per output while the watcher runs). Treated as a secret: never logged."),
+    S("watch.presign_seconds", ("SYNCBRIDGE_PRESIGN_SECONDS",), "int", 0,
+      "Without a public URL, give each output a presigned GET URL valid this long (at most 604800, 7 days) "
+      "in on_pushed and the webhook (never in logs or status: it is a credential). 0 = off.", minimum=0),
     S("watch.concurrency", ("SYNCBRIDGE_WATCH_CONCURRENCY",), "int", 8, "Uploads in flight at once.", minimum=1),
     S("watch.drain_seconds", ("SYNCBRIDGE_DRAIN_SECONDS",), "float", 4.0,
       "On SIGTERM, how long to keep pushing what is pending (a spot pod is killed 5 s after SIGTERM).", minimum=0),
@@ -297,6 +320,11 @@ class WatchConfig:
     rescan_seconds: float | None  # None: decide from the file system type
     batch_delay: float
     conditional: str
+    quiet_seconds: float = 2.0
+    cache_control: str | None = None
+    public_url: str | None = None
+    webhook_url: str | None = attrs.field(default=None, repr=False)
+    presign_seconds: int = 0
 
 
 @attrs.frozen
@@ -586,6 +614,14 @@ def is_mount_point(path: str, *, mountinfo: str = "/proc/self/mountinfo") -> boo
     return False
 
 
+def _is_http_url(text: str) -> bool:
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def _default_state_dir(environ: Mapping[str, str], workspace: Path, storage_mode: str) -> Path:
     if storage_mode == "persistent":
         return workspace / ".syncbridge"
@@ -740,6 +776,14 @@ def build_config(
             bad_prefix = f"must render to a relative key prefix ({exc}), got {prefix!r}"
     if bad_prefix:
         col.add(where_of("watch.prefix"), bad_prefix)
+    for key in ("watch.public_url", "watch.webhook_url"):
+        url = get(key)
+        if url is not None and not _is_http_url(url.replace("{key}", "k")):
+            shown = repr(url) if key == "watch.public_url" else "a value that is not one"
+            col.add(where_of(key), f"must be an http(s) URL, got {shown}")
+    if get("watch.presign_seconds") > 604800:
+        col.add(where_of("watch.presign_seconds"), "must be at most 604800 (7 days, the longest a presigned "
+                                                   f"URL lives), got {get('watch.presign_seconds')}")
 
     if col.problems:
         raise ConfigError(col.problems)
@@ -779,6 +823,11 @@ def build_config(
             rescan_seconds=get("watch.rescan_seconds"),
             batch_delay=get("watch.batch_delay"),
             conditional=get("watch.conditional"),
+            quiet_seconds=get("watch.quiet_seconds"),
+            cache_control=get("watch.cache_control"),
+            public_url=get("watch.public_url"),
+            webhook_url=get("watch.webhook_url"),
+            presign_seconds=get("watch.presign_seconds"),
         ),
         models=ModelsConfig(
             manifests=tuple(get("models.manifests")),

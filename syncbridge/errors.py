@@ -20,6 +20,7 @@ __all__ = [
     "RcloneNotFoundError",
     "StoreError",
     "PreconditionFailedError",
+    "SourceChangedError",
     "UnsafePathError",
     "CancelledError",
 ]
@@ -128,6 +129,10 @@ class StoreError(SyncBridgeError, OSError):
 
 class PreconditionFailedError(StoreError):
     """A conditional write lost: the key exists (If-None-Match) or changed (If-Match)."""
+
+
+class SourceChangedError(StoreError):
+    """An upload was abandoned because its source file changed while it was read (still being written)."""
 
 
 class UnsafePathError(SyncBridgeError, ValueError):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 __all__ = ["ensure_private_dir", "private_state_dir", "atomic_write_bytes", "temp_beside", "TEMP_SUFFIX",
-           "fsync_dir"]
+           "fsync_dir", "open_for_writing"]
 
 TEMP_SUFFIX = ".sbtmp"
 
@@ -75,3 +75,42 @@ def atomic_write_bytes(target: Path, data: bytes, *, mode: int = 0o600) -> None:
         os.fsync(fd)
         os.replace(temp, target)
     fsync_dir(target.parent)
+
+
+def open_for_writing(root: str, *, proc: str = "/proc") -> set[str] | None:
+    """Paths below ``root`` that a process on this machine has open for writing, or ``None`` when
+    that cannot be told (no ``/proc``, or another user's processes cannot be looked into).
+
+    Reads ``/proc/<pid>/fd`` links and the ``flags`` of ``/proc/<pid>/fdinfo``. It sees only this
+    machine (this container's pid namespace): a writer on another machine of a network file
+    system is invisible, so callers use it only on local file systems.
+    """
+    prefix = root.rstrip("/") + "/"
+    found: set[str] = set()
+    try:
+        pids = [name for name in os.listdir(proc) if name.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        fd_dir = f"{proc}/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # exited meanwhile
+        except OSError:
+            return None  # someone else's process: it could be writing, we cannot tell
+        for fd in fds:
+            try:
+                target = os.readlink(f"{fd_dir}/{fd}")
+            except OSError:
+                continue
+            if not target.startswith(prefix):
+                continue
+            try:
+                with open(f"{proc}/{pid}/fdinfo/{fd}", encoding="ascii", errors="replace") as fh:
+                    flags = next((int(line.split()[1], 8) for line in fh if line.startswith("flags:")), 0)
+            except (OSError, ValueError, IndexError):
+                continue
+            if flags & 0o3 in (os.O_WRONLY, os.O_RDWR):
+                found.add(target)
+    return found

@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 from .errors import UnsafePathError
 
-__all__ = ["key_to_relpath", "relpath_to_key", "join_key", "encode_name", "decode_name", "render_prefix", "PathFilter", "glob_to_regex",
+__all__ = ["public_url", "key_to_relpath", "relpath_to_key", "join_key", "encode_name", "decode_name", "render_prefix", "PathFilter", "glob_to_regex",
            "MAX_KEY_BYTES"]
 
 MAX_KEY_BYTES = 1024  # R2 and S3 limit
@@ -221,3 +221,15 @@ class PathFilter:
         """Whether a whole folder is excluded (so it need not be watched or scanned)."""
         probe = rel_dir.rstrip("/") + "/\x00probe"
         return any(rx.match(probe) for rx in self._exc) or any(rx.match(rel_dir) for rx in self._exc)
+
+
+def public_url(template: str, key: str) -> str:
+    """The public URL of ``key`` from ``SYNCBRIDGE_PUBLIC_URL``: ``{key}`` is replaced by the key,
+    percent-encoded per segment (spaces, ``#``, ``?``, non-ASCII); a template without ``{key}`` gets
+    ``/<key>`` appended."""
+    from urllib.parse import quote
+
+    quoted = quote(key.encode("utf-8", "surrogateescape"), safe="/~")
+    if "{key}" in template:
+        return template.replace("{key}", quoted)
+    return template.rstrip("/") + "/" + quoted

@@ -34,16 +34,16 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Mapping
+from typing import Any, BinaryIO, Callable, Iterator, Mapping
 
 import attrs
 
 from .config import RemoteConfig
-from .errors import PreconditionFailedError, StoreError, UnsafePathError
+from .errors import PreconditionFailedError, SourceChangedError, StoreError, UnsafePathError
 from .fsutil import TEMP_SUFFIX, ensure_private_dir, private_state_dir
 from .keys import key_to_relpath
 
-__all__ = ["ObjectInfo", "Store", "S3Store", "LocalStore", "open_store", "make_s3_client", "RETRYABLE_CODES",
+__all__ = ["ObjectInfo", "PutHeaders", "Store", "S3Store", "LocalStore", "open_store", "make_s3_client", "RETRYABLE_CODES",
            "check_endpoint"]
 
 log = logging.getLogger(__name__)
@@ -59,12 +59,65 @@ _MAX_PARTS = 10_000
 
 
 @attrs.frozen
+class PutHeaders:
+    """HTTP headers an upload stores with the object."""
+
+    content_type: str | None = None
+    cache_control: str | None = None
+
+    def s3_kwargs(self) -> dict[str, str]:
+        out = {}
+        if self.content_type:
+            out["ContentType"] = self.content_type
+        if self.cache_control:
+            out["CacheControl"] = self.cache_control
+        return out
+
+
+class _Changed(Exception):
+    """Raised inside an upload body when its source changed (deliberately not an OSError, which
+    the HTTP stack would take for a network failure)."""
+
+
+class _GuardedReader:
+    """A file body that asks ``unchanged()`` before it hands out its last bytes."""
+
+    def __init__(self, fh: BinaryIO, size: int, unchanged: Callable[[], bool]) -> None:
+        self._fh, self._size, self._unchanged = fh, size, unchanged
+        self.changed = False
+
+    def read(self, n: int = -1) -> bytes:
+        pos = self._fh.tell()
+        data = self._fh.read(n)
+        if data and pos + len(data) >= self._size or not data and pos < self._size:
+            if self.changed or not self._unchanged():
+                self.changed = True
+                raise _Changed
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def __len__(self) -> int:
+        return self._size
+
+
+def _source_changed(key: str, path: str | os.PathLike[str]) -> SourceChangedError:
+    return SourceChangedError(f"put {key!r}: {os.fspath(path)} changed while it was uploaded; the upload was "
+                              f"abandoned", key=key, code="SourceChanged")
+
+
+@attrs.frozen
 class ObjectInfo:
     key: str
     size: int
     etag: str  # without quotes
     last_modified: dt.datetime  # aware, UTC
     metadata: Mapping[str, str] = attrs.field(factory=dict)
+    content_type: str = ""  # as stored ("" when the store does not say)
 
 
 class Store:
@@ -78,11 +131,17 @@ class Store:
         raise NotImplementedError
 
     def put_file(self, path: str | os.PathLike[str], key: str, *, if_none_match: bool = False,
-                 if_match: str | None = None, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+                 if_match: str | None = None, metadata: Mapping[str, str] | None = None,
+                 headers: "PutHeaders | None" = None, unchanged: Callable[[], bool] | None = None) -> ObjectInfo:
+        """Upload a file. ``unchanged`` is asked just before the upload completes (before the last
+        bytes of a single PUT are sent, before a multipart upload is completed); when it says the
+        file changed, the upload is abandoned (the object is left as it was) and
+        :class:`~syncbridge.errors.SourceChangedError` is raised: a prefix of a file being written
+        is never published."""
         raise NotImplementedError  # pragma: no cover
 
     def put_bytes(self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None,
-                  metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+                  metadata: Mapping[str, str] | None = None, headers: "PutHeaders | None" = None) -> ObjectInfo:
         raise NotImplementedError  # pragma: no cover
 
     def get_bytes(self, key: str) -> tuple[bytes, ObjectInfo]:
@@ -278,7 +337,7 @@ class S3Store(Store):
         except (bexc.BotoCoreError, OSError) as exc:
             raise _store_error(exc, key=key, action="head") from exc
         return ObjectInfo(key, int(r.get("ContentLength", 0)), _strip_etag(r.get("ETag")),
-                          r["LastModified"].astimezone(dt.timezone.utc), _metadata(r))
+                          r["LastModified"].astimezone(dt.timezone.utc), _metadata(r), r.get("ContentType") or "")
 
     def _cond_kwargs(self, if_none_match: bool, if_match: str | None) -> dict[str, str]:
         kwargs: dict[str, str] = {}
@@ -289,31 +348,45 @@ class S3Store(Store):
         return kwargs
 
     def put_bytes(self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None,
-                  metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+                  metadata: Mapping[str, str] | None = None, headers: PutHeaders | None = None) -> ObjectInfo:
+        extra = headers.s3_kwargs() if headers else {}
         r = self._call("put", key, self.client.put_object, Key=key, Body=data, Metadata=dict(metadata or {}),
-                       **self._cond_kwargs(if_none_match, if_match))
+                       **extra, **self._cond_kwargs(if_none_match, if_match))
         return ObjectInfo(key, len(data), _strip_etag(r.get("ETag")), dt.datetime.now(dt.timezone.utc),
-                          dict(metadata or {}))
+                          dict(metadata or {}), extra.get("ContentType", ""))
 
     def put_file(self, path: str | os.PathLike[str], key: str, *, if_none_match: bool = False,
-                 if_match: str | None = None, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+                 if_match: str | None = None, metadata: Mapping[str, str] | None = None,
+                 headers: PutHeaders | None = None, unchanged: Callable[[], bool] | None = None) -> ObjectInfo:
+        extra = headers.s3_kwargs() if headers else {}
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
             if size >= self.multipart_threshold:
-                etag = self._multipart(fh, size, key, self._cond_kwargs(if_none_match, if_match), metadata or {})
+                etag = self._multipart(fh, size, key, self._cond_kwargs(if_none_match, if_match), metadata or {},
+                                       extra, unchanged, path)
             else:
-                r = self._call("put", key, self.client.put_object, Key=key, Body=fh, ContentLength=size,
-                               Metadata=dict(metadata or {}), **self._cond_kwargs(if_none_match, if_match))
+                body: Any = fh if unchanged is None else _GuardedReader(fh, size, unchanged)
+                try:
+                    r = self._call("put", key, self.client.put_object, Key=key, Body=body, ContentLength=size,
+                                   Metadata=dict(metadata or {}), **extra, **self._cond_kwargs(if_none_match, if_match))
+                except (StoreError, _Changed) as exc:
+                    if getattr(body, "changed", False):
+                        raise _source_changed(key, path) from exc
+                    raise
+                if getattr(body, "changed", False):
+                    raise _source_changed(key, path)
                 etag = _strip_etag(r.get("ETag"))
-        return ObjectInfo(key, size, etag, dt.datetime.now(dt.timezone.utc), dict(metadata or {}))
+        return ObjectInfo(key, size, etag, dt.datetime.now(dt.timezone.utc), dict(metadata or {}),
+                          extra.get("ContentType", ""))
 
     def _multipart(self, fh: BinaryIO, size: int, key: str, cond: Mapping[str, str],
-                   metadata: Mapping[str, str]) -> str:
+                   metadata: Mapping[str, str], extra: Mapping[str, str] | None = None,
+                   unchanged: Callable[[], bool] | None = None, path: str | os.PathLike[str] = "") -> str:
         # All non-trailing parts the same size: R2 rejects anything else (InvalidPart).
         part_size = max(_MIN_PART, math.ceil(size / (_MAX_PARTS - 1)))
         part_size = math.ceil(part_size / (1024 * 1024)) * 1024 * 1024
         upload = self._call("create multipart upload", key, self.client.create_multipart_upload, Key=key,
-                            Metadata=dict(metadata))
+                            Metadata=dict(metadata), **dict(extra or {}))
         upload_id = upload["UploadId"]
         fd = fh.fileno()
         count = math.ceil(size / part_size)
@@ -327,6 +400,8 @@ class S3Store(Store):
         try:
             with ThreadPoolExecutor(max_workers=min(4, count)) as pool:
                 parts = list(pool.map(send, range(1, count + 1)))
+            if unchanged is not None and not unchanged():
+                raise _source_changed(key, path)  # aborted below: the parts never become an object
             r = self._call("complete multipart upload", key, self.client.complete_multipart_upload, Key=key,
                            UploadId=upload_id, MultipartUpload={"Parts": parts}, **cond)
         except BaseException:
@@ -465,7 +540,8 @@ class LocalStore(Store):
         attrs_ = self._xattrs(path)
         etag = attrs_.pop("etag", "") or f"{st.st_size:x}-{st.st_mtime_ns:x}"
         meta = {k[5:]: v for k, v in attrs_.items() if k.startswith("meta.")}
-        return ObjectInfo(key, st.st_size, etag, dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc), meta)
+        return ObjectInfo(key, st.st_size, etag, dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc), meta,
+                          attrs_.get("content-type", ""))
 
     def head(self, key: str) -> ObjectInfo | None:
         path = self._path(key)
@@ -478,7 +554,8 @@ class LocalStore(Store):
         return self._info(key, path, st)
 
     def _write(self, key: str, source: BinaryIO | bytes, *, if_none_match: bool, if_match: str | None,
-               metadata: Mapping[str, str] | None) -> ObjectInfo:
+               metadata: Mapping[str, str] | None, headers: PutHeaders | None = None,
+               unchanged: Callable[[], bool] | None = None) -> ObjectInfo:
         target = self._path(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -502,6 +579,10 @@ class LocalStore(Store):
                 os.setxattr(tmp, "user.sb.etag", etag.encode())
                 for name, value in (metadata or {}).items():
                     os.setxattr(tmp, f"user.sb.meta.{name.lower()}", str(value).encode())
+                if headers is not None and headers.content_type:
+                    os.setxattr(tmp, "user.sb.content-type", headers.content_type.encode())
+            if unchanged is not None and not unchanged():
+                raise _source_changed(key, getattr(source, "name", key))
             with self._key_lock(key):
                 current = self.head(key)
                 if if_none_match and current is not None:
@@ -529,13 +610,16 @@ class LocalStore(Store):
         return self._info(key, target)
 
     def put_bytes(self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None,
-                  metadata: Mapping[str, str] | None = None) -> ObjectInfo:
-        return self._write(key, data, if_none_match=if_none_match, if_match=if_match, metadata=metadata)
+                  metadata: Mapping[str, str] | None = None, headers: PutHeaders | None = None) -> ObjectInfo:
+        return self._write(key, data, if_none_match=if_none_match, if_match=if_match, metadata=metadata,
+                           headers=headers)
 
     def put_file(self, path: str | os.PathLike[str], key: str, *, if_none_match: bool = False,
-                 if_match: str | None = None, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+                 if_match: str | None = None, metadata: Mapping[str, str] | None = None,
+                 headers: PutHeaders | None = None, unchanged: Callable[[], bool] | None = None) -> ObjectInfo:
         with open(path, "rb") as fh:
-            return self._write(key, fh, if_none_match=if_none_match, if_match=if_match, metadata=metadata)
+            return self._write(key, fh, if_none_match=if_none_match, if_match=if_match, metadata=metadata,
+                               headers=headers, unchanged=unchanged)
 
     def get_bytes(self, key: str) -> tuple[bytes, ObjectInfo]:
         buf = io.BytesIO()

@@ -56,23 +56,25 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 
 from .batching import Action, DeadlineBatcher, backoff_delay, is_network_fs, mount_fstype, object_key, percentile, \
     sibling_key
 from .config import ALWAYS_EXCLUDED, Config
-from .errors import PreconditionFailedError, StoreError, SyncBridgeError, UnsafePathError
+from .errors import PreconditionFailedError, SourceChangedError, StoreError, SyncBridgeError, UnsafePathError
 from .fleet import Heartbeat
-from .fsutil import private_state_dir
+from .fsutil import open_for_writing, private_state_dir
 from .inotify_watch import TreeWatcher, read_mounts, scan_tree
 from .journal import DONE, FAILED, JOURNAL_NAME, Journal, Row
-from .keys import PathFilter, render_prefix
-from .store import LocalStore, S3Store, Store
+from .keys import PathFilter, public_url, render_prefix
+from .mediatypes import content_type
+from .notify import Notifier, PushedOutput, Webhook
+from .store import LocalStore, PutHeaders, S3Store, Store
 
 __all__ = ["OutputWatcher", "WatchStats", "DrainResult", "WatchError", "run_watch", "status_path", "journal_path",
-           "read_status", "STATUS_NAME", "ORIGIN_META"]
+           "read_status", "STATUS_NAME", "ORIGIN_META", "PushedOutput"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,9 @@ STORE_PROBE_MAX_SECONDS = 2.0
 STATUS_INTERVAL = 1.0
 STATUS_HEARTBEAT = 5.0
 LATENCY_WINDOW = 512
+RECENT_OUTPUTS = 20  # the last outputs shown in status --json
+LEFT_OUT_KEPT = 1000  # names of files the filters left out, kept for status (the count has no cap)
+WRITERS_TTL = 0.1  # seconds a look at /proc for open writers is reused
 INMEMORY_MAX = 4 * 1024 * 1024
 # The watcher's own retry loop is in charge (with backoff, without limit); botocore
 # retries would hide failures and stretch a SIGTERM drain past its deadline.
@@ -137,10 +142,16 @@ class WatchStats:
     unwatched: tuple[str, ...]
     catch_up_done: bool
     last_error: str | None
+    left_out: int = 0  # files the user's filters (watch.include / watch.exclude) left out since start
+    left_out_examples: tuple[str, ...] = ()  # the latest few of them
+    recent: tuple[PushedOutput, ...] = ()  # the last outputs pushed, newest last
+    waiting_to_finish: int = 0  # files found by a scan, waiting for their close or to be quiet
 
     def to_dict(self) -> dict[str, Any]:
-        data = attrs.asdict(self)
+        data = attrs.asdict(self, recurse=False)
         data["unwatched"] = list(self.unwatched)
+        data["left_out_examples"] = list(self.left_out_examples)
+        data["recent"] = [o.to_dict() for o in self.recent]
         return data
 
 
@@ -154,6 +165,8 @@ class DrainResult:
     seconds: float
     uploaded_total: int = 0  # files uploaded since start
     unscanned: bool = False  # a folder scan did not finish: files in it may not be known yet
+    left_out: int = 0  # files the user's filters left out since start (not a failure: they asked)
+    undelivered: int = 0  # outputs the webhook did not take before the stop (they are in the bucket)
 
     @property
     def ok(self) -> bool:
@@ -165,6 +178,11 @@ class DrainResult:
                 f"start; {self.pending} pending and {self.failed} failed recorded in the journal for the next start)")
         if self.unscanned:
             text += "; a folder scan did not finish in time: the next start's catch-up scan pushes what it missed"
+        if self.left_out:
+            text += (f"; {self.left_out} files left out by watch.include / watch.exclude "
+                     f"(SYNCBRIDGE_WATCH_INCLUDE / SYNCBRIDGE_WATCH_EXCLUDE)")
+        if self.undelivered:
+            text += f"; {self.undelivered} outputs not delivered to the webhook"
         return text
 
 
@@ -180,11 +198,12 @@ class _Item:
     fatal: bool = False
     changes: int = 0  # uploads in a row during which the file changed (it is still being written)
     last_put: float = 0.0  # when its last upload ended (R2 takes about one write per second per key)
-    why: str = ""  # why it is waiting: retry, settle or spacing
+    why: str = ""  # why it is waiting: retry, settle, quiet or spacing
+    closed: bool = False  # a close (or rename into place) said it is finished; a scan alone does not
 
 
 class _Outcome:
-    PUSHED, SKIPPED, CHANGED, GONE, RETRY, FATAL = range(6)
+    PUSHED, SKIPPED, CHANGED, GONE, RETRY, FATAL, UNFINISHED = range(7)
 
 
 def _sig(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -223,13 +242,24 @@ class OutputWatcher:
             and ``{date}`` are filled in).
         store: the store to push to (default: opened from ``config.remote``, with one
             connection pool sized for ``config.watch.concurrency``).
+        on_pushed: called with a :class:`~syncbridge.notify.PushedOutput` for each output once
+            it is in the bucket (key, size, md5, content type, latency, url), on a thread of its
+            own: a slow callback never slows an upload. More with :meth:`add_listener`.
+
+    What is pushed: every finished regular file below the folder, except what can never be
+    an output (:data:`~syncbridge.config.ALWAYS_EXCLUDED`: ``temp/``, hidden names, partial
+    downloads) and what ``watch.include`` / ``watch.exclude`` leave out (counted in
+    :meth:`stats`). A file is finished when its close (or rename into place) is seen; a file
+    found by a scan instead is pushed once no process has it open for writing or it has been
+    quiet for ``watch.quiet_seconds``, and an upload whose file changes while it is read is
+    abandoned, so a prefix of a file is never published.
 
     Use as a context manager (``__exit__`` drains with ``config.watch.drain_seconds``),
     or call :meth:`start` and :meth:`stop`.
     """
 
     def __init__(self, config: Config, *, directory: str | os.PathLike[str] | None = None, prefix: str | None = None,
-                 store: Store | None = None) -> None:
+                 store: Store | None = None, on_pushed: Callable[[PushedOutput], Any] | None = None) -> None:
         self.config = config
         self.settings = config.watch
         self._explicit_dir = directory is not None
@@ -237,7 +267,17 @@ class OutputWatcher:
         self.template = (prefix if prefix is not None else config.watch.prefix).strip("/")
         self._store = store
         self._own_store = store is None
-        self._filter = PathFilter(config.watch.include, (*config.watch.exclude, *ALWAYS_EXCLUDED))
+        self._never = PathFilter((), ALWAYS_EXCLUDED)  # never an output: not counted as left out
+        self._users = PathFilter(config.watch.include, config.watch.exclude)
+        self._dirs = PathFilter((), (*config.watch.exclude, *ALWAYS_EXCLUDED))
+        self._left_out: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._left_out_count = 0
+        self._recent: collections.deque[PushedOutput] = collections.deque(maxlen=RECENT_OUTPUTS)
+        self._listeners: list[Callable[[PushedOutput], Any]] = [on_pushed] if on_pushed is not None else []
+        self._notifier: Notifier | None = None
+        self._writers: tuple[float, set[str] | None] = (-1.0, None)
+        self._writers_lock = threading.Lock()
+        self._local_fs = True  # whether /proc can tell who writes a file (not on a network file system)
         self._rand = random.Random()
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -346,6 +386,12 @@ class OutputWatcher:
                 log.info("%s is on a network file system (%s): rescanning every %.0fs for other machines' writes",
                          self.directory, fstype, rescan, extra={"event": "watch.network_fs"})
         self._rescan_every = rescan
+        self._local_fs = not is_network_fs(mount_fstype(str(self.directory), read_mounts()) or "")
+        webhook = None
+        if self.settings.webhook_url:
+            webhook = Webhook(self.settings.webhook_url, pod_id=self.config.pod_id)
+        if webhook is not None or self._listeners:
+            self._notifier = Notifier(self._listeners, webhook)
         self._started_at = time.time()
         self._tree = TreeWatcher(self.directory, dir_selected=self._dir_selected)
         self._tree.watch_tree("")  # watches first, then the catch-up scan: nothing falls in between
@@ -375,6 +421,12 @@ class OutputWatcher:
                  f", rescan every {self._rescan_every:.0f}s" if self._rescan_every else "",
                  extra={"event": "watch.started"})
         self._write_status()
+
+    def add_listener(self, listener: Callable[[PushedOutput], Any]) -> None:
+        """Call ``listener`` with each output pushed from now on (before :meth:`start` only)."""
+        if self._state != "new":
+            raise WatchError("add listeners before the watcher starts")
+        self._listeners.append(listener)
 
     def _current_prefix(self) -> str:
         """The prefix for a new key: ``{date}`` follows the clock, so a watcher running past
@@ -434,7 +486,7 @@ class OutputWatcher:
         still taken in. Returns how it went; safe to call more than once.
         """
         if self._state in ("new", "stopped"):
-            return DrainResult(0, 0, len(self._failed), 0.0, self._counters["uploaded"])
+            return DrainResult(0, 0, len(self._failed), 0.0, self._counters["uploaded"], left_out=self._left_out_count)
         drain = self.settings.drain_seconds if drain_seconds is None else max(0.0, drain_seconds)
         t0 = time.monotonic()
         uploaded_before = self._counters["uploaded"]
@@ -479,7 +531,10 @@ class OutputWatcher:
             self._waiting_heap.clear()
             self._gate_until = 0.0
             self._cond.notify_all()
-            while (self._ready or self._inflight or self._waiting) and time.monotonic() < self._drain_deadline:
+            # A file still being written (found by a scan, not closed) is not waited for: it stays
+            # pending in the journal rather than going out as a prefix of itself.
+            while (self._ready or self._inflight or any(i.why != "quiet" for i in self._waiting.values())) \
+                    and time.monotonic() < self._drain_deadline:
                 self._cond.wait(timeout=max(0.005, self._drain_deadline - time.monotonic()))
             left = {**self._ready, **self._waiting, **self._inflight}
             failed = len(self._failed)
@@ -493,8 +548,13 @@ class OutputWatcher:
             with contextlib.suppress(Exception):
                 journal.mark_pending([(rel, item.seen_wall) for rel, item in left.items()])
                 self._flush_journal()
+        undelivered = 0
+        if self._notifier is not None:
+            # What is left of the drain budget, at least a moment: the outputs are in the bucket either way.
+            undelivered = self._notifier.close(max(0.2, t0 + drain - time.monotonic()))
         result = DrainResult(self._counters["uploaded"] - uploaded_before, len(left), failed,
-                             time.monotonic() - t0, self._counters["uploaded"], unscanned)
+                             time.monotonic() - t0, self._counters["uploaded"], unscanned, self._left_out_count,
+                             undelivered)
         self._write_status(final=True)
         if self._heartbeat is not None:
             # Before the store closes, and within what is left of the drain budget (a spot pod's 5 s).
@@ -521,6 +581,10 @@ class OutputWatcher:
             state = self._state
             last_latency = self._last_latency
             last_error = self._last_error
+            left_out = self._left_out_count
+            left_out_examples = tuple(list(self._left_out)[-5:])
+            recent = tuple(self._recent)
+            unfinished = sum(1 for i in self._waiting.values() if i.why == "quiet")
         tree = self._tree
         now = time.time()
         return WatchStats(
@@ -534,7 +598,8 @@ class OutputWatcher:
             store=self._store.description if self._store is not None else "",
             watches=tree.watch_count if tree is not None else 0,
             unwatched=tree.unwatched_snapshot() if tree is not None else (),
-            catch_up_done=self._catch_up_done, last_error=last_error)
+            catch_up_done=self._catch_up_done, last_error=last_error, left_out=left_out,
+            left_out_examples=left_out_examples, recent=recent, waiting_to_finish=unfinished)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until every file known so far is pushed (True) or ``timeout`` seconds pass (False).
@@ -573,10 +638,37 @@ class OutputWatcher:
     # -- intake ---------------------------------------------------------------------------------
 
     def _dir_selected(self, rel: str) -> bool:
-        return not self._filter.dir_excluded(rel)
+        return not self._dirs.dir_excluded(rel)
 
-    def _mark_ready(self, rel: str, *, trust_owner: bool, now: float, seen_wall: float | None = None) -> None:
-        """A complete file to push (from an event, a scan or the journal). Cheap: only enqueues."""
+    def _selected(self, rel: str) -> bool:
+        """Whether a file is one to push; a file the user's filters leave out is counted, never silent."""
+        if self._never.excluded(rel):
+            return False
+        if self._users(rel):
+            return True
+        with self._lock:
+            known = rel in self._left_out
+            if known:
+                self._left_out.move_to_end(rel)
+            else:
+                self._left_out_count += 1
+                self._left_out[rel] = None
+                if len(self._left_out) > LEFT_OUT_KEPT:
+                    self._left_out.popitem(last=False)
+            first = self._left_out_count == 1 and not known
+        if not known:
+            (log.info if first else log.debug)(
+                "not pushing %s: left out by watch.include / watch.exclude (SYNCBRIDGE_WATCH_INCLUDE / "
+                "SYNCBRIDGE_WATCH_EXCLUDE)%s", rel, "; further files left out are counted in status" if first else "",
+                extra={"event": "watch.left_out", "path": rel})
+        return False
+
+    def _mark_ready(self, rel: str, *, trust_owner: bool, now: float, seen_wall: float | None = None,
+                    closed: bool = False) -> None:
+        """A file to push (from an event, a scan or the journal). Cheap: only enqueues.
+
+        ``closed``: its close (or rename into place) was seen, so it is finished; a file a
+        scan found may still be being written, and :meth:`_push_one` waits for it."""
         with self._cond:
             if not self._accepting:
                 return
@@ -584,22 +676,28 @@ class OutputWatcher:
             if item is not None:
                 item.dirty = True  # changed while being uploaded: push again when this upload ends
                 item.event_mono = now
+                item.closed = item.closed or closed
                 return
             item = self._ready.get(rel) or self._batched.get(rel)
             if item is not None:
                 item.event_mono = now
+                item.closed = item.closed or closed
                 return
             item = self._waiting.get(rel)
-            if item is not None and item.why != "settle":
+            if item is not None and item.why not in ("settle", "quiet"):
                 item.event_mono = now  # in a retry backoff, or spacing writes to one key: keep waiting
+                item.closed = item.closed or closed
                 return
+            if item is not None and item.why == "quiet" and not closed:
+                return  # a scan found it again: it still waits to be quiet
             item = self._waiting.pop(rel, None) or self._failed.pop(rel, None)
-            if item is not None:  # a new event cuts a settle wait or a fatal error's wait short
+            if item is not None:  # a new event cuts a settle or quiet wait, or a fatal error's wait, short
                 item.event_mono, item.not_before, item.fatal = now, 0.0, False
+                item.closed = item.closed or closed
                 self._ready[rel] = item
                 self._cond.notify_all()
                 return
-            item = _Item(rel, seen_wall or time.time(), now, trust_owner)
+            item = _Item(rel, seen_wall or time.time(), now, trust_owner, closed=closed)
             self._to_journal.append((rel, item.seen_wall))
             last_put = self._recent_puts.get(rel)
             if last_put is not None and last_put + KEY_SPACING_SECONDS > now:
@@ -653,17 +751,17 @@ class OutputWatcher:
     def _on_change(self, change, now: float) -> None:
         action, rel = change.action, change.rel
         if action is Action.READY:
-            if self._filter(rel):
-                self._mark_ready(rel, trust_owner=True, now=now)
+            if self._selected(rel):
+                self._mark_ready(rel, trust_owner=True, now=now, closed=True)
         elif action is Action.CREATED:
             # A new hard link to a finished file (os.link(tmp, final)) has no close event.
-            if self._filter(rel):
+            if not self._never.excluded(rel):
                 with contextlib.suppress(OSError):
                     st = os.lstat(self.directory / rel)
-                    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-                        self._mark_ready(rel, trust_owner=True, now=now)
+                    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and self._selected(rel):
+                        self._mark_ready(rel, trust_owner=True, now=now, closed=True)
         elif action is Action.GONE:
-            if self._filter(rel):
+            if not self._never.excluded(rel) and self._users(rel):
                 self._mark_gone(rel)
         elif action is Action.NEW_DIR:
             self._queue_scan(rel, full=False)
@@ -712,7 +810,7 @@ class OutputWatcher:
         seen: set[str] = set()
         count = 0
         for rel, st in scan_tree(self.directory, rel_dir, dir_selected=self._dir_selected,
-                                 file_selected=self._filter, stop=self._stop_event if full else self._scan_abort):
+                                 file_selected=self._selected, stop=self._stop_event if full else self._scan_abort):
             seen.add(rel)
             row = rows.get(rel) if rows is not None else journal.get(rel)
             if _matches(row, st):
@@ -822,11 +920,14 @@ class OutputWatcher:
                 if len(self._recent_puts) > 4096:
                     self._recent_puts = {r: t for r, t in self._recent_puts.items() if t + KEY_SPACING_SECONDS > now}
             if outcome == _Outcome.PUSHED:
-                size, latency = detail
+                output: PushedOutput = detail
                 self._counters["uploaded"] += 1
-                self._counters["bytes"] += size
-                self._latencies.append(latency)
-                self._last_latency = latency
+                self._counters["bytes"] += output.size
+                self._latencies.append(output.latency)
+                self._last_latency = output.latency
+                self._recent.append(output)
+                if self._notifier is not None:
+                    self._notifier(output)
             elif outcome == _Outcome.SKIPPED:
                 self._counters["skipped"] += 1
             elif outcome == _Outcome.RETRY:
@@ -858,6 +959,9 @@ class OutputWatcher:
                 else:
                     item.not_before = 0.0
                     self._ready[item.rel] = item
+            elif outcome == _Outcome.UNFINISHED:
+                # Found by a scan while a job writes it: its close event (or quiet) says when it is done.
+                self._wait(item, now + detail, why="quiet")
             elif outcome == _Outcome.CHANGED:
                 # Still being written (found by a scan while a job writes it): wait longer each
                 # time, so a growing video is not re-sent in a loop; its close event cuts the wait.
@@ -921,6 +1025,10 @@ class OutputWatcher:
         row = journal.get(item.rel)
         if _matches(row, before):
             return _Outcome.SKIPPED, None
+        if not item.closed:
+            wait = self._unfinished_for(path, before)
+            if wait > 0:
+                return _Outcome.UNFINISHED, wait
         owned = bool(item.trust_owner and row is not None and row.etag and row.key)
         try:
             key = row.key if owned else object_key(self._current_prefix(), item.rel)  # type: ignore[union-attr]
@@ -933,10 +1041,15 @@ class OutputWatcher:
                 # consistent read, and a writer truncating the file cannot stall the PUT.
                 with open(path, "rb") as fh:
                     data = fh.read(INMEMORY_MAX + 1)
+                    mid = os.fstat(fh.fileno())
                 if len(data) > INMEMORY_MAX:
                     data = None
+                elif len(data) != before.st_size or _sig(mid) != _sig(before):
+                    return _Outcome.CHANGED, None  # changed while read: these bytes are not one version of it
             key, info, uploaded = self._upload(path, key, owned_etag=row.etag if owned else None,  # type: ignore
-                                               data=data)
+                                               data=data, before=before)
+        except SourceChangedError:
+            return _Outcome.CHANGED, None  # the upload was abandoned: the object is as it was
         except FileNotFoundError:
             return self._gone(item)
         except StoreError as exc:
@@ -977,11 +1090,45 @@ class OutputWatcher:
         if not uploaded:
             return _Outcome.SKIPPED, None
         latency = time.monotonic() - item.event_mono
-        log.debug("pushed %s -> %s (%d bytes, %.3fs)", item.rel, key, before.st_size, latency,
-                  extra={"event": "watch.pushed"})
-        return _Outcome.PUSHED, (before.st_size, latency)
+        output = self._output_record(item.rel, key, before.st_size, info, latency)
+        log.debug("pushed %s -> %s (%d bytes, %s, %.3fs)%s", item.rel, key, before.st_size, output.content_type,
+                  latency, f" {output.url}" if output.url else "", extra={"event": "watch.pushed"})
+        return _Outcome.PUSHED, output
 
-    def _upload(self, path: Path, key: str, *, owned_etag: str | None, data: bytes | None):
+    def _output_record(self, rel: str, key: str, size: int, info, latency: float) -> PushedOutput:
+        etag = info.etag or ""
+        md5 = etag if len(etag) == 32 and all(c in "0123456789abcdef" for c in etag) else None
+        url = public_url(self.settings.public_url, key) if self.settings.public_url else None
+        presigned = None
+        if url is None and self.settings.presign_seconds and self._notifier is not None:
+            with contextlib.suppress(StoreError):
+                presigned = self._store.presign_get(key, expires=self.settings.presign_seconds)  # type: ignore
+        return PushedOutput(rel, key, size, md5, info.content_type or content_type(rel), latency, time.time(), url,
+                            presigned)
+
+    def _unfinished_for(self, path: Path, st: os.stat_result) -> float:
+        """How long a file a scan found must still wait before it counts as finished (0: now).
+
+        No process having it open for writing says so at once (this machine's /proc; a look is
+        reused for :data:`WRITERS_TTL`); where that cannot be told, its size and mtime unchanged
+        for ``watch.quiet_seconds`` do. Its close event cuts any wait short."""
+        quiet = self.settings.quiet_seconds
+        age = time.time() - st.st_mtime
+        if age >= quiet:
+            return 0.0
+        if self._local_fs:
+            now = time.monotonic()
+            with self._writers_lock:
+                taken, writers = self._writers
+                if now - taken > WRITERS_TTL:
+                    writers = open_for_writing(str(self.directory))
+                    self._writers = (now, writers)
+            if writers is not None:
+                return quiet - age if str(path) in writers else 0.0
+        return quiet - age
+
+    def _upload(self, path: Path, key: str, *, owned_etag: str | None, data: bytes | None,
+                before: os.stat_result):
         """Put ``path`` at ``key`` without overwriting anyone else's object.
 
         Returns:
@@ -992,11 +1139,19 @@ class OutputWatcher:
         canonical = key
         local_md5: str | None = None
         meta = {ORIGIN_META: self.origin}
+        # The same Content-Type rclone gives the file (push, bisync): a browser shows it, a <video> plays it.
+        headers = PutHeaders(content_type(path.name), self.settings.cache_control)
+
+        def unchanged() -> bool:
+            try:
+                return _sig(os.lstat(path)) == _sig(before)
+            except OSError:
+                return False
 
         def put(target: str, **kwargs: Any):
             if data is not None:
-                return store.put_bytes(target, data, metadata=meta, **kwargs)
-            return store.put_file(path, target, metadata=meta, **kwargs)
+                return store.put_bytes(target, data, metadata=meta, headers=headers, **kwargs)
+            return store.put_file(path, target, metadata=meta, headers=headers, unchanged=unchanged, **kwargs)
         for attempt in range(4):
             if owned_etag is not None:
                 remote = store.head(key)
@@ -1088,7 +1243,7 @@ class OutputWatcher:
         data["journal"] = str(journal_path(self.config.state_dir))
         data["running"] = not final
         fingerprint = (stats.state, stats.pending, stats.uploaded, stats.failed, stats.retries, stats.skipped,
-                       stats.last_latency, stats.unwatched)
+                       stats.last_latency, stats.unwatched, stats.left_out, stats.waiting_to_finish)
         now = time.monotonic()
         if not final and fingerprint == self._last_status and now - self._last_status_time < STATUS_HEARTBEAT:
             return

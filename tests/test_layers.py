@@ -35,6 +35,8 @@ LAYERS = {
     "sources": IO,
     "lease": IO,
     "fleet": IO,
+    "mediatypes": IO,
+    "notify": IO,
     # orchestration
     "bulk": ORCH,
     "doctor": ORCH,

@@ -107,14 +107,17 @@ def test_every_file_lands_with_identical_bytes(backend: dict[str, str], tmp_path
         _write(out / "renamed/video.mp4.partial", b"V" * 700)
         os.replace(out / "renamed/video.mp4.partial", out / "renamed/video.mp4")
         expected["renamed/video.mp4"] = b"V" * 700
-        # never pushed
+        put("notes.docx", 10)  # not an image, still an output: no extension allowlist
+        put("no-extension", 10)
+        # never pushed: can never be an output
         for rel in ("temp/preview.png", ".hidden.png", "sub/.also-hidden.png", ".cache/x.png", "sub/.cache/y.png",
-                    "dl.png.partial", "model.incomplete", "notes.docx"):
+                    "dl.png.partial", "model.incomplete", "a.safetensors.part", "b.bin.crdownload", "c.tmp",
+                    "d.gguf.aria2", "e.mp4.download", "f.downloading"):
             _write(out / rel, b"no")
         (out / "batch" / "dirlink").symlink_to("/etc", target_is_directory=True)
         assert watcher.wait_idle(90), watcher.stats()
         stats = watcher.stats()
-    assert stats.failed == 0 and stats.collisions == 0
+    assert stats.failed == 0 and stats.collisions == 0 and stats.left_out == 0
     # (a file the scan of a brand-new folder caught half-written is pushed again on its close)
     assert stats.uploaded >= len(expected), stats
     got = _objects(config)
