@@ -2,13 +2,12 @@
 bucket whichever path took it there (the watcher's PUT, ``push``, ``bisync``).
 
 rclone names a type with Go's ``mime.TypeByExtension`` and falls back to
-``application/octet-stream``. Go's table is a short built-in list, then the system's
+``application/octet-stream``. Go's table is a built-in list, then the system's
 shared-mime-info database (``globs2``; its first entry per extension wins and never
-replaces a built-in one) or, when there is none, the ``mime.types`` files (which do).
-This module does the same, in the same order, from the same files. A slim image with
-neither file knows only the built-in list, for rclone and for us alike: install
-``media-types`` or ``shared-mime-info`` (the syncbridge image does) so videos and audio
-are served as such. ``doctor`` says when neither is there.
+replaces a built-in one) or, when there is none, the ``mime.types`` files (which do);
+rclone then adds a few media types of its own for extensions still unknown. This module
+does the same, in the same order, from the same files, so the answer is rclone's on any
+machine, a slim image without a database included.
 
 Python's :mod:`mimetypes` is not used: its own table and file list differ from Go's
 (``.opus``, ``.glb``, ``.mkv`` come out differently), and the point is one answer.
@@ -24,24 +23,106 @@ __all__ = ["content_type", "MediaTypes", "DEFAULT_TYPE", "system_database"]
 
 DEFAULT_TYPE = "application/octet-stream"
 
-# Go's builtinTypesLower (src/mime/type.go), the same in every Go release rclone 1.6x-1.7x uses.
+# Go's builtinTypesLower (src/mime/type.go of the Go that builds rclone 1.75: the types Firefox and
+# Chrome both know). An older Go had 16 of these; the test against `push` catches a change.
 _GO_BUILTIN = {
+    ".ai": "application/postscript",
+    ".apk": "application/vnd.android.package-archive",
+    ".apng": "image/apng",
     ".avif": "image/avif",
+    ".bin": "application/octet-stream",
+    ".bmp": "image/bmp",
+    ".com": "application/octet-stream",
     ".css": "text/css; charset=utf-8",
+    ".csv": "text/csv; charset=utf-8",
+    ".doc": "application/msword",
+    ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    ".ehtml": "text/html; charset=utf-8",
+    ".eml": "message/rfc822",
+    ".eps": "application/postscript",
+    ".exe": "application/octet-stream",
+    ".flac": "audio/flac",
     ".gif": "image/gif",
+    ".gz": "application/gzip",
     ".htm": "text/html; charset=utf-8",
     ".html": "text/html; charset=utf-8",
+    ".ico": "image/vnd.microsoft.icon",
+    ".ics": "text/calendar; charset=utf-8",
+    ".jfif": "image/jpeg",
     ".jpeg": "image/jpeg",
     ".jpg": "image/jpeg",
     ".js": "text/javascript; charset=utf-8",
     ".json": "application/json",
+    ".m4a": "audio/mp4",
     ".mjs": "text/javascript; charset=utf-8",
+    ".mp3": "audio/mpeg",
+    ".mp4": "video/mp4",
+    ".oga": "audio/ogg",
+    ".ogg": "audio/ogg",
+    ".ogv": "video/ogg",
+    ".opus": "audio/ogg",
     ".pdf": "application/pdf",
+    ".pjp": "image/jpeg",
+    ".pjpeg": "image/jpeg",
     ".png": "image/png",
+    ".ppt": "application/vnd.ms-powerpoint",
+    ".pptx": "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    ".ps": "application/postscript",
+    ".rdf": "application/rdf+xml",
+    ".rtf": "application/rtf",
+    ".shtml": "text/html; charset=utf-8",
     ".svg": "image/svg+xml",
+    ".text": "text/plain; charset=utf-8",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+    ".txt": "text/plain; charset=utf-8",
+    ".vtt": "text/vtt; charset=utf-8",
     ".wasm": "application/wasm",
+    ".wav": "audio/wav",
+    ".webm": "audio/webm",
     ".webp": "image/webp",
+    ".xbl": "text/xml; charset=utf-8",
+    ".xbm": "image/x-xbitmap",
+    ".xht": "application/xhtml+xml",
+    ".xhtml": "application/xhtml+xml",
+    ".xls": "application/vnd.ms-excel",
+    ".xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
     ".xml": "text/xml; charset=utf-8",
+    ".xsl": "text/xml; charset=utf-8",
+    ".zip": "application/zip",
+}
+# rclone's own additions (fs/mimetype.go), for extensions that neither Go's list nor the system's
+# database knows (a slim image without one).
+_RCLONE_FALLBACK = {
+    ".flac": "audio/flac",
+    ".mpga": "audio/mpeg",
+    ".mpega": "audio/mpeg",
+    ".mp2": "audio/mpeg",
+    ".mp3": "audio/mpeg",
+    ".m4a": "audio/mpeg",
+    ".oga": "audio/ogg",
+    ".ogg": "audio/ogg",
+    ".opus": "audio/ogg",
+    ".spx": "audio/ogg",
+    ".wav": "audio/x-wav",
+    ".tiff": "image/tiff",
+    ".tif": "image/tiff",
+    ".dif": "video/dv",
+    ".dv": "video/dv",
+    ".fli": "video/fli",
+    ".mpeg": "video/mpeg",
+    ".mpg": "video/mpeg",
+    ".mpe": "video/mpeg",
+    ".ts": "video/MP2T",
+    ".mp4": "video/mp4",
+    ".qt": "video/quicktime",
+    ".mov": "video/quicktime",
+    ".ogv": "video/ogg",
+    ".webm": "video/webm",
+    ".avi": "video/x-msvideo",
+    ".mpv": "video/x-matroska",
+    ".mkv": "video/x-matroska",
+    ".srt": "application/x-subrip",
 }
 # Go's src/mime/type_unix.go, in its order.
 GLOBS_FILES = ("/usr/local/share/mime/globs2", "/usr/share/mime/globs2")
@@ -73,10 +154,14 @@ class MediaTypes:
         for name in globs:
             if self._load_globs(name):
                 self.source = name
-                return
-        loaded = [name for name in types if self._load_types(name)]
-        if loaded:
-            self.source = ", ".join(loaded)
+                break
+        else:
+            loaded = [name for name in types if self._load_types(name)]
+            if loaded:
+                self.source = ", ".join(loaded)
+        for ext, typ in _RCLONE_FALLBACK.items():
+            if ext not in self._exact and ext.lower() not in self._lower:
+                self._set(ext, typ)
 
     def _set(self, ext: str, mime_type: str) -> None:
         normal = _normalise(mime_type)

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 BATCH_MAX = 100  # outputs per webhook POST
 QUEUE_MAX = 100_000  # undelivered outputs kept in memory; the oldest are dropped (and counted) beyond
 WEBHOOK_TIMEOUT = 10.0
-WEBHOOK_BACKOFF_CAP = 30.0
+WEBHOOK_BACKOFF_CAP = 10.0
 
 
 @attrs.frozen

@@ -143,6 +143,7 @@ class Seen:
     query: str
     action: str | None
     status: int | None
+    length: int | None = None  # the request's Content-Length (the size of a PUT's body)
 
 
 def s3_error_body(code: str, resource: str, request_id: str) -> bytes:
@@ -407,9 +408,10 @@ class FaultProxy:
                 return rule
         return None
 
-    def _record(self, method: str, path: str, query: str, action: str | None, status: int | None) -> None:
+    def _record(self, method: str, path: str, query: str, action: str | None, status: int | None,
+                length: int | None = None) -> None:
         with self._lock:
-            self._seen.append(Seen(time.monotonic(), method, path, query, action, status))
+            self._seen.append(Seen(time.monotonic(), method, path, query, action, status, length))
             if len(self._seen) > 200_000:
                 del self._seen[:100_000]
 
@@ -500,7 +502,7 @@ class FaultProxy:
             self._writers.discard(up_writer)
             if not up_writer.is_closing():
                 up_writer.close()
-        self._record(method, path, query, rule.action if rule else None, status)
+        self._record(method, path, query, rule.action if rule else None, status, length)
         return keep and not client_close
 
     async def _relay_request_body(self, head: _Head, reader: asyncio.StreamReader, up: asyncio.StreamWriter,
