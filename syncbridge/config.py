@@ -114,6 +114,7 @@ class Setting:
     choices: tuple[str, ...] = ()
     minimum: float | None = None
     sep: str = ","
+    maximum: float | None = None
 
     @property
     def section(self) -> str:
@@ -192,7 +193,8 @@ SETTINGS: tuple[Setting, ...] = (
       "thread; at least once per output while the watcher runs). Treated as a secret: never logged."),
     S("watch.presign_seconds", ("SYNCBRIDGE_PRESIGN_SECONDS",), "int", 0,
       "Without a public URL, give each output a presigned GET URL valid this long (at most 604800, 7 days) "
-      "in on_pushed and the webhook (never in logs or status: it is a credential). 0 = off.", minimum=0),
+      "in on_pushed and the webhook (never in logs or status: it is a credential). 0 = off.", minimum=0,
+      maximum=604800),
     S("watch.concurrency", ("SYNCBRIDGE_WATCH_CONCURRENCY",), "int", 8, "Uploads in flight at once.", minimum=1),
     S("watch.drain_seconds", ("SYNCBRIDGE_DRAIN_SECONDS",), "float", 4.0,
       "On SIGTERM, how long to keep pushing what is pending (a spot pod is killed 5 s after SIGTERM).", minimum=0),
@@ -543,6 +545,8 @@ def _convert(setting: Setting, raw: Any, *, from_env: bool) -> Any:
             raise ValueError(f"expected a whole number, got {raw!r}")
         if setting.minimum is not None and value < setting.minimum:
             raise ValueError(f"must be at least {setting.minimum:g}, got {raw!r}")
+        if setting.maximum is not None and value > setting.maximum:
+            raise ValueError(f"must be at most {setting.maximum:g}, got {raw!r}")
         return value
     if kind == "path":
         if not isinstance(raw, str) or not raw:
@@ -781,9 +785,6 @@ def build_config(
         if url is not None and not _is_http_url(url.replace("{key}", "k")):
             shown = repr(url) if key == "watch.public_url" else "a value that is not one"
             col.add(where_of(key), f"must be an http(s) URL, got {shown}")
-    if get("watch.presign_seconds") > 604800:
-        col.add(where_of("watch.presign_seconds"), "must be at most 604800 (7 days, the longest a presigned "
-                                                   f"URL lives), got {get('watch.presign_seconds')}")
 
     if col.problems:
         raise ConfigError(col.problems)

@@ -92,11 +92,14 @@ class RcloneError(SyncBridgeError, RuntimeError):
         stderr_tail: the last lines rclone wrote, redacted.
     """
 
-    def __init__(self, message: str, *, returncode: int, outcome: str, argv: Sequence[str], stderr_tail: str) -> None:
+    def __init__(self, message: str, *, returncode: int, outcome: str, argv: Sequence[str], stderr_tail: str,
+                 setting: str | None = None, fix: str | None = None) -> None:
         self.returncode = returncode
         self.outcome = outcome
         self.argv = list(argv)
         self.stderr_tail = stderr_tail
+        self.setting = setting
+        self.fix = fix
         text = f"{message} (rclone exit {returncode}, {outcome})"
         if stderr_tail:
             text += "\n" + "\n".join("  | " + line for line in stderr_tail.splitlines())
@@ -116,14 +119,18 @@ class StoreError(SyncBridgeError, OSError):
             exception class name for transport errors.
         status: the HTTP status, when there was a response.
         retryable: whether trying again later may help.
+        setting: the variable to fix (``R2_SECRET_KEY``...), when a setting is at fault.
+        fix: what to do about it, in the user's words (``syncbridge.diagnose``).
     """
 
     def __init__(self, message: str, *, key: str | None = None, code: str = "", status: int | None = None,
-                 retryable: bool = False) -> None:
+                 retryable: bool = False, setting: str | None = None, fix: str | None = None) -> None:
         self.key = key
         self.code = code
         self.status = status
         self.retryable = retryable
+        self.setting = setting
+        self.fix = fix
         super().__init__(message)
 
 

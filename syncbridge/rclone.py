@@ -58,6 +58,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import attrs
 
 from .config import Config
+from .diagnose import diagnose_text
 from .errors import CancelledError, RcloneError, RcloneNotFoundError
 from .rclonecmd import LogRecord, Progress, classify_exit, common_flags, parse_log_line, remote_env
 from .redact import redact, redact_argv
@@ -306,8 +307,14 @@ class Rclone:
         log.debug("rclone.end", extra={"event": "rclone.end", "code": code, "seconds": round(duration, 3)})
         if check and outcome != "ok":
             reason = f"timed out after {timeout:g}s" if timed_out else info.meaning
+            # A store answer that no retry can fix (a wrong secret, a missing bucket) is told in the
+            # user's words with the setting to fix, and is fatal, whatever rclone's exit code says.
+            found = None if timed_out else diagnose_text([*tail, *errors])
+            if found is not None and found.fatal:
+                reason, outcome = found.text(), "fatal"
             raise RcloneError(f"{what} failed: {reason}", returncode=code, outcome=outcome, argv=shown,
-                              stderr_tail="\n".join(tail))
+                              stderr_tail="\n".join(tail), setting=found.setting if found else None,
+                              fix=found.fix if found else None)
         return result
 
     @staticmethod

@@ -39,6 +39,7 @@ from typing import Any, BinaryIO, Callable, Iterator, Mapping
 import attrs
 
 from .config import RemoteConfig
+from .diagnose import diagnose
 from .errors import PreconditionFailedError, SourceChangedError, StoreError, UnsafePathError
 from .fsutil import TEMP_SUFFIX, ensure_private_dir, private_state_dir
 from .keys import key_to_relpath
@@ -49,7 +50,7 @@ __all__ = ["ObjectInfo", "PutHeaders", "Store", "S3Store", "LocalStore", "open_s
 log = logging.getLogger(__name__)
 
 RETRYABLE_CODES = frozenset({
-    "SlowDown", "RequestTimeout", "RequestTimeTooSkewed_", "InternalError", "ServiceUnavailable", "Throttling",
+    "SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling",
     "ThrottlingException", "TooManyRequests", "ConditionalRequestConflict", "OperationAborted", "RequestLimitExceeded",
     "503", "500", "502", "504", "429",
 })
@@ -265,20 +266,24 @@ def _store_error(exc: BaseException, *, key: str | None, action: str) -> StoreEr
             return PreconditionFailedError(f"{action}{where}: precondition failed (the object exists or changed)",
                                            key=key, code=code or "PreconditionFailed", status=412)
         retryable = code in RETRYABLE_CODES or (status is not None and (status >= 500 or status == 429))
-        hint = {
-            "NoSuchBucket": " (the bucket does not exist: check R2_BUCKET)",
-            "InvalidAccessKeyId": " (unknown access key: check R2_ACCESS_KEY)",
-            "SignatureDoesNotMatch": " (wrong secret: check R2_SECRET_KEY)",
-            "AccessDenied": " (the token has no access to this bucket or key)",
-            "RequestTimeTooSkewed": " (this machine's clock is off: sync it)",
-        }.get(code, "")
-        return StoreError(f"{action}{where} failed: {code or status}: {message}{hint}", key=key, code=code,
+        found = diagnose(code, status)
+        if found is not None and found.fatal:
+            retryable = False
+            if code == "NotImplemented":  # R2 names the header it refuses: say which
+                detail = f" ({message})" if message and message != code else ""
+                return StoreError(f"{action}{where} failed: {found.what}{detail}: {found.fix}", key=key, code=code,
+                                  status=status, retryable=False, setting=found.setting, fix=found.fix)
+            return StoreError(f"{action}{where} failed: {found.what} ({code or status}): {found.fix}", key=key,
+                              code=code or str(status or ""), status=status, retryable=False, setting=found.setting,
+                              fix=found.fix)
+        return StoreError(f"{action}{where} failed: {code or status}: {message}", key=key, code=code,
                           status=status, retryable=retryable)
     if isinstance(exc, bexc.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
         # Not transient: retrying cannot make the certificate trusted.
+        found = diagnose("CertificateUntrusted")
         return StoreError(f"{action} {key!r} failed: the endpoint's TLS certificate is not trusted ({exc}); for a "
                           f"private CA, set SYNCBRIDGE_CA_BUNDLE to its PEM file", key=key, code="CertificateUntrusted",
-                          retryable=False)
+                          retryable=False, setting=found.setting if found else None, fix=found.fix if found else None)
     if isinstance(exc, (bexc.EndpointConnectionError, bexc.ConnectionClosedError, bexc.ReadTimeoutError,
                         bexc.ConnectTimeoutError, bexc.ResponseStreamingError, bexc.ProxyConnectionError,
                         bexc.IncompleteReadError,  # a body cut short behind a 200: transient

@@ -355,7 +355,7 @@ class OutputWatcher:
         if self.config.fleet.heartbeat_seconds > 0:
             self._heartbeat = Heartbeat(self._store, pod_id=self.config.pod_id, prefix=self.config.fleet.prefix,
                                         interval=self.config.fleet.heartbeat_seconds,
-                                        stats=lambda: self.stats().to_dict(), role="watch")
+                                        stats=self._heartbeat_stats, role="watch")
             self._heartbeat.start()
 
     def _start(self) -> None:
@@ -421,6 +421,11 @@ class OutputWatcher:
                  f", rescan every {self._rescan_every:.0f}s" if self._rescan_every else "",
                  extra={"event": "watch.started"})
         self._write_status()
+
+    def _heartbeat_stats(self) -> dict[str, Any]:
+        data = self.stats().to_dict()
+        data.pop("recent", None)  # the fleet view wants counters, not the last outputs
+        return data
 
     def add_listener(self, listener: Callable[[PushedOutput], Any]) -> None:
         """Call ``listener`` with each output pushed from now on (before :meth:`start` only)."""

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from syncbridge.config import load_config
-from syncbridge.doctor import Check, _clock_check, _tcp_check, run_doctor, summarize
+from syncbridge.doctor import Check, run_doctor, summarize
+from syncbridge.probe import clock_check as _clock_check, endpoint_check as _tcp_check
 from syncbridge.localserver import free_port
 from syncbridge.store import S3Store
 
@@ -50,9 +51,9 @@ def test_wrong_secret(rclone_s3, tmp_path):
     env = {**server_env(rclone_s3, new_bucket(rclone_s3), tmp_path), "R2_SECRET_KEY": "sbWRONGsecret-0000000000"}
     proc = run_cli(["doctor"], env)
     assert proc.returncode == 1
-    assert "[FAIL] bucket access: list failed: SignatureDoesNotMatch" in proc.stdout
-    assert "(wrong secret: check R2_SECRET_KEY)" in proc.stdout
-    assert "fix: the secret does not match the access key: check R2_SECRET_KEY" in proc.stdout
+    assert ("[FAIL] bucket access: listing '" in proc.stdout
+            and "': the secret does not match the access key (SignatureDoesNotMatch)" in proc.stdout)
+    assert "fix: set R2_SECRET_KEY to the API token's 'Secret Access Key'" in proc.stdout
     assert proc.stdout.splitlines()[-1] == "1 check failed: bucket access"
     assert "sbWRONGsecret-0000000000" not in proc.stdout + proc.stderr
     assert_no_secret(proc.stdout, proc.stderr)
@@ -62,16 +63,17 @@ def test_wrong_secret(rclone_s3, tmp_path):
 def test_unknown_access_key(rclone_s3, tmp_path):
     env = {**server_env(rclone_s3, new_bucket(rclone_s3), tmp_path), "R2_ACCESS_KEY": "sbNOSUCHkey01"}
     check = _checks(env)["bucket access"]
-    assert not check.ok and "InvalidAccessKeyId" in check.detail
-    assert check.fix.startswith("the access key id is unknown to the endpoint: check R2_ACCESS_KEY")
+    assert not check.ok and "the endpoint does not know this access key (InvalidAccessKeyId)" in check.detail
+    assert check.fix.startswith("set R2_ACCESS_KEY to the API token's 'Access Key ID'")
+    assert check.setting == "R2_ACCESS_KEY"
 
 
 def test_missing_bucket(s3, tmp_path):
     env = server_env(s3, "sb-no-such-bucket", tmp_path)
     checks = _checks(env)
     check = checks["bucket access"]
-    assert not check.ok and "NoSuchBucket" in check.detail and "check R2_BUCKET" in check.detail
-    assert check.fix.startswith("create the bucket")
+    assert not check.ok and "the bucket does not exist (NoSuchBucket)" in check.detail
+    assert check.fix.startswith("fix R2_BUCKET, or create the bucket") and check.setting == "R2_BUCKET"
     assert "read/write" not in checks  # nothing after a failed list
     assert summarize(list(checks.values()))[0] == 1
 

@@ -17,6 +17,7 @@ LAYERS = {
     # pure: no processes, threads, sockets, inotify, environment
     "__init__": PURE,
     "errors": PURE,
+    "diagnose": PURE,
     "redact": PURE,
     "fmt": PURE,
     "config": PURE,
@@ -37,6 +38,7 @@ LAYERS = {
     "fleet": IO,
     "mediatypes": IO,
     "notify": IO,
+    "probe": IO,
     # orchestration
     "bulk": ORCH,
     "doctor": ORCH,

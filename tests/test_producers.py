@@ -467,3 +467,31 @@ def test_mime_types_file_overrides_the_built_ins_but_globs2_does_not(tmp_path: P
     with_types = MediaTypes(globs=[str(tmp_path / "missing")], types=[str(types)])
     assert with_types.lookup("a.png") == "image/x-override"
     assert with_types.lookup("a.latent") == "model/x-from-types"
+
+
+def test_presigned_links_only_when_asked_and_never_in_logs_or_status(moto_s3: LocalS3, tmp_path: Path,
+                                                                     caplog) -> None:
+    bucket = new_bucket(moto_s3)
+    env = server_env(moto_s3, bucket, tmp_path)
+    env["SYNCBRIDGE_PRESIGN_SECONDS"] = "600"
+    config = _config(env)
+    out = config.watch.dir
+    out.mkdir(parents=True)
+    seen = []
+    data = blob(3000)
+    with caplog.at_level("DEBUG", logger="syncbridge"):
+        with OutputWatcher(config, on_pushed=seen.append) as watcher:
+            pil_save(out / "a.png", data)
+            assert watcher.wait_idle(30)
+            wait_for(lambda: seen, 5, "the on_pushed call")
+            status = watcher.stats().to_dict()
+    [output] = seen
+    assert output.url is None and output.presigned_url and "Signature" in output.presigned_url
+    assert output.to_dict(with_presigned=True)["url"] == output.presigned_url
+    import urllib.request
+
+    with urllib.request.urlopen(output.presigned_url, timeout=10) as response:  # the link serves the bytes
+        assert response.read() == data
+    assert status["recent"][-1]["url"] is None
+    assert "presigned_url" not in status["recent"][-1]
+    assert not any("Signature" in r.getMessage() for r in caplog.records)

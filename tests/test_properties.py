@@ -173,10 +173,11 @@ def field_of(config: Config, key: str):
 def _valid(setting) -> st.SearchStrategy:
     """(raw value as TOML would hold it, env text, expected resolved value)."""
     low = setting.minimum if setting.minimum is not None else 0
+    high = setting.maximum if setting.maximum is not None else 10**12
     if setting.kind == "int":
-        return st.integers(min_value=int(math.ceil(low)), max_value=10**12).map(lambda v: (v, str(v), v))
+        return st.integers(min_value=int(math.ceil(low)), max_value=int(high)).map(lambda v: (v, str(v), v))
     if setting.kind == "float":
-        return st.floats(min_value=low, max_value=1e9, allow_nan=False, allow_infinity=False).map(
+        return st.floats(min_value=low, max_value=min(high, 1e9), allow_nan=False, allow_infinity=False).map(
             lambda v: (v, repr(v), v))
     if setting.kind == "bool":
         # exactly the issue's words: on/off are errors (tests/test_config.py)

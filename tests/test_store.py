@@ -233,4 +233,5 @@ def test_wrong_secret_is_a_clear_store_error(rclone_s3, tmp_path):
     finally:
         store.close()
     assert exc.value.code == "SignatureDoesNotMatch" and exc.value.status == 403 and not exc.value.retryable
-    assert "check R2_SECRET_KEY" in str(exc.value) and SECRET_KEY not in str(exc.value)
+    assert "set R2_SECRET_KEY" in str(exc.value) and SECRET_KEY not in str(exc.value)
+    assert exc.value.setting == "R2_SECRET_KEY"
