@@ -242,6 +242,11 @@ SETTINGS: tuple[Setting, ...] = (
     S("bisync.on_busy", ("SYNCBRIDGE_BISYNC_ON_BUSY",), "choice", "wait",
       "When another pod holds the prefix's lease: wait for it or skip.", choices=("wait", "skip")),
     # -- start ----------------------------------------------------------------------
+    S("start.on_bucket_failure", ("SYNCBRIDGE_ON_BUCKET_FAILURE",), "choice", "stop",
+      "syncbridge start checks the bucket first (endpoint, credentials, bucket, a put/read/delete probe): stop "
+      "(exit with the check's message naming the setting) or warn (run the app anyway; the watcher keeps every "
+      "output in its journal and retries, and the exit status says the outputs were not pushed).",
+      choices=("stop", "warn")),
     S("start.models", ("SYNCBRIDGE_START_MODELS",), "bool", True, "syncbridge start: pull models."),
     S("start.folders", ("SYNCBRIDGE_START_FOLDERS",), "bool", True, "syncbridge start: pull/bisync the folders."),
     S("start.final_push", ("SYNCBRIDGE_START_FINAL_PUSH",), "bool", True,
@@ -369,6 +374,7 @@ class StartConfig:
     folders: bool
     final_push: bool
     stop_seconds: float = 4.5
+    on_bucket_failure: str = "stop"
 
 
 @attrs.frozen
@@ -854,6 +860,7 @@ def build_config(
             folders=get("start.folders"),
             final_push=get("start.final_push"),
             stop_seconds=get("start.stop_seconds"),
+            on_bucket_failure=get("start.on_bucket_failure"),
         ),
         fleet=FleetConfig(
             heartbeat_seconds=get("fleet.heartbeat_seconds"),

@@ -123,6 +123,8 @@ class PullReport:
     seconds: float
     dry_run: bool = False
     models_dir: Path | None = None
+    cache_error: str | None = None  # the bucket refused the cache (credentials, bucket, permissions)
+    cache_setting: str | None = None  # the variable that refusal points at
 
     @property
     def ok(self) -> bool:
@@ -156,6 +158,8 @@ class PullReport:
                 lines.append(f"  {r.name}: write-back {r.write_back}")
         pulled = [r for r in self.results if r.status == "pulled"]
         total = sum(r.size for r in pulled)
+        if self.cache_error:
+            lines.append(f"cache: {self.cache_error}")
         lines.append(f"{len(self.results)} models: {sum(r.status == 'present' for r in self.results)} present, "
                      f"{len(pulled)} pulled ({_human(total)}), "
                      f"{sum(r.status == 'failed' for r in self.results)} failed, "
@@ -798,6 +802,8 @@ class _Puller:
     # -- the cache --------------------------------------------------------------------------------
     def _write_back(self, model: ModelSpec, target: Path, offer: Offer, sha: str | None) -> str:
         assert self.cache is not None
+        if self.cache.write_refused is not None:
+            return f"skipped: the cache refused access (check {self.cache.write_refused.setting})"
         if self.cache.down:  # each put would wait out the same timeouts
             log.info("model %s: cache write-back skipped: the cache is not answering", model.name,
                      extra={"event": "models.write_back", "model": model.name})
@@ -818,6 +824,7 @@ class _Puller:
                 outcome = push_one(self.store(), self.cache.key(model), target, sha)
         except (StoreError, OSError, ValueError) as exc:
             outcome = f"failed: {exc}"
+            self.cache.refusal(exc, writing=True)
         level = logging.WARNING if outcome.startswith(("failed", "conflict")) else logging.INFO
         log.log(level, "model %s: cache write-back %s", model.name, outcome,
                 extra={"event": "models.write_back", "model": model.name})
@@ -1072,7 +1079,10 @@ def pull_models(
             puller._store.close()
     order = {m.name: i for i, m in enumerate(manifest.models)}
     ordered = tuple(sorted(results.values(), key=lambda r: order.get(r.name, 0)))
-    return PullReport(ordered, time.monotonic() - started, dry_run=dry_run, models_dir=manifest.models_dir)
+    refused = puller.cache.refused if puller.cache is not None else None
+    return PullReport(ordered, time.monotonic() - started, dry_run=dry_run, models_dir=manifest.models_dir,
+                      cache_error=str(refused) if refused is not None else None,
+                      cache_setting=refused.setting if refused is not None else None)
 
 
 def push_cache(

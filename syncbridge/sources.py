@@ -243,6 +243,8 @@ class CacheSource(Source):
         self._store = store
         self.timeout = timeout
         self._down: str | None = None  # why the cache was given up on in this pull
+        self._refused: StoreError | None = None  # the store refused to let us read (credentials, bucket)
+        self._refused_write: StoreError | None = None  # ... or only to write (a read-only token)
         self.cache_prefix = cache_prefix
         self.streams = max(1, streams)
         self.part_size = part_size
@@ -259,7 +261,7 @@ class CacheSource(Source):
         left out (its offer comes from a HEAD, which reads the sha256 metadata).
         """
         wanted = {self.key(m): m for m in models if not m.is_snapshot and m.sha256}
-        if not wanted or self._down is not None:
+        if not wanted or self.down:
             return {}
         found: dict[str, Offer | SourceError] = {}
         try:
@@ -268,7 +270,7 @@ class CacheSource(Source):
                 if model is not None:
                     found[model.name] = Offer(self.name, info.key, (RemoteFile("", info.size, None, info.key),))
         except StoreError as exc:
-            if self._unreachable(exc):  # no HEAD per model: each would wait out the same timeouts
+            if self._unreachable(exc) or self.refusal(exc):  # no HEAD per model: each would fail the same way
                 return {m.name: SourceError(f"cache: {exc}", source=self.name) for m in wanted.values()}
             log.info("cache listing failed (%s); asking per model", exc, extra={"event": "models.list_failed"})
             return {}
@@ -351,20 +353,56 @@ class CacheSource(Source):
                             extra={"event": "models.cache_down"})
         return True
 
+    def refusal(self, exc: BaseException, *, writing: bool = False) -> bool:
+        """Whether ``exc`` is the store refusing our credentials, bucket or permissions (a wrong
+        R2_SECRET_KEY, a missing R2_BUCKET, a read-only token): said once, loudly, naming the setting.
+        A refused read skips the cache for the rest of this pull; a refused write (``writing``: a
+        read-only token) skips only the write-backs. The pull's report carries it, so a cache that
+        never fills is never a quiet line among the results."""
+        if not isinstance(exc, StoreError) or exc.retryable or not exc.setting:
+            return False
+        with self._lock:
+            first = self._refused is None and self._refused_write is None
+            if writing:
+                self._refused_write = self._refused_write or exc
+            else:
+                self._refused = self._refused or exc
+        if first:
+            consequence = ("nothing is written back to it for the rest of this pull" if writing else
+                           "models come from upstream; the cache is skipped for the rest of this pull")
+            log.error("the cache refused access: %s (%s)", exc, consequence,
+                      extra={"event": "models.cache_refused", "setting": exc.setting})
+        return True
+
+    @property
+    def refused(self) -> StoreError | None:
+        """The store's first refusal in this pull (credentials, bucket, permissions; reading or writing)."""
+        return self._refused or self._refused_write
+
+    @property
+    def write_refused(self) -> StoreError | None:
+        return self._refused or self._refused_write
+
     def begin_pull(self) -> None:
-        """A new pull gives a cache that stopped answering in an earlier one another chance."""
+        """A new pull gives a cache that stopped answering (or refused) in an earlier one another chance."""
         with self._lock:
             self._down = None
+            self._refused = None
+            self._refused_write = None
 
     @property
     def down(self) -> bool:
-        """Whether the cache stopped answering in this pull (it is then skipped, write-back included)."""
-        return self._down is not None
+        """Whether the cache stopped answering or refused access in this pull (it is then skipped, write-back
+        included)."""
+        return self._down is not None or self._refused is not None
 
     def _check_up(self) -> None:
         if self._down is not None:  # a miss, not a new failure: the first one was reported
             raise NotAvailable(f"cache: skipped, it stopped answering earlier in this pull ({self._down})",
                                source=self.name)
+        if self._refused is not None:
+            raise NotAvailable(f"cache: skipped, it refused access earlier in this pull (check "
+                               f"{self._refused.setting})", source=self.name)
 
     def offer(self, model: ModelSpec) -> Offer:
         self._check_up()
@@ -376,7 +414,7 @@ class CacheSource(Source):
             except StoreError as exc:
                 if exc.status == 404 or exc.code in ("NoSuchKey", "404", "NotFound"):
                     raise NotAvailable(f"no snapshot index at {key}", source=self.name) from exc
-                self._unreachable(exc)
+                self._unreachable(exc) or self.refusal(exc)
                 raise SourceError(f"cache: {exc}", source=self.name, retryable=exc.retryable) from exc
             try:
                 index = json.loads(data)
@@ -389,7 +427,7 @@ class CacheSource(Source):
         try:
             info = store.head(key)
         except StoreError as exc:
-            self._unreachable(exc)
+            self._unreachable(exc) or self.refusal(exc)
             raise SourceError(f"cache: {exc}", source=self.name, retryable=exc.retryable) from exc
         if info is None:
             raise NotAvailable(f"not in the cache ({key})", source=self.name)
@@ -440,7 +478,7 @@ class CacheSource(Source):
         except StoreError as exc:
             if exc.status == 404:
                 raise NotAvailable(f"cache: {key} disappeared", source=self.name) from exc
-            self._unreachable(exc)
+            self._unreachable(exc) or self.refusal(exc)
             raise SourceError(f"cache: {exc}", source=self.name, retryable=exc.retryable) from exc
 
     def _ranged(self, store: Store, key: str, size: int, temp: Path, on_bytes: OnBytes,

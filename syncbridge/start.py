@@ -4,6 +4,11 @@ In the order a template needs:
 
 1. **system**: storage mode (persistent when the workspace is a mount point)
    and GPU tier;
+   **bucket**: the checks ``doctor`` runs (endpoint, credentials, bucket, a
+   put/read/delete probe); when the bucket is not usable start-up stops with
+   the check's message naming the setting, unless ``start.on_bucket_failure``
+   is ``warn`` (then the app runs, outputs wait in the watcher's journal, and
+   the exit status is 1 even when the app exits 0);
 2. **models**: pull the configured manifests (a failure stops start-up or
    only warns, per ``models.on_failure``);
 3. **folders**: pull or bisync the configured folders (workflows, inputs);
@@ -152,6 +157,8 @@ class StartOptions:
     models_on_failure: str = "stop"
     stop_seconds: float = 4.5
     drain_seconds: float = 4.0
+    on_bucket_failure: str = "stop"
+    check_bucket: bool = True
 
     @classmethod
     def from_config(
@@ -178,6 +185,7 @@ class StartOptions:
             models_on_failure=pick(models_on_failure, config.models.on_failure),
             stop_seconds=pick(stop_seconds, config.start.stop_seconds),
             drain_seconds=config.watch.drain_seconds,
+            on_bucket_failure=config.start.on_bucket_failure,
         )
 
 
@@ -307,6 +315,8 @@ class Starter:
         self._heartbeat: Any = None  # fleet heartbeat when no watcher writes one
         self._app_returncode: int | None = None
         self._abandoned = False
+        self._bucket_failure: Any = None  # the failed check, when on_bucket_failure = warn let start-up go on
+        self._drain_result: Any = None
 
     # -- signals --------------------------------------------------------------------
     def request_stop(self, signum: int = signal.SIGTERM) -> None:
@@ -386,6 +396,31 @@ class Starter:
         self._record("system", "ok", f"storage {self.storage_mode}{mode_note}, workspace {self.config.workspace}, "
                                      f"GPU tier {self.gpu_tier}{tier_note}", started)
 
+    def _bucket(self) -> bool:
+        """The bucket checks doctor runs; False when start-up must stop."""
+        started = self.clock()
+        if not self.options.check_bucket:
+            self._record("bucket", "skipped", "not checked", started, show_seconds=False)
+            return True
+        from .probe import bucket_checks, first_failure
+
+        done, failed = first_failure(bucket_checks(self.config))
+        if failed is None:
+            notes = [c.detail for c in done if c.warning]
+            self._record("bucket", "ok", f"{self.config.remote.describe()}: credentials, listing and a put/read/"
+                                         f"delete probe work" + "".join(f"; {n}" for n in notes), started)
+            return True
+        stop = self.options.on_bucket_failure == "stop"
+        consequence = ("not starting anything (SYNCBRIDGE_ON_BUCKET_FAILURE=stop; set it to warn to run without "
+                       "the bucket)" if stop else
+                       "going on without it (SYNCBRIDGE_ON_BUCKET_FAILURE=warn): outputs wait in the journal and the "
+                       "exit status will be 1")
+        self._record("bucket", "failed" if stop else "warn", f"{failed.name}: {failed.detail}; fix: {failed.fix}; "
+                                                             f"{consequence}", started)
+        if not stop:
+            self._bucket_failure = failed
+        return not stop
+
     def _models(self) -> bool:
         """Pull models; False when start-up must stop."""
         started = self.clock()
@@ -421,6 +456,14 @@ class Starter:
         results = list(getattr(value, "results", ()))
         details = [_model_record(r) for r in results]
         text = models_line(results)
+        cache_error = getattr(value, "cache_error", None)
+        if cache_error and getattr(value, "ok", True):
+            bucket_stop = self.options.on_bucket_failure == "stop"
+            self._record("models", "failed" if bucket_stop else "warn",
+                         f"{text}; but the bucket cache refused access: {cache_error}; "
+                         + ("not starting the app (SYNCBRIDGE_ON_BUCKET_FAILURE=stop)" if bucket_stop
+                            else "continuing (SYNCBRIDGE_ON_BUCKET_FAILURE=warn)"), started, details=details)
+            return not bucket_stop
         if getattr(value, "ok", True):
             self._record("models", "ok", text, started, details=details)
             return True
@@ -579,6 +622,7 @@ class Starter:
             return False
         finally:
             self._watcher = None
+        self._drain_result = result
         pushed, pending, failed = (getattr(result, name, 0) for name in ("pushed", "pending", "failed"))
         text = f"{pushed} pushed, {pending} pending, {failed} failed"
         if pending or failed:
@@ -629,7 +673,9 @@ class Starter:
         setup_done = False
         try:
             self._system()
-            if not self._models():
+            if not self._bucket():
+                exit_code = 1
+            elif not self._models():
                 exit_code = 128 + self._stop_signal if self._stop_signal else 1
             else:
                 folders_ok = True
@@ -658,6 +704,15 @@ class Starter:
             drained = self._drain()
             pushed = self._final_push(setup_done)
             if not self.app and exit_code == 0 and not (drained and pushed):
+                exit_code = 1
+            if exit_code == 0 and self._bucket_failure is not None:
+                log.error("exit 1: the bucket was not usable (%s: %s), so outputs were not pushed; they are in the "
+                          "watcher's journal for the next start", self._bucket_failure.name,
+                          self._bucket_failure.detail, extra={"event": "start.not_pushed"})
+                exit_code = 1
+            elif exit_code == 0 and self._drain_result is not None and self._drain_result.failed:
+                log.error("exit 1: the app exited 0, but %d outputs failed to push (kept in the journal; `syncbridge "
+                          "status` names them)", self._drain_result.failed, extra={"event": "start.not_pushed"})
                 exit_code = 1
         finally:
             if self._watcher is not None:  # an unexpected error: still leave the journal consistent

@@ -270,7 +270,7 @@ def test_report_records_every_step(local_env: dict[str, str], tmp_path: Path) ->
     proc = run_cli(["start", "--report", str(report), "--", sys.executable, "-c", "pass"], local_env, timeout=60)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(report.read_text())
-    assert [s["name"] for s in data["steps"]] == ["system", "models", "folders", "watch", "app", "final_push"]
+    assert [s["name"] for s in data["steps"]] == ["system", "bucket", "models", "folders", "watch", "app", "final_push"]
     assert data["exit_code"] == 0 and data["app_returncode"] == 0
     for step in data["steps"]:
         assert f"[syncbridge] {step['line']}" in proc.stderr or f"warning: {step['line']}" in proc.stderr
