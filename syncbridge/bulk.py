@@ -22,14 +22,14 @@ import attrs
 
 from .fmt import human_bytes as _human
 from .config import Config
-from .errors import RcloneError, SyncBridgeError, UnsafePathError
+from .errors import RcloneError, StoreError, SyncBridgeError, UnsafePathError
 from .fleet import bisync_lease
 from .fsutil import private_state_dir
 from .lease import LeaseBusyError
 from .keys import key_to_relpath
 from .rclone import Rclone
 from .rclonecmd import Progress, bisync_argv, copy_argv, remote_path
-from .store import check_endpoint
+from .store import S3Store, check_endpoint
 
 __all__ = ["TransferSummary", "push", "pull", "bisync", "BisyncError", "bisync_workdir"]
 
@@ -86,9 +86,27 @@ def _prepare(config: Config, rclone: Rclone | None) -> Rclone:
     rc = rclone or Rclone(config)
     if config.remote.is_local:
         config.remote.local_bucket_dir.mkdir(parents=True, exist_ok=True)
-    elif config.remote.endpoint and not rc.proxied:  # through a proxy a direct connect proves nothing
-        check_endpoint(config.remote.endpoint, ca_bundle=config.remote.ca_bundle)
+    else:
+        if config.remote.endpoint and not rc.proxied:  # through a proxy a direct connect proves nothing
+            check_endpoint(config.remote.endpoint, ca_bundle=config.remote.ca_bundle)
+        _check_credentials(config)
     return rc
+
+
+def _check_credentials(config: Config) -> None:
+    """One listing of the bucket before rclone starts: a wrong key, a wrong secret or a missing bucket
+    fails here at once, naming the setting (rclone retried a NoSuchBucket for minutes, 30 lines of it,
+    and called a wrong secret 'error not otherwise categorised, retry')."""
+    store = S3Store(config.remote, max_attempts=1, connect_timeout=5.0, read_timeout=15.0)
+    try:
+        store.check_bucket()
+    except StoreError as exc:
+        if not exc.retryable:
+            raise
+        # a transient answer: rclone's own retries deal with it
+        log.debug("bucket pre-check: %s", exc, extra={"event": "bulk.precheck_retryable"})
+    finally:
+        store.close()
 
 
 def _checked_prefix(op: str, prefix: str) -> str:

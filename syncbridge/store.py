@@ -415,6 +415,9 @@ class S3Store(Store):
             raise
         return _strip_etag(r.get("ETag"))
 
+    def check_bucket(self) -> None:
+        self._call(f"list bucket {self.bucket!r}", None, self.client.list_objects_v2, MaxKeys=1)
+
     def get_bytes(self, key: str) -> tuple[bytes, ObjectInfo]:
         r = self._call("get", key, self.client.get_object, Key=key)
         try:

@@ -84,6 +84,7 @@ ORIGIN_META = "syncbridge-origin"  # object metadata: which pod put it (only use
 NETWORK_RESCAN_SECONDS = 60.0
 FALLBACK_RESCAN_SECONDS = 5.0
 FATAL_RETRY_SECONDS = 300.0
+FATAL_REPEAT_SECONDS = 60.0  # the same setting-named failure is logged in full at most this often
 SETTLE_SECONDS = 0.3  # wait after a file changed during its upload, unless its close event comes first
 MAX_SETTLE_SECONDS = 30.0
 KEY_SPACING_SECONDS = 1.0
@@ -323,6 +324,7 @@ class OutputWatcher:
         self.origin = config.pod_id
         self.fatal_retry_seconds = FATAL_RETRY_SECONDS  # how long a fatally failing file waits before a retry
         self._heartbeat: Heartbeat | None = None
+        self._fatal_seen: dict[str, tuple[float, int]] = {}  # failure kind -> (last logged, files since)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -1062,7 +1064,7 @@ class OutputWatcher:
                 with contextlib.suppress(Exception):
                     journal.note_error(item.rel, key=key, error=str(exc), attempts=item.attempts + 1, fatal=False)
                 return _Outcome.RETRY, str(exc)
-            return self._fatal(item, key, str(exc))
+            return self._fatal(item, key, str(exc), same=exc.setting and f"{exc.code}:{exc.setting}")
         except OSError as exc:
             return self._fatal(item, key, f"cannot read {path}: {exc.strerror or exc}")
         try:
@@ -1196,10 +1198,23 @@ class OutputWatcher:
             self._journal.forget([item.rel])
         return _Outcome.GONE, None
 
-    def _fatal(self, item: _Item, key: str | None, message: str) -> tuple[int, Any]:
-        log.error("cannot push %s%s: %s (kept in the journal; retried in %.0f min, on the next event or restart)",
-                  item.rel, f" to {key}" if key else "", message, self.fatal_retry_seconds / 60,
-                  extra={"event": "watch.fatal", "path": item.rel, "key": key or ""})
+    def _fatal(self, item: _Item, key: str | None, message: str, *, same: str | None = None) -> tuple[int, Any]:
+        """A failure no retry fixes: journalled, retried later. One that names a setting (a wrong secret
+        fails every file alike) is logged in full once a minute, with how many more files it hit."""
+        now = time.monotonic()
+        loud, hidden = True, 0
+        if same:
+            with self._lock:
+                last, hidden = self._fatal_seen.get(same, (-1e9, 0))
+                loud = now - last >= FATAL_REPEAT_SECONDS
+                self._fatal_seen[same] = (now, 0) if loud else (last, hidden + 1)
+        if loud:
+            more = f"; {hidden} more files failed the same way since" if hidden else ""
+            log.error("cannot push %s%s: %s (kept in the journal; retried in %.0f min, on the next event or "
+                      "restart%s)", item.rel, f" to {key}" if key else "", message, self.fatal_retry_seconds / 60,
+                      more, extra={"event": "watch.fatal", "path": item.rel, "key": key or ""})
+        else:
+            log.debug("cannot push %s: %s", item.rel, message, extra={"event": "watch.fatal", "path": item.rel})
         with contextlib.suppress(Exception):
             assert self._journal is not None
             self._journal.note_error(item.rel, key=key, error=message, attempts=item.attempts + 1, fatal=True)
