@@ -57,9 +57,11 @@ def test_pod_liveness_is_judged_by_the_bucket_clock() -> None:
 # -- against moto -----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def moto_env(moto_s3, tmp_path: Path) -> dict[str, str]:
-    env = server_env(moto_s3, new_bucket(moto_s3), tmp_path)
+@pytest.fixture(params=["moto", "r2"])
+def cond_env(request, tmp_path: Path) -> dict[str, str]:
+    """A bucket on each server that enforces conditional writes: moto, and R2's own emulator."""
+    server = request.getfixturevalue(f"{request.param}_s3")
+    env = server_env(server, new_bucket(server), tmp_path)
     env["SYNCBRIDGE_LEASE_SECONDS"] = "4"
     return env
 
@@ -70,14 +72,14 @@ def _pod_config(env: dict[str, str], tmp_path: Path, pod: str, **extra: str):
 
 
 
-def test_heartbeats_and_fleet_status(moto_env, tmp_path: Path) -> None:
+def test_heartbeats_and_fleet_status(cond_env, tmp_path: Path) -> None:
     counters = {"uploaded": 0}
     beats = []
     for pod in ("pod-a", "pod-b"):
-        config = _pod_config(moto_env, tmp_path, pod, SYNCBRIDGE_HEARTBEAT_SECONDS="0.3")
+        config = _pod_config(cond_env, tmp_path, pod, SYNCBRIDGE_HEARTBEAT_SECONDS="0.3")
         beat = Heartbeat.for_config(config, stats=lambda: {"pending": 2, **counters, "p95_latency": 0.25})
         beats.append(beat.start())
-    config = _pod_config(moto_env, tmp_path, "viewer")
+    config = _pod_config(cond_env, tmp_path, "viewer")
     _wait(lambda: len(fleet_status(config)) == 2, 20, "two heartbeats")
     counters["uploaded"] = 7
     _wait(lambda: all(p.uploaded == 7 for p in fleet_status(config)), 20, "updated counters")
@@ -88,29 +90,29 @@ def test_heartbeats_and_fleet_status(moto_env, tmp_path: Path) -> None:
     pods = {p.pod_id: p for p in fleet_status(config)}
     assert pods["pod-a"].status == "stopped" and pods["pod-b"].status == "live"
     # the CLI: `syncbridge fleet status` (and --json)
-    proc = run_cli(["fleet", "status"], {**moto_env, "SYNCBRIDGE_POD_ID": "viewer"})
+    proc = run_cli(["fleet", "status"], {**cond_env, "SYNCBRIDGE_POD_ID": "viewer"})
     assert proc.returncode == 0, proc.stderr
     assert "pod-a" in proc.stdout and "pod-b" in proc.stdout and "stopped" in proc.stdout and "live" in proc.stdout
-    proc = run_cli(["fleet", "status", "--json"], {**moto_env, "SYNCBRIDGE_POD_ID": "viewer"})
+    proc = run_cli(["fleet", "status", "--json"], {**cond_env, "SYNCBRIDGE_POD_ID": "viewer"})
     doc = json.loads(proc.stdout)
     assert {p["pod_id"]: p["status"] for p in doc["pods"]} == {"pod-a": "stopped", "pod-b": "live"}
-    proc = run_cli(["status", "--fleet"], {**moto_env, "SYNCBRIDGE_POD_ID": "viewer"})
+    proc = run_cli(["status", "--fleet"], {**cond_env, "SYNCBRIDGE_POD_ID": "viewer"})
     assert proc.returncode == 0, proc.stderr
     assert "2 pods (1 live)" in proc.stdout and "pod-a" in proc.stdout
     assert_no_secret(proc.stdout, proc.stderr)
     beats[1].stop()
     # prune: nothing is older than an hour; everything is older than 0 s
-    proc = run_cli(["fleet", "prune", "--older-than", "1"], {**moto_env, "SYNCBRIDGE_POD_ID": "viewer"})
+    proc = run_cli(["fleet", "prune", "--older-than", "1"], {**cond_env, "SYNCBRIDGE_POD_ID": "viewer"})
     assert proc.returncode == 0 and "deleted 0 heartbeats" in proc.stdout, proc.stderr
     time.sleep(1.1)
-    proc = run_cli(["fleet", "prune", "--older-than", "0"], {**moto_env, "SYNCBRIDGE_POD_ID": "viewer"})
+    proc = run_cli(["fleet", "prune", "--older-than", "0"], {**cond_env, "SYNCBRIDGE_POD_ID": "viewer"})
     assert "deleted 2 heartbeats" in proc.stdout, proc.stdout + proc.stderr
     assert fleet_status(config) == []
-    assert Heartbeat.for_config(_pod_config(moto_env, tmp_path, "x", SYNCBRIDGE_HEARTBEAT_SECONDS="0")) is None
+    assert Heartbeat.for_config(_pod_config(cond_env, tmp_path, "x", SYNCBRIDGE_HEARTBEAT_SECONDS="0")) is None
 
 
-def test_status_lists_held_leases(moto_env, tmp_path: Path) -> None:
-    config = _pod_config(moto_env, tmp_path, "viewer")
+def test_status_lists_held_leases(cond_env, tmp_path: Path) -> None:
+    config = _pod_config(cond_env, tmp_path, "viewer")
     store = open_store(config.remote, state_dir=config.state_dir)
     leases = Leases(store, owner="pod-a", prefix=".syncbridge")
     lease = leases.try_acquire(lease_key(".syncbridge", "bisync", "workflows"), purpose="bisync workflows",
@@ -118,14 +120,14 @@ def test_status_lists_held_leases(moto_env, tmp_path: Path) -> None:
     assert isinstance(lease, Lease)
     held = lease_status(config)
     assert [(s.kind, s.verdict.holder, s.verdict.subject) for s in held] == [("bisync", "pod-a", "workflows")]
-    proc = run_cli(["fleet", "status"], {**moto_env, "SYNCBRIDGE_POD_ID": "viewer"})
+    proc = run_cli(["fleet", "status"], {**cond_env, "SYNCBRIDGE_POD_ID": "viewer"})
     assert "lease bisync workflows: held by pod pod-a" in proc.stdout
     leases.release(lease)
     assert lease_status(config) == [] and len(lease_status(config, include_free=True)) == 1
 
 
-def test_publish_entry_never_clobbers_and_fetch_verifies(moto_env, tmp_path: Path) -> None:
-    config = _pod_config(moto_env, tmp_path, "pod-a")
+def test_publish_entry_never_clobbers_and_fetch_verifies(cond_env, tmp_path: Path) -> None:
+    config = _pod_config(cond_env, tmp_path, "pod-a")
     store = open_store(config.remote, state_dir=config.state_dir)
     good = tmp_path / "good.bin"
     good.write_bytes(b"model" * 1000)
@@ -171,10 +173,10 @@ def _fill_in_threads(configs, store_for, key: str, url: str, sha: str, tmp_path:
     return results
 
 
-def test_single_flight_fill_threads(moto_env, tmp_path: Path) -> None:
+def test_single_flight_fill_threads(cond_env, tmp_path: Path) -> None:
     data = os.urandom(3 * 1024 * 1024)
     sha = hashlib.sha256(data).hexdigest()
-    configs = [_pod_config(moto_env, tmp_path, f"pod-{i}") for i in range(6)]
+    configs = [_pod_config(cond_env, tmp_path, f"pod-{i}") for i in range(6)]
     with Upstream({"/m.bin": data}, chunk_delay=0.05) as up:
         results = _fill_in_threads(configs, lambda c: open_store(c.remote, state_dir=c.state_dir),
                                    "models/m.bin", f"{up.url}/m.bin", sha, tmp_path)
@@ -183,18 +185,18 @@ def test_single_flight_fill_threads(moto_env, tmp_path: Path) -> None:
     assert all(r["sha256_ok"] for r in results)
 
 
-def test_single_flight_fill_processes_and_dead_filler(moto_env, tmp_path: Path) -> None:
+def test_single_flight_fill_processes_and_dead_filler(cond_env, tmp_path: Path) -> None:
     """A filler killed with -9 mid-fill: a waiting pod takes the fill over after its lease expires."""
     data = os.urandom(1024 * 1024)
     sha = hashlib.sha256(data).hexdigest()
     key = "models/dead.bin"
     with Upstream({"/dead.bin": data}) as up:
-        env = {**moto_env, "SYNCBRIDGE_POD_ID": "pod-dead", "SYNCBRIDGE_STATE_DIR": str(tmp_path / "sd"),
+        env = {**cond_env, "SYNCBRIDGE_POD_ID": "pod-dead", "SYNCBRIDGE_STATE_DIR": str(tmp_path / "sd"),
                "PYTHONPATH": str(HERE.parent)}
         dead = subprocess.Popen([sys.executable, str(HERE / "fleet_pod.py"), "fill", key, f"{up.url}/dead.bin", sha,
                                  "--to", str(tmp_path / "dead" / "m.bin"), "--slow", "120"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        config = _pod_config(moto_env, tmp_path, "pod-live")
+        config = _pod_config(cond_env, tmp_path, "pod-live")
         store = open_store(config.remote, state_dir=config.state_dir)
         leases = Leases(store, owner="viewer", prefix=".syncbridge")
         lkey = lease_key(".syncbridge", "models", key)
@@ -216,7 +218,7 @@ def test_single_flight_fill_processes_and_dead_filler(moto_env, tmp_path: Path) 
 
 
 @pytest.mark.parametrize("coordinator", ["explicit", "default"])
-def test_model_fill_coordinator_with_pull_models(moto_env, tmp_path: Path, coordinator: str) -> None:
+def test_model_fill_coordinator_with_pull_models(cond_env, tmp_path: Path, coordinator: str) -> None:
     """Four pods pull the same models with write-back: each model is downloaded upstream once.
 
     ``default``: pull_models with no coordinator given is fleet-aware by itself.
@@ -232,7 +234,7 @@ def test_model_fill_coordinator_with_pull_models(moto_env, tmp_path: Path, coord
                       f'sha256 = "{hashlib.sha256(blob).hexdigest()}"', f'url = "{up.url}{path}"', '']
         manifest.write_text("\n".join(lines))
         n = 4
-        configs = [_pod_config(moto_env, tmp_path, f"pod-{i}", SYNCBRIDGE_MODELS=str(manifest),
+        configs = [_pod_config(cond_env, tmp_path, f"pod-{i}", SYNCBRIDGE_MODELS=str(manifest),
                                SYNCBRIDGE_MODELS_DIR=str(tmp_path / f"models-{i}")) for i in range(n)]
         reports: list[object] = [None] * n
         coords = [ModelFillCoordinator(c, max_poll=0.3) for c in configs]
@@ -268,13 +270,13 @@ def test_model_fill_coordinator_with_pull_models(moto_env, tmp_path: Path, coord
         assert hows.count("filled") == len(data)
 
 
-def test_watcher_writes_heartbeats(moto_env, tmp_path: Path) -> None:
+def test_watcher_writes_heartbeats(cond_env, tmp_path: Path) -> None:
     watch = pytest.importorskip("syncbridge.watch")
-    config = _pod_config(moto_env, tmp_path, "pod-w", SYNCBRIDGE_HEARTBEAT_SECONDS="0.3",
+    config = _pod_config(cond_env, tmp_path, "pod-w", SYNCBRIDGE_HEARTBEAT_SECONDS="0.3",
                          SYNCBRIDGE_WATCH_PREFIX="outputs/{pod_id}")
     out = tmp_path / "out"
     out.mkdir()
-    viewer = _pod_config(moto_env, tmp_path, "viewer")
+    viewer = _pod_config(cond_env, tmp_path, "viewer")
     with watch.OutputWatcher(config, directory=out) as watcher:
         for i in range(3):
             (out / f"img_{i:05d}_.png").write_bytes(b"png" * 100)
@@ -288,9 +290,9 @@ def test_watcher_writes_heartbeats(moto_env, tmp_path: Path) -> None:
     assert {i.key for i in store.list("outputs/")} == {f"outputs/pod-w/img_{i:05d}_.png" for i in range(3)}
 
 
-def test_failed_filler_releases_waiters_to_try_themselves(moto_env, tmp_path: Path) -> None:
+def test_failed_filler_releases_waiters_to_try_themselves(cond_env, tmp_path: Path) -> None:
     """The filler's upstream fails: the waiters do not queue behind each other, each tries once itself."""
-    config = _pod_config(moto_env, tmp_path, "pod-0")
+    config = _pod_config(cond_env, tmp_path, "pod-0")
     store = open_store(config.remote, state_dir=config.state_dir)
     n = 4
     fills = [CacheFill(store, leases=Leases(store, owner=f"pod-{i}", prefix=".syncbridge"), prefix=".syncbridge",
@@ -330,11 +332,11 @@ def test_failed_filler_releases_waiters_to_try_themselves(moto_env, tmp_path: Pa
     assert view.record.released and view.record.detail["outcome"].startswith("failed")
 
 
-def test_start_without_a_watcher_still_writes_a_heartbeat(moto_env, tmp_path: Path) -> None:
+def test_start_without_a_watcher_still_writes_a_heartbeat(cond_env, tmp_path: Path) -> None:
     start = pytest.importorskip("syncbridge.start")
-    config = _pod_config(moto_env, tmp_path, "pod-s", SYNCBRIDGE_HEARTBEAT_SECONDS="0.5")
+    config = _pod_config(cond_env, tmp_path, "pod-s", SYNCBRIDGE_HEARTBEAT_SECONDS="0.5")
     options = start.StartOptions(models=False, folders=False, watch=False, final_push=False)
     result = start.run_start(config, options=options, handle_signals=False)
     assert result.exit_code == 0
-    pods = {p.pod_id: p for p in fleet_status(_pod_config(moto_env, tmp_path, "viewer"))}
+    pods = {p.pod_id: p for p in fleet_status(_pod_config(cond_env, tmp_path, "viewer"))}
     assert pods["pod-s"].role == "start" and pods["pod-s"].status == "stopped"

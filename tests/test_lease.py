@@ -93,17 +93,19 @@ def test_schedule_helpers() -> None:
     assert lease_key(".syncbridge", "bisync", "a") != lease_key(".syncbridge", "bisync", "b")
 
 
-# -- against moto (enforces conditional writes) ------------------------------------------------
+# -- against the servers that enforce conditional writes ---------------------------------------------
+
+
+@pytest.fixture(params=["moto", "r2"])
+def cond_env(request, tmp_path: Path) -> dict[str, str]:
+    """A bucket on each server that enforces conditional writes: moto, and R2's own emulator."""
+    server = request.getfixturevalue(f"{request.param}_s3")
+    return server_env(server, new_bucket(server), tmp_path)
 
 
 @pytest.fixture
-def moto_env(moto_s3, tmp_path: Path) -> dict[str, str]:
-    return server_env(moto_s3, new_bucket(moto_s3), tmp_path)
-
-
-@pytest.fixture
-def store(moto_env):
-    config = load_config(moto_env)
+def store(cond_env):
+    config = load_config(cond_env)
     st = open_store(config.remote, state_dir=config.state_dir)
     yield st
     st.close()
@@ -221,12 +223,12 @@ def test_threads_racing_to_take_over_an_expired_lease(store) -> None:
     assert len(winners) == 1 and winners[0].stolen_from == "pod-dead"
 
 
-def test_processes_racing_exactly_one_wins(moto_env, tmp_path: Path) -> None:
+def test_processes_racing_exactly_one_wins(cond_env, tmp_path: Path) -> None:
     key = lease_key(".syncbridge", "bisync", "proc-race")
     start_at = time.time() + 4.0
     procs = []
     for i in range(6):
-        env = {**moto_env, "SYNCBRIDGE_POD_ID": f"proc-{i}", "SYNCBRIDGE_STATE_DIR": str(tmp_path / f"s{i}"),
+        env = {**cond_env, "SYNCBRIDGE_POD_ID": f"proc-{i}", "SYNCBRIDGE_STATE_DIR": str(tmp_path / f"s{i}"),
                "FLEET_START_AT": str(start_at), "PYTHONPATH": str(HERE.parent)}
         procs.append(subprocess.Popen([sys.executable, str(HERE / "fleet_pod.py"), "race", key], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
