@@ -1007,6 +1007,8 @@ def pull_models(
             todo.append((model, target, state, sha))
     try:
         if todo:
+            if puller.cache is not None:
+                puller.cache.check()
             listed: dict[str, Offer | SourceError] = {}
             if puller.cache is not None and len(todo) >= BULK_MIN:
                 listed = puller.cache.list_offers([t[0] for t in todo])

@@ -383,6 +383,14 @@ class CacheSource(Source):
     def write_refused(self) -> StoreError | None:
         return self._refused or self._refused_write
 
+    def check(self) -> None:
+        """One listing before a pull fetches anything: a bucket that refuses us (R2 answers a HEAD in a
+        missing bucket with a bare 404, which reads as "not cached") is found and said here."""
+        try:
+            self._store().check_bucket()
+        except StoreError as exc:
+            self._unreachable(exc) or self.refusal(exc)
+
     def begin_pull(self) -> None:
         """A new pull gives a cache that stopped answering (or refused) in an earlier one another chance."""
         with self._lock:

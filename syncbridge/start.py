@@ -538,7 +538,8 @@ class Starter:
         except SyncBridgeError:
             prefix = watch.prefix
         try:
-            watcher = OutputWatcher(self.config)
+            # The bucket step checked the bucket (or the user chose to run without it): no second check.
+            watcher = OutputWatcher(self.config, check_bucket=False)
             watcher.start()
         except (SyncBridgeError, OSError) as exc:
             # The app still runs (a pod that cannot push is better than one that does not start),

@@ -106,7 +106,14 @@ S3_READ_TIMEOUT = 20.0
 
 
 class WatchError(SyncBridgeError, RuntimeError):
-    """The watcher cannot start (folder missing, another watcher running, ...)."""
+    """The watcher cannot start (folder missing, another watcher running, the bucket refuses us, ...).
+
+    ``setting`` names the variable to fix when one is at fault (``R2_SECRET_KEY``...).
+    """
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        self.setting = setting
+        super().__init__(message)
 
 
 def status_path(state_dir: Path) -> Path:
@@ -243,6 +250,8 @@ class OutputWatcher:
             and ``{date}`` are filled in).
         store: the store to push to (default: opened from ``config.remote``, with one
             connection pool sized for ``config.watch.concurrency``).
+        check_bucket: list the bucket once at :meth:`start` and raise :class:`WatchError` when it
+            refuses us (``syncbridge start`` has checked it already and passes False).
         on_pushed: called with a :class:`~syncbridge.notify.PushedOutput` for each output once
             it is in the bucket (key, size, md5, content type, latency, url), on a thread of its
             own: a slow callback never slows an upload. More with :meth:`add_listener`.
@@ -260,10 +269,12 @@ class OutputWatcher:
     """
 
     def __init__(self, config: Config, *, directory: str | os.PathLike[str] | None = None, prefix: str | None = None,
-                 store: Store | None = None, on_pushed: Callable[[PushedOutput], Any] | None = None) -> None:
+                 store: Store | None = None, on_pushed: Callable[[PushedOutput], Any] | None = None,
+                 check_bucket: bool = True) -> None:
         self.config = config
         self.settings = config.watch
         self._explicit_dir = directory is not None
+        self._check_bucket = check_bucket
         self.directory = Path(os.path.abspath(directory if directory is not None else config.watch.dir))
         self.template = (prefix if prefix is not None else config.watch.prefix).strip("/")
         self._store = store
@@ -379,6 +390,8 @@ class OutputWatcher:
         self._journal = Journal(watch_dir / JOURNAL_NAME, root=str(self.directory), template=self.template)
         if self._store is None:
             self._store = self._open_store()
+        if self._check_bucket:
+            self._check_store(self._store)
         self._conditional = _conditional_for(self._store, self.settings.conditional)
         rescan = self.settings.rescan_seconds
         if rescan is None:
@@ -434,6 +447,19 @@ class OutputWatcher:
         if self._state != "new":
             raise WatchError("add listeners before the watcher starts")
         self._listeners.append(listener)
+
+    @staticmethod
+    def _check_store(store: Store) -> None:
+        """One listing: a bucket that refuses us (a wrong key or secret, a missing bucket) stops the start
+        at once, naming the setting, instead of failing every output for hours. A bucket that does not
+        answer yet is only said: outputs wait in the journal until it does."""
+        try:
+            store.check_bucket()
+        except StoreError as exc:
+            if not exc.retryable:
+                raise WatchError(f"cannot push to {store.description}: {exc}", setting=exc.setting) from exc
+            log.warning("the bucket does not answer yet (%s); watching anyway: outputs wait in the journal and are "
+                        "pushed when it does", exc, extra={"event": "watch.store_unreachable"})
 
     def _current_prefix(self) -> str:
         """The prefix for a new key: ``{date}`` follows the clock, so a watcher running past

@@ -298,7 +298,7 @@ def test_killed_large_cache_download_resumes_where_it_stopped(scene, tmp_path, c
     (result,) = report.results
     assert (result.status, result.source, result.verified) == ("pulled", "cache", "sha256"), report.table()
     assert f"at {kept} of {src.stat().st_size} bytes" in caplog.text
-    gets = len(scene.proxy.seen(method="GET")) - before
+    gets = len([s for s in scene.proxy.seen(method="GET")[before:] if "list-type" not in s.query])  # object GETs
     total_parts = -(-src.stat().st_size // part)
     assert gets <= total_parts - kept // part, f"{gets} GETs: the kept prefix was fetched again"
     assert sha_file(target) == digest

@@ -127,13 +127,15 @@ def _objects(config: Config, prefix: str) -> dict[str, tuple[bytes, str]]:
 
 
 @pytest.fixture
-def proxied(s3: LocalS3, tmp_path: Path):
-    """A fresh bucket on each server, reached through a recording proxy."""
-    bucket = new_bucket(s3)
-    with FaultProxy(s3.endpoint) as proxy:
-        env = server_env(s3, bucket, tmp_path)
-        env["R2_ENDPOINT"] = proxy.endpoint
-        yield s3, bucket, proxy, env
+def proxied(store_s3: LocalS3, tmp_path: Path):
+    """A fresh bucket on each server (R2's emulator included), reached through a recording proxy."""
+    bucket = new_bucket(store_s3)
+    prefix = store_s3.endpoint.split("127.0.0.1", 1)[1].split("/", 1)
+    path = "/" + prefix[1] if len(prefix) > 1 else ""  # the emulator serves S3 under a path
+    with FaultProxy(store_s3.endpoint.removesuffix(path)) as proxy:
+        env = server_env(store_s3, bucket, tmp_path)
+        env["R2_ENDPOINT"] = proxy.endpoint + path
+        yield store_s3, f"{path.strip('/')}/{bucket}".strip("/"), proxy, env
 
 
 def _check(config: Config, s3: LocalS3, bucket: str, proxy: FaultProxy, expected: dict[str, bytes],
@@ -146,7 +148,7 @@ def _check(config: Config, s3: LocalS3, bucket: str, proxy: FaultProxy, expected
     assert set(got) == set(want), f"unexpected objects: {sorted(set(got) - set(want))}"
     for key, data in want.items():
         assert got[key][0] == data, f"{key}: the object differs from the file ({len(got[key][0])} vs {len(data)})"
-        if s3.kind == "moto":  # moto keeps the Content-Type it is sent (rclone serve s3 derives its own)
+        if s3.kind in ("moto", "r2"):  # they keep the Content-Type they are sent (rclone serve s3 derives its own)
             assert got[key][1] == content_type(key), f"{key}: stored as {got[key][1]!r}"
     recorded = Recorded(proxy, bucket)
     for key, data in want.items():

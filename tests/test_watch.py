@@ -20,12 +20,12 @@ from syncbridge.batching import Action
 from syncbridge.journal import Journal, read_summary
 from syncbridge.localserver import free_port, serve_rclone_s3
 from syncbridge.store import Store, open_store
-from syncbridge.watch import OutputWatcher, journal_path, read_status
+from syncbridge.watch import OutputWatcher, WatchError, journal_path, read_status
 
 from .conftest import ACCESS_KEY, SECRET_KEY, new_bucket, server_env, wait_for as _wait_for
 
 
-@pytest.fixture(params=["local", "rclone", "moto"])
+@pytest.fixture(params=["local", "rclone", "moto", "r2"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
     """The environment of a template pointing at each kind of bucket."""
     if request.param == "local":
@@ -283,7 +283,10 @@ def test_fatal_errors_are_loud_kept_and_the_watcher_keeps_running(rclone_s3, tmp
     config = _config(server_env(rclone_s3, bucket, tmp_path))
     out = config.watch.dir
     caplog.set_level(logging.WARNING, logger="syncbridge")
-    watcher = OutputWatcher(config)
+    with pytest.raises(WatchError) as refused:  # at start, a missing bucket stops it, naming the setting
+        OutputWatcher(config).start()
+    assert refused.value.setting == "R2_BUCKET" and "the bucket does not exist" in str(refused.value)
+    watcher = OutputWatcher(config, check_bucket=False)  # as if the bucket went away while it runs
     watcher.fatal_retry_seconds = 6.0
     watcher.start()
     try:
