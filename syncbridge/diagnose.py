@@ -88,6 +88,11 @@ _INVALID_BUCKET = Diagnosis(
 _UNREACHABLE = Diagnosis(
     "EndpointUnreachable", "the endpoint cannot be reached", "R2_ENDPOINT",
     "check R2_ENDPOINT (scheme, host, port) and the network; retried", False)
+_PREFIX_IS_FILE = Diagnosis(
+    "IsFile", "rclone took the prefix for a file: its HEAD of the prefix was refused without a reason (a wrong "
+    "secret, a token without access, or a proxy that alters rclone's signed headers), or an object has the "
+    "prefix's exact name", "R2_SECRET_KEY",
+    "run `syncbridge doctor`: it checks the keys, the bucket and rclone's own access one by one", True)
 _BUSY = Diagnosis(
     "SlowDown", "the store is busy or failing for a moment", None, "retried with backoff", False)
 
@@ -144,6 +149,8 @@ def diagnose_text(lines: Iterable[str]) -> Diagnosis | None:
         return _BY_CODE[match.group(1)]
     if "x509: certificate" in text or "certificate signed by unknown authority" in text:
         return _TLS
+    if "is a file not a directory" in text:  # rclone's NewFs after a bare 403 on its HEAD of the prefix
+        return _PREFIX_IS_FILE
     match = _TEXT_STATUS.search(text)
     if match:
         return diagnose(None, int(match.group(1)))
