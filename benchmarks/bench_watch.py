@@ -11,7 +11,7 @@ Contenders (each a separate process tree, each with its own folder and bucket):
 (c) ``syncbridge``: ``python -m syncbridge watch DIR``. ``rclone serve s3`` ignores
     ``If-None-Match``, so by default the watcher sends HEAD then PUT for each new file here
     (to never overwrite another pod's object); on R2, AWS or MinIO it sends one conditional PUT.
-(d) ``syncbridge-1req``: the same with ``SYNCBRIDGE_CONDITIONAL_PUT=on``: one request per new
+(d) ``syncbridge-1req``: the same with ``SYNCBRIDGE_WATCH_CONDITIONAL=on``: one request per new
     file, the request pattern it uses on R2 (measured here only; on this server that setting
     would not protect another pod's object).
 (e) ``syncbridge-webhook`` (``--webhook``): (c) with ``SYNCBRIDGE_WEBHOOK_URL`` pointing at a
@@ -150,7 +150,7 @@ class Contender:
                    SYNCBRIDGE_WORKSPACE=str(self.state.parent), SYNCBRIDGE_POD_ID="bench",
                    SYNCBRIDGE_LOG_LEVEL="warning")
         if self.name == "syncbridge-1req":
-            env["SYNCBRIDGE_CONDITIONAL_PUT"] = "on"
+            env["SYNCBRIDGE_WATCH_CONDITIONAL"] = "on"
         if self.name == "syncbridge-webhook":
             env["SYNCBRIDGE_WEBHOOK_URL"] = WEBHOOK_URL[0]
         if self.name == "syncbridge-before":

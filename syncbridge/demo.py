@@ -185,7 +185,7 @@ def _run(server: Any, root: Path, *, images: int, interval: float, out: Callable
     out(f"demo: seeded the model cache with models/{MODEL_PATH} ({_size(MODEL_SIZE)}, sha256 {model_sha[:12]}...) "
         f"and a workflow")
 
-    env = {name: os.environ[name] for name in ("PATH", "LANG", "LC_ALL", "TMPDIR", "SYNCBRIDGE_RCLONE")
+    env = {name: os.environ[name] for name in ("PATH", "LANG", "LC_ALL", "TMPDIR", "SYNCBRIDGE_RCLONE_BINARY")
            if name in os.environ}
     env.update(server.environ(BUCKET))
     env.update({
@@ -201,7 +201,7 @@ def _run(server: Any, root: Path, *, images: int, interval: float, out: Callable
         "SYNCBRIDGE_FOLDERS": f"bisync:{workflows}=workflows",
         # One pod and a server that ignores If-None-Match: no lease to take, no probe to warn about.
         "SYNCBRIDGE_BISYNC_LEASE": "off",
-        "SYNCBRIDGE_CONDITIONAL_PUT": "off",
+        "SYNCBRIDGE_WATCH_CONDITIONAL": "off",
         "SYNCBRIDGE_DEMO_EVENTS": str(events_path),
         "SYNCBRIDGE_LOG_LEVEL": "debug" if verbose else "info",
     })

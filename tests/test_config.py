@@ -426,3 +426,70 @@ def test_reference_lists_every_template_variable():
     for name in ("R2_ENDPOINT", "R2_ACCESS_KEY", "R2_SECRET_KEY", "R2_BUCKET", "ENABLE_R2_SYNC", "COMFYUI_OUTPUT_DIR",
                  "STORAGE_MODE", "GPU_TIER", "SYNCBRIDGE_STATE_DIR"):
         assert f"`{name}`" in ref
+
+
+# -- names: typos caught, one name per setting, old names still read ------------------------------------------
+
+def test_a_mistyped_variable_is_an_error_with_did_you_mean(base):
+    """Before, SYNCBRIDGE_WATCH_PREFX was ignored without a word and outputs went under the default prefix."""
+    with pytest.raises(ConfigError) as exc:
+        load_config({**base, "SYNCBRIDGE_WATCH_PREFX": "runs", "R2_SECRET": "x", "R2_SOMETHING": "y",
+                     "SYNCBRIDGE_EMPTY_TYPO": ""})
+    text = str(exc.value)
+    assert ("environment variable SYNCBRIDGE_WATCH_PREFX: is not a syncbridge setting; did you mean "
+            "'SYNCBRIDGE_WATCH_PREFIX'?") in text
+    assert "environment variable R2_SECRET: is not a syncbridge setting; did you mean 'R2_SECRET_KEY'?" in text
+    assert "environment variable R2_SOMETHING: is not a syncbridge setting; see `syncbridge config --reference`" in text
+    assert "SYNCBRIDGE_EMPTY_TYPO" not in text  # empty means unset, as for every setting
+    assert len(exc.value.problems) == 3  # all at once
+
+
+def test_names_other_tools_and_the_app_see_are_allowed(base):
+    config = load_config({**base, "SYNCBRIDGE_START_PID": "12", "SYNCBRIDGE_DEMO_EVENTS": "x",
+                          "SYNCBRIDGE_GPU_TIER": "datacenter", "SYNCBRIDGE_STORAGE_MODE": "persistent"})
+    # what `syncbridge start` gives the app is also accepted as input (it used to be ignored)
+    assert config.gpu_tier == "datacenter" and config.storage_mode == "persistent"
+
+
+def test_old_names_still_work_with_one_warning(base, tmp_path, caplog):
+    import syncbridge.config as cfg
+
+    cfg._SAID.clear()
+    with caplog.at_level("WARNING", logger="syncbridge"):
+        old = load_config({**base, "SYNCBRIDGE_CONDITIONAL_PUT": "on", "SYNCBRIDGE_BISYNC_LOSER": "delete",
+                           "SYNCBRIDGE_BISYNC_CONFLICT": "older"})
+        load_config({**base, "SYNCBRIDGE_CONDITIONAL_PUT": "on"})
+    assert (old.watch.conditional, old.bisync.conflict_loser, old.bisync.conflict_resolve) == ("on", "delete", "older")
+    said = [r.getMessage() for r in caplog.records]
+    assert said.count("SYNCBRIDGE_CONDITIONAL_PUT is now SYNCBRIDGE_WATCH_CONDITIONAL; the old name still works "
+                      "for now") == 1
+    assert any("SYNCBRIDGE_BISYNC_LOSER is now SYNCBRIDGE_BISYNC_CONFLICT_LOSER" in m for m in said)
+    new = load_config({**base, "SYNCBRIDGE_WATCH_CONDITIONAL": "on", "SYNCBRIDGE_BISYNC_CONFLICT_LOSER": "delete"})
+    assert (new.watch.conditional, new.bisync.conflict_loser) == ("on", "delete") and not new.notices
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'[remote]\nlocal_root = "{tmp_path / "lb"}"\n')
+    renamed = load_config(base, config_file=toml)
+    assert renamed.remote.local_bucket_dir == tmp_path / "lb" / "runpod"
+    assert any("remote.local_root is now remote.local_bucket_dir" in n for n in renamed.notices)
+
+
+def test_one_name_per_setting():
+    """An environment name ends with its TOML key's name, so each setting reads the same in env, TOML and
+    docs; the template's own inputs are the listed exceptions."""
+    from syncbridge.config import SETTINGS
+
+    template_inputs = {"watch.enabled": "ENABLE_R2_SYNC", "watch.dir": "COMFYUI_OUTPUT_DIR",
+                       "models.manifests": "SYNCBRIDGE_MODELS", "start.folders_spec": "SYNCBRIDGE_FOLDERS",
+                       "start.on_bucket_failure": "SYNCBRIDGE_ON_BUCKET_FAILURE"}
+    drift = [(s.key, s.env[0]) for s in SETTINGS
+             if s.key not in template_inputs and not s.env[0].endswith(s.name.upper())]
+    assert not drift, drift
+    assert all(next(s for s in SETTINGS if s.key == k).env[0] == v for k, v in template_inputs.items())
+
+
+def test_account_id_gives_the_r2_endpoint(base):
+    env = {k: v for k, v in base.items() if k != "R2_ENDPOINT"}
+    config = load_config({**env, "R2_ACCOUNT_ID": "0123abcd", "R2_ACCESS_KEY": ACCESS_KEY,
+                          "R2_SECRET_KEY": SECRET_KEY})
+    assert config.remote.endpoint == "https://0123abcd.r2.cloudflarestorage.com"
+    assert config.remote.provider == "Cloudflare"

