@@ -164,6 +164,18 @@ class _Parsed:
     file: str
     settings: Mapping[str, tuple[Any, str]]
     models: tuple[ModelSpec, ...]
+    # entries with problems of their own whose name and path are known: still checked for duplicates,
+    # so one run lists every problem of the manifest (before, a duplicate showed up a run later)
+    partial: tuple["_Entry", ...] = ()
+    problems: tuple[Problem, ...] = ()
+
+
+@attrs.frozen
+class _Entry:
+    name: str | None
+    path: str | None
+    is_snapshot: bool
+    origin: str
 
 
 class _Lines:
@@ -215,19 +227,36 @@ def _check_path(text: str) -> str:
         raise UnsafePathError(f"{exc} (it must stay inside models_dir)", path=text) from None
 
 
+def _flag(value: Any) -> bool | None:
+    """A manifest's true/false, with the same words as the configuration (true/false/1/0/yes/no)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    return None
+
+
 def parse_manifest(text: str, *, path: str | Path = "<manifest>") -> _Parsed:
     """Parse and validate one manifest's text.
 
     Raises:
         ManifestError: every problem in this file.
     """
+    parsed = _parse(text, path=path)
+    if parsed.problems:
+        raise ManifestError(parsed.problems)
+    return parsed
+
+
+def _parse(text: str, *, path: str | Path) -> _Parsed:
+    """Parse one manifest's text; every problem is in the result's ``problems`` (nothing raised)."""
     file = str(path)
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         line = re.search(r"line (\d+)", str(exc))
         where = f"{file}:{line.group(1)}" if line else file
-        raise ManifestError([Problem(where, f"not valid TOML: {exc}")]) from exc
+        return _Parsed(file, {}, (), problems=(Problem(where, f"not valid TOML: {exc}"),))
     lines = _Lines(text)
     problems: list[Problem] = []
 
@@ -259,10 +288,10 @@ def parse_manifest(text: str, *, path: str | Path = "<manifest>") -> _Parsed:
             else:
                 settings[key] = (value.strip("/"), at)
         elif key == "write_back":
-            if not isinstance(value, bool):
-                problems.append(Problem(at, f"must be true or false, got {value!r}"))
+            if _flag(value) is None:
+                problems.append(Problem(at, f"must be true or false (or 1/0, yes/no), got {value!r}"))
             else:
-                settings[key] = (value, at)
+                settings[key] = (_flag(value), at)
         elif key == "parallel":
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 problems.append(Problem(at, f"must be a whole number >= 1, got {value!r}"))
@@ -275,6 +304,7 @@ def parse_manifest(text: str, *, path: str | Path = "<manifest>") -> _Parsed:
         problems.append(Problem(where("model", 0, None, "model"), "must be an array of tables: [[model]]"))
         tables = []
     models: list[ModelSpec] = []
+    partial: list[_Entry] = []
     for index, table in enumerate(tables):
         raw_name = table.get("name")
         label = f"model {raw_name!r}" if isinstance(raw_name, str) else f"[[model]] #{index + 1}"
@@ -310,9 +340,12 @@ def parse_manifest(text: str, *, path: str | Path = "<manifest>") -> _Parsed:
         if tier is not None and tier not in TIERS:
             problems.append(Problem(at("min_tier"), f"must be one of {', '.join(TIERS)}, got {tier!r}"
                                     + _suggest(str(tier), TIERS)))
+        flags = {}
         for flag in ("optional", "write_back"):
-            if flag in table and not isinstance(table[flag], bool):
-                problems.append(Problem(at(flag), f"must be true or false, got {table[flag]!r}"))
+            if flag in table:
+                flags[flag] = _flag(table[flag])
+                if flags[flag] is None:
+                    problems.append(Problem(at(flag), f"must be true or false (or 1/0, yes/no), got {table[flag]!r}"))
         hf = _hf(table.get("hf"), at, problems) if "hf" in table else None
         civitai = _civitai(table.get("civitai"), at, problems) if "civitai" in table else None
         url = table.get("url")
@@ -324,16 +357,19 @@ def parse_manifest(text: str, *, path: str | Path = "<manifest>") -> _Parsed:
             if sha is not None or size is not None:
                 problems.append(Problem(at("sha256" if sha is not None else "size"),
                                         "a snapshot is a folder: its files are verified against the Hub's metadata"))
+        origin = f"{file}:{lines.of('model', index)}"
         if len(problems) > bad:
+            if rel or isinstance(raw_name, str):
+                partial.append(_Entry(raw_name.strip() if isinstance(raw_name, str) else None, rel or None,
+                                      bool(isinstance(table.get("hf"), dict) and table["hf"].get("snapshot") is True),
+                                      origin))
             continue
         models.append(ModelSpec(
             name=raw_name.strip(), path=rel, sha256=sha.lower() if sha else None, size=size, enabled_by=enabled_by,
-            min_tier=tier, optional=bool(table.get("optional", False)),
-            write_back=bool(table.get("write_back", default_write_back)), hf=hf, civitai=civitai, url=url,
-            origin=f"{file}:{lines.of('model', index)}"))
-    if problems:
-        raise ManifestError(problems)
-    return _Parsed(file, settings, tuple(models))
+            min_tier=tier, optional=bool(flags.get("optional", False)),
+            write_back=bool(flags["write_back"] if "write_back" in flags else default_write_back), hf=hf,
+            civitai=civitai, url=url, origin=origin))
+    return _Parsed(file, settings, tuple(models), tuple(partial), tuple(problems))
 
 
 def _inline_table(value: Any, name: str, keys: Sequence[str], example: str, at,
@@ -353,8 +389,11 @@ def _hf(value: Any, at, problems: list[Problem]) -> HfSpec | None:
     if not _inline_table(value, "hf", HF_KEYS, '{ repo = "owner/name", file = "..." }', at, problems):
         return None
     repo = value.get("repo")
-    if not isinstance(repo, str) or not _REPO_RE.match(repo):
-        problems.append(Problem(at("hf"), f"hf.repo must be \"owner/name\", got {repo!r}"))
+    if repo is None:
+        problems.append(Problem(at("hf"), "hf.repo is missing: repo = \"owner/name\""))
+    elif not isinstance(repo, str) or not _REPO_RE.match(repo):
+        problems.append(Problem(at("hf"), f"hf.repo must be \"owner/name\" (or a legacy single name such as gpt2), "
+                                          f"got {repo!r}"))
     snapshot = value.get("snapshot", False)
     if not isinstance(snapshot, bool):
         problems.append(Problem(at("hf"), f"hf.snapshot must be true or false, got {snapshot!r}"))
@@ -391,7 +430,9 @@ def _civitai(value: Any, at, problems: list[Problem]) -> CivitaiSpec | None:
     if not _inline_table(value, "civitai", CIVITAI_KEYS, "{ version_id = 12345 }", at, problems):
         return None
     version = value.get("version_id")
-    if isinstance(version, bool) or not isinstance(version, int) or version <= 0:
+    if version is None:
+        problems.append(Problem(at("civitai"), "civitai.version_id is missing: version_id = 12345"))
+    elif isinstance(version, bool) or not isinstance(version, int) or version <= 0:
         problems.append(Problem(at("civitai"), f"civitai.version_id must be a positive whole number, got {version!r}"))
     file = value.get("file")
     if file is not None and (not isinstance(file, str) or not file):
@@ -401,7 +442,8 @@ def _civitai(value: Any, at, problems: list[Problem]) -> CivitaiSpec | None:
     return CivitaiSpec(version_id=version, file=file)
 
 
-def merge_manifests(parsed: Sequence[_Parsed], *, models_dir: str | Path | None = None) -> Manifest:
+def merge_manifests(parsed: Sequence[_Parsed], *, models_dir: str | Path | None = None,
+                    problems: Sequence[Problem] = ()) -> Manifest:
     """Merge parsed manifests into one.
 
     ``models_dir`` and ``cache_prefix`` must agree where several files set them;
@@ -413,9 +455,9 @@ def merge_manifests(parsed: Sequence[_Parsed], *, models_dir: str | Path | None 
         models_dir: overrides every file's ``models_dir`` (``SYNCBRIDGE_MODELS_DIR``).
 
     Raises:
-        ManifestError: conflicts, naming each side.
+        ManifestError: conflicts, naming each side, with ``problems`` found before (one list in all).
     """
-    problems: list[Problem] = []
+    problems = list(problems)
     chosen: dict[str, tuple[Any, str]] = {}
     parallel = None
     for item in parsed:
@@ -434,7 +476,9 @@ def merge_manifests(parsed: Sequence[_Parsed], *, models_dir: str | Path | None 
     snapshots: dict[str, ModelSpec] = {}
     models: list[ModelSpec] = []
     for item in parsed:
-        for model in item.models:
+        for model in (*item.models, *item.partial):
+            if model.path is None or model.name is None:
+                continue
             other = by_path.get(model.path)
             if other is not None:
                 problems.append(Problem(model.origin, f"model {model.name!r}: path {model.path!r} is also the path of "
@@ -457,7 +501,8 @@ def merge_manifests(parsed: Sequence[_Parsed], *, models_dir: str | Path | None 
             by_name[model.name] = model
             if model.is_snapshot:
                 snapshots[model.path] = model
-            models.append(model)
+            if isinstance(model, ModelSpec):
+                models.append(model)
     if problems:
         raise ManifestError(problems)
     base = models_dir if models_dir else chosen.get("models_dir", (DEFAULT_MODELS_DIR, ""))[0]
@@ -491,13 +536,10 @@ def load_manifests(paths: Sequence[str | Path], *, models_dir: str | Path | None
         except UnicodeDecodeError:
             problems.append(Problem(str(path), "is not UTF-8 text"))
             continue
-        try:
-            parsed.append(parse_manifest(text, path=path))
-        except ManifestError as exc:
-            problems += exc.problems
-    if problems:
-        raise ManifestError(problems)
-    return merge_manifests(parsed, models_dir=models_dir)
+        item = _parse(text, path=path)
+        parsed.append(item)
+        problems += item.problems
+    return merge_manifests(parsed, models_dir=models_dir, problems=problems)
 
 
 @attrs.frozen

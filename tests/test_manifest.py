@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,47 @@ def test_snapshot_rules():
     with pytest.raises(ManifestError, match="only applies to snapshot"):
         parse_manifest('[[model]]\nname = "s"\npath = "d"\nhf = { repo = "o/r", file = "x", allow = ["*"] }\n',
                        path="m.toml")
+
+
+def test_every_problem_of_a_manifest_in_one_run(tmp_path):
+    """Before, this file took four fix-and-rerun rounds: a duplicate path and name were only checked
+    once every entry parsed, a missing hf.repo said "got None", and optional = "yes" was refused
+    though the configuration takes yes."""
+    path = tmp_path / "m.toml"
+    path.write_text(textwrap.dedent('''
+        [settings]
+        models_dir = "/tmp/models"
+        write_back = "yes"
+
+        [[model]]
+        name = "a"
+        path = "loras/a.safetensors"
+        hf = { repo = "org/a", file = "a.safetensors" }
+
+        [[model]]
+        name = "a"
+        path = "loras/b.safetensors"
+        optional = "yes"
+        url = "https://example.com/b"
+
+        [[model]]
+        name = "c"
+        path = "loras/a.safetensors"
+        hf = { file = "c.safetensors" }
+
+        [[model]]
+        name = "d"
+        path = "vae/d.safetensors"
+        civitai = { }
+        sha256 = "xyz"
+        '''))
+    with pytest.raises(ManifestError) as exc:
+        load_manifests([path])
+    text = str(exc.value)
+    assert "hf.repo is missing: repo = \"owner/name\"" in text and "got None" not in text
+    assert "civitai.version_id is missing" in text
+    assert "sha256: must be 64 hex digits" in text
+    assert "model name 'a' is also used at" in text
+    assert "path 'loras/a.safetensors' is also the path of model 'a'" in text  # c is broken and still checked
+    assert len(exc.value.problems) == 5, text
+    assert "optional" not in text and "write_back" not in text  # the configuration's words work here too
