@@ -15,7 +15,12 @@ Names are imported lazily, so ``import syncbridge`` stays cheap.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
+
+# The library never prints by itself: with no logging configured, its warnings would otherwise reach
+# stderr through Python's last-resort handler as bare lines. The CLI installs its own handler.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __version__ = "0.2.0"
 

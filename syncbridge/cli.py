@@ -78,6 +78,11 @@ class Context:
     def out(self, text: str) -> None:
         print(redact(text, self.secrets), flush=True)
 
+    def say(self, text: str) -> None:
+        """A line for the person at the terminal (stderr), kept back by ``-q``: only warnings and errors then."""
+        if not self.args.quiet:
+            print(redact(f"[syncbridge] {text}", self.secrets), file=sys.stderr, flush=True)
+
 
 def _version_cmd(args: argparse.Namespace, ctx: Context) -> int:
     ctx.out(f"syncbridge {__version__}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from .bulk import bisync, pull, push
 from .doctor import run_doctor, summarize
@@ -76,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _announce(ctx) -> None:
     config = ctx.config()
-    print(f"[syncbridge] using {config.remote.describe()}", file=sys.stderr, flush=True)
+    ctx.say(f"using {config.remote.describe()}")
 
 
 def _run(ctx, label, fn, *args, **kwargs) -> int:

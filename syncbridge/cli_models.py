@@ -189,7 +189,7 @@ def _no_attempt_records(record: logging.LogRecord) -> bool:
 def _pull(args, ctx) -> int:
     overrides = {"models.parallel": args.parallel} if args.parallel else None
     config = ctx.config(overrides)
-    print(f"[syncbridge] models: cache in {config.remote.describe()}", file=sys.stderr, flush=True)
+    ctx.say(f"models: cache in {config.remote.describe()}")
     progress = None if (args.quiet or args.dry_run) else ModelsProgress()
     # The progress display prints each failed attempt itself: its log record would say it twice.
     logger = logging.getLogger("syncbridge.models")
@@ -222,7 +222,7 @@ def _list(args, ctx) -> int:
 
 def _cache_push(args, ctx) -> int:
     config = ctx.config()
-    print(f"[syncbridge] models cache: {config.remote.describe()}", file=sys.stderr, flush=True)
+    ctx.say(f"models cache: {config.remote.describe()}")
     report = push_cache(config, args.manifests or None, environ=ctx.environ)
     rows = [("model", "outcome", "size")]
     for r in report.results:

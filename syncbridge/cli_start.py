@@ -100,7 +100,7 @@ def _start(args: argparse.Namespace, ctx) -> int:
         print("syncbridge start: error: --stop-seconds must be at least 0", file=sys.stderr)
         return 2
     config = ctx.config()
-    print(f"[syncbridge] using {config.remote.describe()}", file=sys.stderr, flush=True)
+    ctx.say(f"using {config.remote.describe()}")
     options = StartOptions.from_config(config, models=args.models, folders=args.folders, watch=args.watch,
                                        final_push=args.final_push, models_on_failure=args.models_on_failure,
                                        stop_seconds=args.stop_seconds)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import sys
 import threading
 import time
 from typing import Any
@@ -58,7 +57,7 @@ def _watch(args: argparse.Namespace, ctx) -> int:
     if args.drain_seconds is not None:
         overrides["watch.drain_seconds"] = args.drain_seconds
     config = ctx.config(overrides or None)
-    print(f"[syncbridge] using {config.remote.describe()}", file=sys.stderr, flush=True)
+    ctx.say(f"using {config.remote.describe()}")
     _limit_malloc_arenas()
     stop = threading.Event()
 

@@ -640,7 +640,8 @@ class ModelFillCoordinator:
                     self._store = open_store(self.config.remote, state_dir=self.config.state_dir)
                 try:
                     self._enabled = leases_enabled(self._store, "auto", prefix=self.config.fleet.prefix,
-                                                   what="model cache fill")
+                                                   what="model cache fill",
+                                                   silence="set write_back = false in the manifest")
                 except StoreError as exc:  # a read-only token, say: the models still come, from upstream
                     log.warning("model cache fill: no lease (%s); this pod goes upstream on its own", exc,
                                 extra={"event": "fleet.fill_no_lease"})

@@ -656,7 +656,8 @@ class HeldLease:
             due = leases.monotonic() + interval
 
 
-def leases_enabled(store: Store, mode: str, *, prefix: str, what: str) -> bool:
+def leases_enabled(store: Store, mode: str, *, prefix: str, what: str,
+                   setting: str = "SYNCBRIDGE_BISYNC_LEASE", silence: str | None = None) -> bool:
     """Resolve a lease setting (``auto``/``on``/``off``) against the store.
 
     ``auto`` uses a lease when the store enforces conditional writes and
@@ -673,8 +674,13 @@ def leases_enabled(store: Store, mode: str, *, prefix: str, what: str) -> bool:
         raise LeaseUnsupportedError(
             f"{what}: a lease is required (lease = on), but {store.description} does not enforce conditional "
             f"writes (If-None-Match), so a lease there would not keep two pods apart. Use a store that does "
-            f"(Cloudflare R2, AWS S3, MinIO) or set the lease to auto/off.")
-    log.warning("%s: running WITHOUT a lease: %s does not enforce conditional writes, so nothing stops another "
-                "pod from doing the same at the same time (set the lease to off to silence this, or use R2)",
-                what, store.description, extra={"event": "lease.unavailable", "store": store.description})
+            f"(Cloudflare R2, AWS S3, MinIO) or set {setting} to auto or off.")
+    if (what, store.description) not in _SAID_NO_LEASE:  # once per process
+        _SAID_NO_LEASE.add((what, store.description))
+        log.warning("%s: running WITHOUT a lease: %s does not enforce conditional writes, so nothing stops another "
+                    "pod from doing the same at the same time (%s to silence this, or use R2)",
+                    what, store.description, silence or f"set {setting}=off", extra={"event": "lease.unavailable"})
     return False
+
+
+_SAID_NO_LEASE: set[tuple[str, str]] = set()

@@ -234,7 +234,7 @@ def _model_record(result: Any) -> dict[str, Any]:
         value = getattr(result, name, None)
         record[name] = str(value) if isinstance(value, Path) else value
     attempts = getattr(result, "attempts", ()) or ()
-    record["attempts"] = [str(a) for a in attempts]
+    record["attempts"] = [f"{source}: {str(error).removeprefix(f'{source}: ')}" for source, error in attempts]
     return record
 
 
@@ -470,8 +470,9 @@ class Starter:
         self._record("models", "failed" if stop else "warn", f"{text}; {consequence}", started, details=details)
         for result in results:
             if str(result.status) in ("failed", "optional_failed"):
-                for attempt in getattr(result, "attempts", ()) or ():
-                    log.warning("  %s: %s", result.name, attempt, extra={"event": "start.models.attempt"})
+                for source, error in getattr(result, "attempts", ()) or ():
+                    log.warning("  %s: %s: %s", result.name, source, str(error).removeprefix(f"{source}: "),
+                                extra={"event": "start.models.attempt"})
         return not stop
 
     def _sync_folders(self, name: str, modes: Sequence[str], *, stop_when: Callable[[], bool],

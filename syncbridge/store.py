@@ -185,8 +185,11 @@ class Store:
             try:
                 self.put_bytes(key, b"2", if_none_match=True)
                 self._conditional = False
-                log.warning("store.no_conditional_writes", extra={"event": "store.no_conditional_writes",
-                                                                   "store": self.description})
+                if self.description not in _SAID_NO_CONDITIONAL:  # once per store per process
+                    _SAID_NO_CONDITIONAL.add(self.description)
+                    log.warning("%s does not enforce conditional writes (If-None-Match): the watcher checks with "
+                                "a HEAD before each first upload, and leases cannot keep two pods apart there",
+                                self.description, extra={"event": "store.no_conditional_writes"})
             except PreconditionFailedError:
                 self._conditional = True
             finally:
@@ -196,6 +199,9 @@ class Store:
 
     def close(self) -> None:
         pass
+
+
+_SAID_NO_CONDITIONAL: set[str] = set()
 
 
 # -- S3 -------------------------------------------------------------------------------

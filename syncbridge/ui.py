@@ -19,21 +19,30 @@ _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime",
 class _Formatter(logging.Formatter):
     """``syncbridge: message key=value ...`` with every secret redacted."""
 
-    def __init__(self, secrets: Iterable[str], prefix: str) -> None:
+    def __init__(self, secrets: Iterable[str], prefix: str, *, fields: bool = False) -> None:
         super().__init__()
         self.secrets = tuple(secrets)
         self.prefix = prefix
+        self.fields = fields
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
         text = record.getMessage()
-        if fields:
-            text += " " + " ".join(f"{k}={v!r}" if isinstance(v, str) and (" " in v or not v) else f"{k}={v}"
-                                   for k, v in fields.items())
+        if self.fields:  # the structured fields are for -v (and log collectors): a person reads the sentence
+            fields = {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
+            if fields:
+                text += " " + " ".join(f"{k}={_quote(v)}" for k, v in fields.items())
         level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
         if record.exc_info and record.levelno >= logging.ERROR:
             text += "\n" + self.formatException(record.exc_info)
         return redact(f"{self.prefix}{level}{text}", self.secrets)
+
+
+def _quote(value: object) -> str:
+    """A field's value as written: quoted when it has spaces, never Python's repr (no doubled backslashes)."""
+    text = str(value)
+    if isinstance(value, str) and (not text or any(c.isspace() for c in text) or '"' in text):
+        return '"' + text.replace('"', "'") + '"'
+    return text
 
 
 def setup_logging(level: str = "info", *, secrets: Iterable[str] = (), stream: TextIO | None = None,
@@ -43,7 +52,7 @@ def setup_logging(level: str = "info", *, secrets: Iterable[str] = (), stream: T
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(_Formatter(secrets, prefix))
+    handler.setFormatter(_Formatter(secrets, prefix, fields=level.lower() == "debug"))
     logger.addHandler(handler)
     logger.setLevel(level.upper())
     logger.propagate = False

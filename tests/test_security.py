@@ -112,8 +112,17 @@ def test_failure_messages_and_exceptions_are_clean(secret_env, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "f").write_text("f")
-    with pytest.raises(RcloneError) as rinfo:
+    with pytest.raises(StoreError) as pinfo:  # push's pre-check names the setting before rclone runs
         push(config, src, "p")
+    assert pinfo.value.setting == "R2_SECRET_KEY"
+    assert_clean(str(pinfo.value), repr(pinfo.value), "".join(traceback.format_exception(pinfo.value)),
+                 what="push's StoreError")
+    from syncbridge.rclone import Rclone
+    from syncbridge.rclonecmd import copy_argv, remote_path
+
+    with pytest.raises(RcloneError) as rinfo:  # rclone itself, with the wrong secret in its environment
+        Rclone(config).run(copy_argv(str(src), remote_path(config.remote, "p")), what="copy")
+    assert rinfo.value.setting == "R2_SECRET_KEY" and rinfo.value.outcome == "fatal"
     rexc = rinfo.value
     assert rexc.returncode != 0
     assert_clean(str(rexc), repr(rexc), " ".join(rexc.argv), rexc.stderr_tail,
