@@ -250,8 +250,12 @@ def test_signal_stops_the_command_and_its_rclone(local_env, tmp_path, sig, code)
     src.mkdir()
     (src / "big.bin").write_bytes(b"x" * 3_000_000)
     env = {**local_env, "SYNCBRIDGE_RCLONE_BINARY": str(slow)}
+    # The child starts with SIGINT at its default, whatever this test inherited: a suite run as a
+    # background job of a non-interactive shell inherits SIGINT ignored, and a process started with a
+    # signal ignored keeps it ignored (by design: nohup, `cmd &`).
     proc = subprocess.Popen([sys.executable, "-m", "syncbridge", "push", str(src), "p"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     marker = str(src).encode()
 
     def rclone_pids() -> list[int]:
