@@ -211,7 +211,9 @@ def pull(
     dest = Path(local)
     extra = ["--transfers", str(transfers)] if transfers else []
     started = time.monotonic()
-    entries = rc.lsjson(remote_path(config.remote, key))
+    # One listing, in which a key's raw backslash (put there by another tool) stays apart from the
+    # full-width one our own encoding writes: such a key cannot round-trip, and is left out below.
+    entries = rc.lsjson(remote_path(config.remote, key, raw_backslash=True))
     single = False
     if not entries and key:
         # Maybe the prefix names one object.
@@ -255,11 +257,17 @@ def pull(
     # name with a newline, which would then be dropped from an otherwise normal pull.
     result = rc.run(copy_argv(remote_path(config.remote, key), str(dest), include=include,
                               exclude=[*_fleet_excludes(config, key),
-                                       *("/" + _glob_literal(rel) for rel in unsafe), *exclude],
+                                       *("/" + _glob_literal(_decoded(rel)) for rel in unsafe), *exclude],
                               dry_run=dry_run, extra=extra),
                     on_progress=on_progress, cancel=cancel, what=f"pull {key or '/'} -> {dest}")
     return _summary("pull", key, str(dest), started, result.progress, result.transferred, dry_run=dry_run,
                     skipped=shown)
+
+
+def _decoded(rel: str) -> str:
+    """A name from a raw-backslash listing as rclone's copy names it (its BackSlash encoding decoded)."""
+    quoted = "\u201b\uff3c"
+    return "\x00".join(part.replace("\uff3c", "\\") for part in rel.split(quoted)).replace("\x00", "\uff3c")
 
 
 def _unsafe_listing(rel: str) -> bool:
@@ -372,12 +380,12 @@ def bisync(
     # One hostile key in the bucket ("x/../y", listed by rclone as full-width dots it then cannot
     # fetch) made every bisync of the prefix abort with a critical error, --resync included.
     # Such keys are left out with a warning, as pull skips them.
-    unsafe = [e.get("Path", "") for e in rc.lsjson(remote_path(config.remote, key))
+    unsafe = [e.get("Path", "") for e in rc.lsjson(remote_path(config.remote, key, raw_backslash=True))
               if _unsafe_listing(e.get("Path", ""))]
     for rel in unsafe:
         log.warning("bisync: left out key %r: not a safe path below %s", f"{key}/{rel}" if key else rel, src,
                     extra={"event": "bisync.unsafe_key", "key": f"{key}/{rel}" if key else rel})
-    exclude = [*("/" + _glob_literal(rel) for rel in unsafe), *exclude]
+    exclude = [*("/" + _glob_literal(_decoded(rel)) for rel in unsafe), *exclude]
     # the lease guarding this very run is rewritten while it runs
     own = _fleet_excludes(config, key)
     args = bisync_argv(

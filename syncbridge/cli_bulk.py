@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .bulk import bisync, pull, push
 from .doctor import run_doctor, summarize
@@ -89,6 +90,12 @@ def _run(ctx, label, fn, *args, **kwargs) -> int:
     ctx.out(summary.line())
     for name in summary.skipped:
         ctx.out(f"skipped unsafe key: {name!r}")
+    if summary.skipped:
+        # Objects left in the bucket that no file here will hold: not a success, whatever rclone says.
+        print(f"[syncbridge] error: {len(summary.skipped)} object(s) not pulled: their keys cannot be a path below "
+              f"the folder ('..', '.', absolute, a raw backslash or an empty segment); rename them in the bucket",
+              file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

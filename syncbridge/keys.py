@@ -22,6 +22,7 @@ MAX_KEY_BYTES = 1024  # R2 and S3 limit
 
 _QUOTE = "\u201b"  # rclone's encoder quote character
 _FULL_DOTS = ("\uff0e", "\uff0e\uff0e")  # what rclone's Dot encoding turns "." and ".." into
+_FULL_BACKSLASH = "\uff3c"  # what rclone's BackSlash encoding turns "\\" into
 _INVALID_BYTE_RE = re.compile(r"[89A-F][0-9A-F]")
 _QUOTED_FULL_DOTS = tuple("".join(_QUOTE + ch for ch in dots) for dots in _FULL_DOTS)
 
@@ -29,7 +30,7 @@ _QUOTED_FULL_DOTS = tuple("".join(_QUOTE + ch for ch in dots) for dots in _FULL_
 def encode_name(name: str) -> str:
     """Map control characters to their Unicode control pictures, as rclone's ``Ctl`` encoding does.
 
-    The S3 remote is configured with ``Slash,InvalidUtf8,Dot,Ctl`` (see
+    The S3 remote is configured with ``Slash,InvalidUtf8,Dot,Ctl,BackSlash`` (see
     :func:`syncbridge.rclonecmd.remote_env`), so a file named ``a\nb.png`` is the key
     ``a\u240ab.png`` whether rclone or syncbridge's own uploader put it there. A name
     that already contains a control picture is quoted with U+201B, so the mapping
@@ -44,8 +45,12 @@ def encode_name(name: str) -> str:
         code = ord(ch)
         if 0 < code < 0x20:
             out.append(chr(0x2400 + code))
-        elif 0x2401 <= code <= 0x241F:
+        elif 0x2401 <= code <= 0x241F or ch == _FULL_BACKSLASH:
             out.append(_QUOTE + ch)
+        elif ch == "\\":
+            # a backslash is a path separator somewhere: the key holds the full-width one instead, as
+            # rclone's BackSlash encoding writes it, and both directions map it back to the same file
+            out.append(_FULL_BACKSLASH)
         elif 0xDC80 <= code <= 0xDCFF:
             # a byte that is not UTF-8 (os.fsdecode's surrogate escape): rclone's InvalidUtf8
             # encoding writes it as the quote and two hex digits, b"\xff" -> "\u201bFF"
@@ -64,9 +69,13 @@ def decode_name(name: str) -> str:
     while i < len(name):
         ch = name[i]
         nxt = ord(name[i + 1]) if i + 1 < len(name) else 0
-        if ch == _QUOTE and 0x2401 <= nxt <= 0x241F:
-            out.append(name[i + 1])  # a quoted, literal control picture
+        if ch == _QUOTE and (0x2401 <= nxt <= 0x241F or nxt == ord(_FULL_BACKSLASH)):
+            out.append(name[i + 1])  # a quoted, literal control picture or full-width backslash
             i += 2
+            continue
+        if ch == _FULL_BACKSLASH:
+            out.append("\\")
+            i += 1
             continue
         if ch == _QUOTE and _INVALID_BYTE_RE.match(name, i + 1):
             out.append(chr(0xDC00 + int(name[i + 1:i + 3], 16)))  # back to os.fsdecode's surrogate escape

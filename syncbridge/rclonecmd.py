@@ -99,8 +99,11 @@ def remote_env(remote: RemoteConfig) -> dict[str, str]:
         _ENV_PREFIX + "ENV_AUTH": "false",
         # rclone's S3 default plus Ctl: control characters in file names (a newline) become
         # their Unicode "control picture" in the key (U+240A), which every S3 implementation
-        # accepts in XML listings; they map back on download. keys.encode_key does the same.
-        _ENV_PREFIX + "ENCODING": "Slash,InvalidUtf8,Dot,Ctl",
+        # accepts in XML listings; they map back on download. BackSlash: a backslash in a file
+        # name is the full-width one (U+FF3C) in the key, so the key is never a path with a
+        # separator somewhere and the file comes back under its own name on pull.
+        # keys.encode_name does the same for the watcher's keys.
+        _ENV_PREFIX + "ENCODING": S3_ENCODING,
     }
     if remote.provider != "AWS":
         env[_ENV_PREFIX + "FORCE_PATH_STYLE"] = "true"
@@ -112,11 +115,23 @@ def remote_env(remote: RemoteConfig) -> dict[str, str]:
     return env
 
 
-def remote_path(remote: RemoteConfig, prefix: str = "") -> str:
-    """``syncbridge:<bucket>/<prefix>`` (S3) or ``syncbridge:<local bucket dir>/<prefix>``."""
+S3_ENCODING = "Slash,InvalidUtf8,Dot,Ctl,BackSlash"
+# The same without BackSlash: a listing in which a key's raw backslash (put there by another tool)
+# still shows as one, apart from the full-width one our own encoding writes.
+S3_ENCODING_RAW_BACKSLASH = "Slash,InvalidUtf8,Dot,Ctl"
+
+
+def remote_path(remote: RemoteConfig, prefix: str = "", *, raw_backslash: bool = False) -> str:
+    """``syncbridge:<bucket>/<prefix>`` (S3) or ``syncbridge:<local bucket dir>/<prefix>``.
+
+    ``raw_backslash``: for a listing only, names keep a key's raw backslash apart from an encoded one.
+    """
     prefix = prefix.strip("/")
     base = str(remote.local_bucket_dir) if remote.is_local else remote.bucket
-    return f"{REMOTE_NAME}:{base}" + (f"/{prefix}" if prefix else "")
+    name = REMOTE_NAME
+    if raw_backslash and not remote.is_local:
+        name += f",encoding='{S3_ENCODING_RAW_BACKSLASH}'"
+    return f"{name}:{base}" + (f"/{prefix}" if prefix else "")
 
 
 def common_flags(config: Config) -> list[str]:

@@ -215,7 +215,8 @@ def test_pull_refuses_keys_escaping_local(moto_s3, tmp_path, caplog):
     assert not [p for p in everything if "evil" in p or "abs.txt" in p or "dot.txt" in p], everything
     # the CLI names them too
     proc = run_cli(["pull", "p", str(tmp_path / "cli")], server_env(moto_s3, bucket, tmp_path))
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr  # objects left behind are not a success (it was exit 0)
+    assert "error: 5 object(s) not pulled" in proc.stderr
     assert "skipped key 'p/a/../../evil.txt'" in proc.stderr
     assert "skipped unsafe key: 'p/a/../../evil.txt'" in proc.stdout
     assert "5 skipped (unsafe names)" in proc.stdout
@@ -370,3 +371,36 @@ def test_pulling_the_whole_bucket_leaves_the_fleets_objects_out(env, tmp_path):
     assert summary.files == 1
     pull(config, ".syncbridge", tmp_path / "fleet")
     assert sorted(_tree(tmp_path / "fleet")) == ["leases/bisync.json", "pods/pod1.json"]
+
+
+def test_a_backslash_in_a_file_name_round_trips_through_push_the_watcher_and_pull(env, tmp_path):
+    """`back\\slash.png` was pushed, then refused on pull with exit 0 and one warning: it is now stored
+    with rclone's BackSlash encoding (U+FF3C in the key) by push and the watcher alike, and comes back
+    under its own name."""
+    from syncbridge.watch import OutputWatcher
+
+    config = load_config(env)
+    src = tmp_path / "src"
+    src.mkdir()
+    names = ["back\\slash.png", "two\\\\back.png", "full\uff3cwidth.png"]
+    for name in names:
+        (src / name).write_bytes(name.encode())
+    push(config, src, "pushed")
+    out = config.watch.dir
+    out.mkdir(parents=True)
+    with OutputWatcher(config, prefix="watched") as watcher:
+        for name in names:
+            (out / name).write_bytes(name.encode())
+        assert watcher.wait_idle(30), watcher.stats()
+    store = open_store(config.remote, state_dir=config.state_dir)
+    try:
+        pushed = sorted(o.key for o in store.list("pushed/"))
+        watched = sorted(o.key for o in store.list("watched/"))
+    finally:
+        store.close()
+    assert [k.split("/", 1)[1] for k in pushed] == [k.split("/", 1)[1] for k in watched]  # one key per name
+    assert not any("\\" in k for k in pushed + watched)
+    for prefix in ("pushed", "watched"):
+        summary = pull(config, prefix, tmp_path / f"back-{prefix}")
+        assert not summary.skipped
+        assert _tree(tmp_path / f"back-{prefix}") == {name: name.encode() for name in names}

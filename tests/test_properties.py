@@ -309,7 +309,8 @@ def test_encode_name_round_trips_and_leaves_no_control_characters(name):
 
 PARITY_NAMES = ["a\x01b", "new\nline.png", "tab\tx", "\x1f", "\x7f", "a\x7fb", "\u2401", "x\u2400y", "\u2400", "x\u241fy\x1f", "\u2421",
                 "\uff0e", "\uff0e\uff0e", "\uff0e\uff0e\uff0e", "a.", "...", " lead", "trail ", "%41", "日本語 é",
-                "$(touch PWNED).png", "*?<>|:\"", "\u240a\n"]
+                "$(touch PWNED).png", "*?<>|:\"", "\u240a\n", "back\\slash.png", "\uff3c", "a\\\uff3cb\\",
+                "\\"]
 
 
 # file names that are not UTF-8, as os.fsdecode gives them (surrogate escapes)
@@ -334,7 +335,7 @@ def test_encode_name_agrees_with_the_real_rclone(tmp_path):
         (src / str(i)).mkdir(parents=True)
         (src / str(i) / name).write_bytes(str(i).encode())
     env = {"PATH": os.environ.get("PATH", ""), "RCLONE_CONFIG_SRC_TYPE": "local", "RCLONE_CONFIG_SRC_ENCODING": "None",
-           "RCLONE_CONFIG_DST_TYPE": "local", "RCLONE_CONFIG_DST_ENCODING": "Slash,InvalidUtf8,Dot,Ctl"}
+           "RCLONE_CONFIG_DST_TYPE": "local", "RCLONE_CONFIG_DST_ENCODING": "Slash,InvalidUtf8,Dot,Ctl,BackSlash"}
     subprocess.run([find_rclone(), "copy", f"SRC:{src}", f"DST:{dst}", "--config", "/dev/null"], env=env,
                    check=True, capture_output=True, timeout=60)
     mismatches = {}

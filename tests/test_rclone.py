@@ -356,7 +356,7 @@ def test_remote_env_for_r2_and_no_secret_in_argv(local_env):
         "RCLONE_CONFIG_SYNCBRIDGE_ENDPOINT": "https://acct.r2.cloudflarestorage.com",
         "RCLONE_CONFIG_SYNCBRIDGE_REGION": "auto", "RCLONE_CONFIG_SYNCBRIDGE_ACCESS_KEY_ID": ACCESS_KEY,
         "RCLONE_CONFIG_SYNCBRIDGE_SECRET_ACCESS_KEY": SECRET_KEY, "RCLONE_CONFIG_SYNCBRIDGE_NO_CHECK_BUCKET": "true",
-        "RCLONE_CONFIG_SYNCBRIDGE_ENV_AUTH": "false", "RCLONE_CONFIG_SYNCBRIDGE_ENCODING": "Slash,InvalidUtf8,Dot,Ctl",
+        "RCLONE_CONFIG_SYNCBRIDGE_ENV_AUTH": "false", "RCLONE_CONFIG_SYNCBRIDGE_ENCODING": "Slash,InvalidUtf8,Dot,Ctl,BackSlash",
         "RCLONE_CONFIG_SYNCBRIDGE_FORCE_PATH_STYLE": "true",
     }
     rc = Rclone(config, environ={"PATH": "/usr/bin", "RCLONE_CONFIG_SYNCBRIDGE_ENDPOINT": "http://evil",
