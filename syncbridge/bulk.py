@@ -29,7 +29,7 @@ from .lease import LeaseBusyError
 from .keys import key_to_relpath
 from .rclone import Rclone
 from .rclonecmd import Progress, bisync_argv, copy_argv, remote_path
-from .store import S3Store, check_endpoint
+from .store import S3Store, check_endpoint, open_store
 
 __all__ = ["TransferSummary", "push", "pull", "bisync", "BisyncError", "bisync_workdir"]
 
@@ -369,13 +369,15 @@ def bisync(
     workdir = bisync_workdir(config, src, key)
     first = not any(workdir.glob("*.path1.lst"))
     do_resync = resync or first
+    command = f"syncbridge bisync {shlex.quote(str(src))} {shlex.quote(key or '/')}"
+    if first and not resync:
+        _refuse_a_silent_resync(config, src, key, command)
     if not dry_run:
         _make_folder("bisync", src)
     if do_resync and config.remote.is_local:
         # bisync --resync needs path2 to exist: an empty folder on the local backend (nothing on S3).
         # An empty folder is no object, so a dry run may make it too.
         (config.remote.local_bucket_dir / key).mkdir(parents=True, exist_ok=True)
-    command = f"syncbridge bisync {shlex.quote(str(src))} {shlex.quote(key or '/')}"
     recover = f"{command} --resync"
     # One hostile key in the bucket ("x/../y", listed by rclone as full-width dots it then cannot
     # fetch) made every bisync of the prefix abort with a critical error, --resync included.
@@ -430,5 +432,49 @@ def bisync(
     finally:
         _make_private(workdir)
         lease.close()  # renewals stop; released, or LeaseLostError if another pod took it over
+    if not dry_run:
+        _record_state_dir(config, src, key)
     return _summary("bisync", str(src), key, started, result.progress, result.transferred, dry_run=dry_run,
                     resync=do_resync)
+
+
+def _state_marker_key(config: Config, src: Path, key: str) -> str:
+    """Where the bucket remembers which state directory holds this pod's bisync state for (folder, prefix)."""
+    pair = hashlib.sha256(f"{config.pod_id}\0{src.resolve()}".encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    prefix = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return f"{config.fleet.prefix}/bisync-state/{prefix}/{pair}.json"
+
+
+def _refuse_a_silent_resync(config: Config, src: Path, key: str, command: str) -> None:
+    """No listings here, but this pod bisynced this folder with this prefix from another state directory
+    (SYNCBRIDGE_STATE_DIR changed): a resync would bring back every file deleted on either side since,
+    so it is refused unless asked for. A new pod, or a wiped state directory, resyncs as before."""
+    store = open_store(config.remote, state_dir=config.state_dir, max_attempts=1)
+    try:
+        data, _ = store.get_bytes(_state_marker_key(config, src, key))
+        recorded = json.loads(data)
+    except (StoreError, ValueError):
+        return  # never bisynced from here (or unreadable): the first run is a resync, as always
+    finally:
+        store.close()
+    old = str(recorded.get("state_dir") or "")
+    if old and old != str(config.state_dir):
+        raise BisyncError(
+            f"bisync {src} <-> {key or '/'}: no bisync state in {config.state_dir}, but this pod bisynced this "
+            f"folder before with its state in {old} (SYNCBRIDGE_STATE_DIR changed?). A first run is a resync, "
+            f"which would bring back every file deleted on either side since; nothing was changed.",
+            recover=f"{command} --resync",
+            how=f"set SYNCBRIDGE_STATE_DIR={shlex.quote(old)} again, or, to accept that, run")
+
+
+def _record_state_dir(config: Config, src: Path, key: str) -> None:
+    body = {"pod": config.pod_id, "local": str(src.resolve()), "prefix": key, "state_dir": str(config.state_dir),
+            "at": time.time()}
+    store = open_store(config.remote, state_dir=config.state_dir, max_attempts=2)
+    try:
+        store.put_bytes(_state_marker_key(config, src, key), json.dumps(body).encode())
+    except StoreError as exc:  # the bisync itself went through: only the guard's memory is missing
+        log.warning("bisync: could not record its state directory in the bucket (%s)", exc,
+                    extra={"event": "bisync.state_marker"})
+    finally:
+        store.close()

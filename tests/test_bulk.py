@@ -404,3 +404,37 @@ def test_a_backslash_in_a_file_name_round_trips_through_push_the_watcher_and_pul
         summary = pull(config, prefix, tmp_path / f"back-{prefix}")
         assert not summary.skipped
         assert _tree(tmp_path / f"back-{prefix}") == {name: name.encode() for name in names}
+
+
+def test_a_new_state_dir_does_not_quietly_resurrect_deleted_files(env, tmp_path):
+    """Changing SYNCBRIDGE_STATE_DIR used to turn the next bisync into a resync silently: a file deleted in
+    the bucket came back from the folder. Now that run is refused, naming the old state directory."""
+    local = tmp_path / "wf"
+    local.mkdir()
+    (local / "keep.json").write_text("k")
+    (local / "gone.json").write_text("g")
+    first = load_config(env)
+    bisync(first, local, "wf")
+    store = open_store(first.remote, state_dir=first.state_dir)
+    try:
+        store.delete("wf/gone.json")  # deleted in the bucket (another pod, the dashboard)
+    finally:
+        store.close()
+    moved = load_config({**env, "SYNCBRIDGE_STATE_DIR": str(tmp_path / "new-state")})
+    with pytest.raises(BisyncError) as exc:
+        bisync(moved, local, "wf")
+    text = str(exc.value)
+    assert f"this pod bisynced this folder before with its state in {first.state_dir}" in text
+    assert f"set SYNCBRIDGE_STATE_DIR={first.state_dir} again" in text and "--resync" in text
+    store = open_store(first.remote, state_dir=first.state_dir)
+    try:
+        assert store.head("wf/gone.json") is None  # nothing was brought back
+    finally:
+        store.close()
+    # the old state directory still works: the deletion reaches the folder
+    bisync(first, local, "wf")
+    assert not (local / "gone.json").exists() and (local / "keep.json").exists()
+    # another pod (new pod id) with its own folder resyncs on its first run, as before
+    other = load_config({**env, "SYNCBRIDGE_STATE_DIR": str(tmp_path / "other"), "SYNCBRIDGE_POD_ID": "pod-2"})
+    bisync(other, tmp_path / "wf2", "wf")
+    assert (tmp_path / "wf2" / "keep.json").read_text() == "k"
