@@ -217,3 +217,20 @@ def _install_sigterm():
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+# The bin/ scripts as console scripts, so `pip install syncbridge` brings them into any image's PATH
+# (pyproject.toml [project.scripts]); bin/ keeps shell versions for images that copy files instead.
+def start_entry() -> int:
+    """``syncbridge-start ARGS`` = ``syncbridge start ARGS``."""
+    return main(["start", *sys.argv[1:]])
+
+
+def watch_entry() -> int:
+    """``syncbridge-watch ARGS`` = ``syncbridge watch ARGS``."""
+    return main(["watch", *sys.argv[1:]])
+
+
+def pull_models_entry() -> int:
+    """``syncbridge-pull-models ARGS`` = ``syncbridge models pull ARGS``."""
+    return main(["models", "pull", *sys.argv[1:]])

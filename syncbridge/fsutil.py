@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 __all__ = ["ensure_private_dir", "private_state_dir", "atomic_write_bytes", "temp_beside", "TEMP_SUFFIX",
-           "fsync_dir", "open_for_writing"]
+           "fsync_dir", "open_for_writing", "make_output_dir"]
 
 TEMP_SUFFIX = ".sbtmp"
 
@@ -114,3 +114,18 @@ def open_for_writing(root: str, *, proc: str = "/proc") -> set[str] | None:
             if flags & 0o3 in (os.O_WRONLY, os.O_RDWR):
                 found.add(target)
     return found
+
+
+def make_output_dir(out: Path, workspace: Path) -> bool:
+    """Create the configured output folder when it lies in the pod's workspace (a folder that exists):
+    the app would make it at its start, after the watcher. Anywhere else (``/workspace/...`` on a
+    laptop, where the variable was not set) nothing is made. Returns whether the folder exists now."""
+    if out.is_dir():
+        return True
+    if not (workspace.is_dir() and workspace in out.parents):
+        return False
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return True

@@ -62,6 +62,7 @@ from .fmt import human_bytes as _human
 from .bulk import TransferSummary, bisync, pull, push
 from .config import Config, Folder
 from .errors import SyncBridgeError
+from .fsutil import make_output_dir
 from .keys import render_prefix
 from .system import detect_gpu_tier, detect_storage_mode
 
@@ -538,6 +539,9 @@ class Starter:
             prefix = render_prefix(watch.prefix, pod_id=self.config.pod_id, now=dt.datetime.now(dt.timezone.utc))
         except SyncBridgeError:
             prefix = watch.prefix
+        out = Path(watch.dir)
+        if not out.exists() and make_output_dir(out, Path(self.config.workspace)):
+            log.info("created the output folder %s", out, extra={"event": "start.output_dir"})
         try:
             # The bucket step checked the bucket (or the user chose to run without it): no second check.
             watcher = OutputWatcher(self.config, check_bucket=False)

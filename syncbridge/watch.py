@@ -65,7 +65,7 @@ from .batching import Action, DeadlineBatcher, backoff_delay, is_network_fs, mou
 from .config import ALWAYS_EXCLUDED, Config
 from .errors import PreconditionFailedError, SourceChangedError, StoreError, SyncBridgeError, UnsafePathError
 from .fleet import Heartbeat
-from .fsutil import open_for_writing, private_state_dir
+from .fsutil import make_output_dir, open_for_writing, private_state_dir
 from .inotify_watch import TreeWatcher, read_mounts, scan_tree
 from .journal import DONE, FAILED, JOURNAL_NAME, Journal, Row
 from .keys import PathFilter, public_url, render_prefix
@@ -244,8 +244,8 @@ class OutputWatcher:
 
     Args:
         config: the configuration (``config.watch`` has the settings).
-        directory: the folder to watch (default ``config.watch.dir``, created if missing;
-            an explicit folder must exist).
+        directory: the folder to watch (default ``config.watch.dir``, created only when it lies in
+            the existing workspace, ``general.workspace``); an explicit folder must exist.
         prefix: the key prefix template (default ``config.watch.prefix``; ``{pod_id}``
             and ``{date}`` are filled in).
         store: the store to push to (default: opened from ``config.remote``, with one
@@ -372,11 +372,15 @@ class OutputWatcher:
             self._heartbeat.start()
 
     def _start(self) -> None:
-        if not self.directory.exists():
-            if self._explicit_dir:
-                raise WatchError(f"cannot watch {self.directory}: no such folder")
-            self.directory.mkdir(parents=True, exist_ok=True)
+        if not self.directory.exists() and not self._explicit_dir and \
+                make_output_dir(self.directory, Path(self.config.workspace)):
             log.info("created the output folder %s", self.directory, extra={"event": "watch.created_dir"})
+        if not self.directory.exists():
+            # Not made outside the pod's workspace: a library that creates /workspace/ComfyUI/output on a
+            # laptop because a variable was unset hides the mistake.
+            named = "" if self._explicit_dir else " (COMFYUI_OUTPUT_DIR)"
+            raise WatchError(f"cannot watch {self.directory}{named}: no such folder", setting=None if
+                             self._explicit_dir else "COMFYUI_OUTPUT_DIR")
         if not self.directory.is_dir():
             raise WatchError(f"cannot watch {self.directory}: not a folder")
         self.directory = Path(os.path.realpath(self.directory))

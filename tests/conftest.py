@@ -95,6 +95,7 @@ def server_env(server: LocalS3, bucket: str, tmp_path: Path) -> dict[str, str]:
         "SYNCBRIDGE_POD_ID": "testpod",
         **server.environ(bucket),
     }
+    Path(env["SYNCBRIDGE_WORKSPACE"]).mkdir(parents=True, exist_ok=True)  # a pod's volume exists
     # the test servers speak plain S3; the secret values are ours, for leak scans
     if server.kind == "moto":
         env["R2_ACCESS_KEY"], env["R2_SECRET_KEY"] = ACCESS_KEY, SECRET_KEY
@@ -109,6 +110,7 @@ def env(s3: LocalS3, bucket: str, tmp_path: Path) -> dict[str, str]:
 @pytest.fixture
 def local_env(tmp_path: Path) -> dict[str, str]:
     """The embedded default: no endpoint, the bucket is a folder under the state dir."""
+    (tmp_path / "workspace").mkdir(exist_ok=True)  # a pod's volume exists
     return {
         "PATH": os.environ.get("PATH", ""),
         "HOME": str(tmp_path / "home"),

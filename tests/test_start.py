@@ -455,6 +455,7 @@ def test_no_app_runs_the_watcher_in_the_foreground(rclone_s3: LocalS3, tmp_path:
     log_path = tmp_path / "start.log"
     proc = spawn(procs, [str(BIN / "syncbridge-start")], with_bin(env), log_path)
     wait_for(lambda: "watch: pushing" in log_path.read_text(), 30, "the watcher to start")
+    assert f"created the output folder {output}" in log_path.read_text()
     (output / "sub").mkdir(parents=True, exist_ok=True)
     (output / "sub" / "x.png").write_bytes(b"png bytes")
     wait_for(lambda: store.head("outputs/sub/x.png") is not None, 20, "the file in the bucket")
@@ -519,3 +520,13 @@ def test_bad_configuration_exits_2_before_anything_runs(local_env: dict[str, str
     assert not marker.exists()
     proc = run_cli(["start", "--stop-seconds", "-1", "--", "true"], local_env, timeout=60)
     assert proc.returncode == 2 and "--stop-seconds" in proc.stderr
+
+
+def test_start_outside_a_pod_makes_no_folder_and_says_which_setting(local_env: dict[str, str], tmp_path: Path) -> None:
+    """On a laptop, the default /workspace/ComfyUI/output was created by the library; now nothing is made
+    outside the workspace, and the watch step names COMFYUI_OUTPUT_DIR (the app still runs)."""
+    env = {**local_env, "ENABLE_R2_SYNC": "true", "COMFYUI_OUTPUT_DIR": str(tmp_path / "nowhere" / "output")}
+    proc = run_cli(["start", "--", sys.executable, "-c", "pass"], env, timeout=60)
+    assert "watch: could not start: cannot watch" in proc.stderr and "COMFYUI_OUTPUT_DIR" in proc.stderr, proc.stderr
+    assert not (tmp_path / "nowhere").exists()
+    assert "app: exited with status 0" in proc.stderr
