@@ -284,6 +284,11 @@ def cmd_models(args, config, store) -> int:
 
 
 def main(argv=None) -> int:
+    import logging
+
+    # A program using the library configures logging itself (the library only has a NullHandler):
+    # the simulation reads the pods' warnings (a lease taken over) from their stderr.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("race")
