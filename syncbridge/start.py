@@ -352,7 +352,7 @@ class Starter:
         line = f"{name.replace('_', ' ')}: {text}" + (f" ({seconds:.1f}s)" if show_seconds else "")
         step = Step(name, status, line, seconds, tuple(details))
         self.steps.append(step)
-        level = logging.WARNING if status in ("warn", "failed") else logging.INFO
+        level = {"failed": logging.ERROR, "warn": logging.WARNING}.get(status, logging.INFO)
         log.log(level, line, extra={"event": f"start.{name}"})
         return step
 
