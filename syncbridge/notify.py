@@ -37,6 +37,7 @@ __all__ = ["PushedOutput", "Notifier", "Webhook", "BATCH_MAX"]
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 100  # outputs per webhook POST
+BATCH_LINGER = 0.05  # seconds a POST waits for more outputs after the first (a burst becomes one POST)
 QUEUE_MAX = 100_000  # undelivered outputs kept in memory; the oldest are dropped (and counted) beyond
 WEBHOOK_TIMEOUT = 10.0
 WEBHOOK_BACKOFF_CAP = 10.0
@@ -132,6 +133,10 @@ class Webhook:
                     self._cond.wait()
                 if not self._queue:
                     return
+                # Gather a burst into one POST: a deadline fixed at the first output, never a debounce.
+                deadline = time.monotonic() + BATCH_LINGER
+                while len(self._queue) < BATCH_MAX and not self._closing and time.monotonic() < deadline:
+                    self._cond.wait(timeout=max(0.0, deadline - time.monotonic()))
                 batch = [self._queue.popleft() for _ in range(min(BATCH_MAX, len(self._queue)))]
                 self._in_flight = len(batch)
             why = self._post(batch)
