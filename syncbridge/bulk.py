@@ -101,7 +101,9 @@ def _check_credentials(config: Config) -> None:
     try:
         store.check_bucket()
     except StoreError as exc:
-        if not exc.retryable:
+        if exc.code == "AccessDenied":  # a token scoped to some prefixes: rclone's own requests tell
+            log.debug("bucket pre-check: %s", exc, extra={"event": "bulk.precheck_denied"})
+        elif not exc.retryable:
             raise
         # a transient answer: rclone's own retries deal with it
         log.debug("bucket pre-check: %s", exc, extra={"event": "bulk.precheck_retryable"})

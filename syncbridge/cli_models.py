@@ -174,8 +174,10 @@ def _finish(ctx, report: PullReport) -> int:
     if report.cache_error:
         # The models are in place (from upstream), but the cache never fills and the next pod pays again.
         stop = ctx.config().start.on_bucket_failure == "stop"
-        print(f"[syncbridge] {'error' if stop else 'warning'}: the bucket cache refused access, so nothing came "
-              f"from it and nothing was written back: {report.cache_error}"
+        what = ("the bucket cache refused writes (a read-only token?), so nothing was written back" if
+                report.cache_write_only else "the bucket cache refused access, so nothing came from it and nothing "
+                                             "was written back")
+        print(f"[syncbridge] {'error' if stop else 'warning'}: {what}: {report.cache_error}"
               + ("" if not stop else " (SYNCBRIDGE_ON_BUCKET_FAILURE=warn lets this pass with exit 0)"),
               file=sys.stderr, flush=True)
         return 1 if stop else 0

@@ -63,6 +63,7 @@ __all__ = [
     "DEFAULT_WATCH_INCLUDE",
     "ALWAYS_EXCLUDED",
     "PARTIAL_SUFFIXES",
+    "ALWAYS_EXCLUDED_DIRS",
 ]
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,8 @@ DEFAULT_WATCH_INCLUDE: tuple[str, ...] = ()
 # ComfyUI's own asset scanner skips; huggingface_hub's .cache/.
 PARTIAL_SUFFIXES = (".part", ".partial", ".incomplete", ".crdownload", ".download", ".downloading", ".tmp",
                     ".aria2", ".!qb", ".opdownload", ".sbpart")
-ALWAYS_EXCLUDED = ("temp/**", ".*", "**/.*", ".cache/**", "**/.cache/**",
-                   *(f"*{suffix}" for suffix in PARTIAL_SUFFIXES))
+ALWAYS_EXCLUDED_DIRS = ("temp/**", ".*", "**/.*", ".cache/**", "**/.cache/**")  # folders never entered
+ALWAYS_EXCLUDED = (*ALWAYS_EXCLUDED_DIRS, *(f"*{suffix}" for suffix in PARTIAL_SUFFIXES))  # and files
 
 
 def secret_values(environ: Mapping[str, str]) -> tuple[str, ...]:
@@ -755,9 +756,14 @@ def build_config(
         if env_name.startswith(EXTRA_ENV_PREFIXES) or not (environ.get(env_name) or "").strip():
             continue
         namespace = [n for n in known_env if n.startswith(env_name.split("_", 1)[0] + "_")]
+        hint = _suggest(env_name, namespace)
+        if env_name.startswith("R2_") and not hint:
+            # R2_* is Cloudflare's namespace too: another tool's variable is said, not refused;
+            # one close to ours (R2_SECRET, R2_ACESS_KEY) is a typo and refused below.
+            notices.append(f"environment variable {env_name} is not a syncbridge setting (ignored)")
+            continue
         col.add(f"environment variable {env_name}",
-                "is not a syncbridge setting" + (_suggest(env_name, namespace) or
-                                                 "; see `syncbridge config --reference` for the settings"))
+                "is not a syncbridge setting" + (hint or "; see `syncbridge config --reference` for the settings"))
 
     # 3. Explicit overrides.
     for key, raw in (overrides or {}).items():
@@ -1007,5 +1013,6 @@ def reference_markdown() -> str:
                  + ", ".join(f"`{old}` is `{new}`" for old, new in RENAMED_KEYS.items()) + ". Any other "
                  "`SYNCBRIDGE_*` or `R2_*` variable is an error naming the closest setting, except "
                  + ", ".join(f"`{n}`" for n in sorted(EXTRA_ENV)) + " and `"
-                 + "*`, `".join(EXTRA_ENV_PREFIXES) + "*` (used by the scripts, the demo and the tests).")
+                 + "*`, `".join(EXTRA_ENV_PREFIXES) + "*` (used by the scripts, the demo and the tests). An `R2_*` "
+                 "variable far from every setting (another tool's) is only warned about.")
     return "\n".join(lines) + "\n"

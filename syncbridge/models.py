@@ -125,6 +125,7 @@ class PullReport:
     models_dir: Path | None = None
     cache_error: str | None = None  # the bucket refused the cache (credentials, bucket, permissions)
     cache_setting: str | None = None  # the variable that refusal points at
+    cache_write_only: bool = False  # only writes were refused (a read-only token): reads worked
 
     @property
     def ok(self) -> bool:
@@ -1084,7 +1085,8 @@ def pull_models(
     refused = puller.cache.refused if puller.cache is not None else None
     return PullReport(ordered, time.monotonic() - started, dry_run=dry_run, models_dir=manifest.models_dir,
                       cache_error=str(refused) if refused is not None else None,
-                      cache_setting=refused.setting if refused is not None else None)
+                      cache_setting=refused.setting if refused is not None else None,
+                      cache_write_only=refused is not None and puller.cache.read_refused is None)
 
 
 def push_cache(

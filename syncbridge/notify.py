@@ -108,9 +108,16 @@ class Webhook:
             return len(self._queue) + self._in_flight
 
     def _post(self, batch: list[dict[str, Any]]) -> str | None:
-        """Send one batch; ``None`` when the receiver took it (2xx), else why not."""
+        """Send one batch; ``None`` when the receiver took it (2xx), else why not. Never raises."""
+        try:
+            return self._send(batch)
+        except Exception as exc:  # noqa: BLE001 - an odd answer must not end the thread (at-least-once)
+            return f"{type(exc).__name__}: {exc}"
+
+    def _send(self, batch: list[dict[str, Any]]) -> str | None:
+        # ASCII JSON: a file name that is not UTF-8 (a surrogate escape) cannot stop the encoding
         body = json.dumps({"event": "outputs.pushed", "pod_id": self._pod_id, "outputs": batch},
-                          ensure_ascii=False).encode()
+                          ensure_ascii=True).encode()
         request = urllib.request.Request(self._url, data=body, method="POST",
                                          headers={"Content-Type": "application/json",
                                                   "User-Agent": "syncbridge-webhook"})
@@ -161,7 +168,12 @@ class Webhook:
                     delay = min(delay, max(0.0, self._deadline - time.monotonic()))
                     if delay <= 0:
                         return
-                self._cond.wait(timeout=delay)  # close() cuts it short
+                # The whole backoff: new outputs do not cut it short (a burst would retry per output);
+                # close() does, to deliver what it can within its deadline.
+                until = time.monotonic() + delay
+                closing = self._closing
+                while time.monotonic() < until and self._closing == closing:
+                    self._cond.wait(timeout=until - time.monotonic())
 
     def close(self, timeout: float) -> int:
         """Deliver what is queued for up to ``timeout`` seconds; return how many outputs were not."""

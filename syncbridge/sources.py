@@ -383,6 +383,10 @@ class CacheSource(Source):
     def write_refused(self) -> StoreError | None:
         return self._refused or self._refused_write
 
+    @property
+    def read_refused(self) -> StoreError | None:
+        return self._refused
+
     def check(self) -> None:
         """One listing before a pull fetches anything: a bucket that refuses us (R2 answers a HEAD in a
         missing bucket with a bare 404, which reads as "not cached") is found and said here."""

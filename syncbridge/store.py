@@ -173,9 +173,9 @@ class Store:
     def delete(self, key: str) -> None:
         raise NotImplementedError  # pragma: no cover
 
-    def check_bucket(self) -> None:
-        """Raise :class:`StoreError` when the bucket does not exist or cannot be listed."""
-        next(iter(self.list("")), None)
+    def check_bucket(self, *, prefix: str = "") -> None:
+        """Raise :class:`StoreError` when the bucket does not exist or cannot be listed (under ``prefix``)."""
+        next(iter(self.list(prefix)), None)
 
     def conditional_writes(self, probe_prefix: str = ".syncbridge/probe") -> bool:
         """Whether the store enforces ``If-None-Match: *`` (probed once: two creates of one key)."""
@@ -441,8 +441,9 @@ class S3Store(Store):
             raise
         return _strip_etag(r.get("ETag"))
 
-    def check_bucket(self) -> None:
-        self._call(f"list bucket {self.bucket!r}", None, self.client.list_objects_v2, MaxKeys=1)
+    def check_bucket(self, *, prefix: str = "") -> None:
+        self._call(f"list bucket {self.bucket!r}" + (f" under {prefix!r}" if prefix else ""), None,
+                   self.client.list_objects_v2, MaxKeys=1, **({"Prefix": prefix} if prefix else {}))
 
     def get_bytes(self, key: str) -> tuple[bytes, ObjectInfo]:
         r = self._call("get", key, self.client.get_object, Key=key)

@@ -62,7 +62,7 @@ import attrs
 
 from .batching import Action, DeadlineBatcher, backoff_delay, is_network_fs, mount_fstype, object_key, percentile, \
     sibling_key
-from .config import ALWAYS_EXCLUDED, Config
+from .config import ALWAYS_EXCLUDED, ALWAYS_EXCLUDED_DIRS, Config
 from .errors import PreconditionFailedError, SourceChangedError, StoreError, SyncBridgeError, UnsafePathError
 from .fleet import Heartbeat
 from .fsutil import make_output_dir, open_for_writing, private_state_dir
@@ -208,6 +208,8 @@ class _Item:
     last_put: float = 0.0  # when its last upload ended (R2 takes about one write per second per key)
     why: str = ""  # why it is waiting: retry, settle, quiet or spacing
     closed: bool = False  # a close (or rename into place) said it is finished; a scan alone does not
+    quiet_sig: tuple[int, int, int, int] | None = None  # the stat last seen while waiting to be quiet
+    quiet_since: float = 0.0  # since when (monotonic) it has looked like that
 
 
 class _Outcome:
@@ -281,13 +283,14 @@ class OutputWatcher:
         self._own_store = store is None
         self._never = PathFilter((), ALWAYS_EXCLUDED)  # never an output: not counted as left out
         self._users = PathFilter(config.watch.include, config.watch.exclude)
-        self._dirs = PathFilter((), (*config.watch.exclude, *ALWAYS_EXCLUDED))
+        self._dirs = PathFilter((), (*config.watch.exclude, *ALWAYS_EXCLUDED_DIRS))
         self._left_out: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._left_out_count = 0
+        self._left_out_seen: set[int] = set()
         self._recent: collections.deque[PushedOutput] = collections.deque(maxlen=RECENT_OUTPUTS)
         self._listeners: list[Callable[[PushedOutput], Any]] = [on_pushed] if on_pushed is not None else []
         self._notifier: Notifier | None = None
-        self._writers: tuple[float, set[str] | None] = (-1.0, None)
+        self._writers: tuple[float, float, set[str] | None] = (-1e9, 0.0, None)
         self._writers_lock = threading.Lock()
         self._local_fs = True  # whether /proc can tell who writes a file (not on a network file system)
         self._rand = random.Random()
@@ -395,7 +398,7 @@ class OutputWatcher:
         if self._store is None:
             self._store = self._open_store()
         if self._check_bucket:
-            self._check_store(self._store)
+            self._check_store(self._store, self._prefix)
         self._conditional = _conditional_for(self._store, self.settings.conditional)
         rescan = self.settings.rescan_seconds
         if rescan is None:
@@ -453,14 +456,18 @@ class OutputWatcher:
         self._listeners.append(listener)
 
     @staticmethod
-    def _check_store(store: Store) -> None:
-        """One listing: a bucket that refuses us (a wrong key or secret, a missing bucket) stops the start
-        at once, naming the setting, instead of failing every output for hours. A bucket that does not
-        answer yet is only said: outputs wait in the journal until it does."""
+    def _check_store(store: Store, prefix: str) -> None:
+        """One listing under the prefix: a bucket that refuses us (a wrong key or secret, a missing bucket)
+        stops the start at once, naming the setting, instead of failing every output for hours. A token
+        that may write but not list (AccessDenied) and a bucket that does not answer yet are only said:
+        the uploads tell, and outputs wait in the journal."""
         try:
-            store.check_bucket()
+            store.check_bucket(prefix=f"{prefix}/" if prefix else "")
         except StoreError as exc:
-            if not exc.retryable:
+            if exc.code == "AccessDenied":
+                log.warning("the token may not list %s (%s); watching anyway, each upload will tell", prefix or "/",
+                            exc, extra={"event": "watch.list_denied"})
+            elif not exc.retryable:
                 raise WatchError(f"cannot push to {store.description}: {exc}", setting=exc.setting) from exc
             log.warning("the bucket does not answer yet (%s); watching anyway: outputs wait in the journal and are "
                         "pushed when it does", exc, extra={"event": "watch.store_unreachable"})
@@ -684,10 +691,10 @@ class OutputWatcher:
         if self._users(rel):
             return True
         with self._lock:
-            known = rel in self._left_out
-            if known:
-                self._left_out.move_to_end(rel)
-            else:
+            digest = hash(rel)  # every file counted once, however often rescans find it (names: the last few)
+            known = digest in self._left_out_seen
+            if not known:
+                self._left_out_seen.add(digest)
                 self._left_out_count += 1
                 self._left_out[rel] = None
                 if len(self._left_out) > LEFT_OUT_KEPT:
@@ -730,7 +737,7 @@ class OutputWatcher:
             item = self._waiting.pop(rel, None) or self._failed.pop(rel, None)
             if item is not None:  # a new event cuts a settle or quiet wait, or a fatal error's wait, short
                 item.event_mono, item.not_before, item.fatal = now, 0.0, False
-                item.closed = item.closed or closed
+                item.closed = closed  # a scan finding it again says nothing of a close seen long ago
                 self._ready[rel] = item
                 self._cond.notify_all()
                 return
@@ -1000,6 +1007,7 @@ class OutputWatcher:
                 # Found by a scan while a job writes it: its close event (or quiet) says when it is done.
                 self._wait(item, now + detail, why="quiet")
             elif outcome == _Outcome.CHANGED:
+                item.closed = False  # written again since its close: finished at its next close, or quiet
                 # Still being written (found by a scan while a job writes it): wait longer each
                 # time, so a growing video is not re-sent in a loop; its close event cuts the wait.
                 item.changes += 1
@@ -1063,7 +1071,7 @@ class OutputWatcher:
         if _matches(row, before):
             return _Outcome.SKIPPED, None
         if not item.closed:
-            wait = self._unfinished_for(path, before)
+            wait = self._unfinished_for(item, path, before)
             if wait > 0:
                 return _Outcome.UNFINISHED, wait
         owned = bool(item.trust_owner and row is not None and row.etag and row.key)
@@ -1143,26 +1151,35 @@ class OutputWatcher:
         return PushedOutput(rel, key, size, md5, info.content_type or content_type(rel), latency, time.time(), url,
                             presigned)
 
-    def _unfinished_for(self, path: Path, st: os.stat_result) -> float:
+    def _unfinished_for(self, item: _Item, path: Path, st: os.stat_result) -> float:
         """How long a file a scan found must still wait before it counts as finished (0: now).
 
         No process having it open for writing says so at once (this machine's /proc; a look is
-        reused for :data:`WRITERS_TTL`); where that cannot be told, its size and mtime unchanged
-        for ``watch.quiet_seconds`` do. Its close event cuts any wait short."""
+        reused for :data:`WRITERS_TTL`, and only when it was taken after the file's last change);
+        where that cannot be told, its size and mtime unchanged for ``watch.quiet_seconds`` do,
+        as this machine's own clock measures it (a network file system's mtimes come from another
+        clock). Its close event cuts any wait short."""
         quiet = self.settings.quiet_seconds
         age = time.time() - st.st_mtime
-        if age >= quiet:
-            return 0.0
+        if quiet <= age < 86400 * 365:
+            return 0.0  # changed long enough ago (and not in the future: another machine's clock)
         if self._local_fs:
             now = time.monotonic()
+            wall = time.time()
             with self._writers_lock:
-                taken, writers = self._writers
-                if now - taken > WRITERS_TTL:
+                taken, taken_wall, writers = self._writers
+                # a look older than the file's last change may miss the writer that made it
+                if now - taken > WRITERS_TTL or taken_wall <= st.st_mtime + 0.02:
                     writers = open_for_writing(str(self.directory))
-                    self._writers = (now, writers)
+                    self._writers = (now, wall, writers)
             if writers is not None:
-                return quiet - age if str(path) in writers else 0.0
-        return quiet - age
+                return quiet if str(path) in writers else 0.0
+        now = time.monotonic()
+        sig = _sig(st)
+        if item.quiet_sig != sig:
+            item.quiet_sig, item.quiet_since = sig, now  # changed (or first seen): the quiet starts now
+        left = item.quiet_since + quiet - now
+        return max(0.0, left) if left > 0.001 else 0.0
 
     def _upload(self, path: Path, key: str, *, owned_etag: str | None, data: bytes | None,
                 before: os.stat_result):

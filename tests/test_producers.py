@@ -497,3 +497,51 @@ def test_presigned_links_only_when_asked_and_never_in_logs_or_status(moto_s3: Lo
     assert status["recent"][-1]["url"] is None
     assert "presigned_url" not in status["recent"][-1]
     assert not any("Signature" in r.getMessage() for r in caplog.records)
+
+
+def test_webhook_survives_a_name_that_is_not_utf8_and_a_folder_named_like_a_partial(moto_s3: LocalS3,
+                                                                                   tmp_path: Path) -> None:
+    """A file name with a byte that is not UTF-8 once ended the webhook's thread (the JSON encode raised
+    outside its error handling); a folder called `run.download` was never watched (the partial-file
+    suffixes applied to folders too)."""
+    bucket = new_bucket(moto_s3)
+    env = server_env(moto_s3, bucket, tmp_path)
+    receiver = Receiver()
+    env["SYNCBRIDGE_WEBHOOK_URL"] = receiver.url
+    config = _config(env)
+    out = config.watch.dir
+    out.mkdir(parents=True)
+    receiver.up()
+    try:
+        with OutputWatcher(config) as watcher:
+            pil_save(out / os.fsdecode(b"bad\xff.png"), blob(100))
+            pil_save(out / "after.png", blob(100))
+            pil_save(out / "run.download" / "frame.png", blob(100))
+            assert watcher.wait_idle(30), watcher.stats()
+            wait_for(lambda: {"outputs/after.png", "outputs/run.download/frame.png"} <= set(receiver.keys), 15,
+                     "the outputs after the odd name notified")
+        assert len(receiver.keys) == 3
+    finally:
+        receiver.down()
+
+
+def test_quiet_is_measured_on_this_machines_clock(moto_s3: LocalS3, tmp_path: Path) -> None:
+    """Where /proc cannot tell (a network file system), a scan-found file is finished once its stat has not
+    changed for quiet_seconds by this machine's clock, even with an mtime in the future (another clock)."""
+    config = _config({**server_env(moto_s3, new_bucket(moto_s3), tmp_path), "SYNCBRIDGE_WATCH_QUIET_SECONDS": "0.3"})
+    watcher = OutputWatcher(config)
+    watcher._local_fs = False  # as on NFS/MooseFS: no /proc look
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x")
+    future = time.time() + 3600
+    os.utime(path, (future, future))
+    from syncbridge.watch import _Item
+
+    item = _Item("f.bin", time.time(), time.monotonic(), False)
+    first = watcher._unfinished_for(item, path, os.lstat(path))
+    assert 0.25 < first <= 0.31
+    time.sleep(0.35)
+    assert watcher._unfinished_for(item, path, os.lstat(path)) == 0.0  # unchanged for the quiet time
+    path.write_bytes(b"xy")  # changed: the quiet starts again
+    os.utime(path, (future + 1, future + 1))
+    assert watcher._unfinished_for(item, path, os.lstat(path)) > 0.25
