@@ -1168,11 +1168,15 @@ class OutputWatcher:
             wall = time.time()
             with self._writers_lock:
                 taken, taken_wall, writers = self._writers
-                # a look older than the file's last change may miss the writer that made it
-                if now - taken > WRITERS_TTL or taken_wall <= st.st_mtime + 0.02:
+                if now - taken > WRITERS_TTL:
                     writers = open_for_writing(str(self.directory))
+                    taken, taken_wall = now, wall
                     self._writers = (now, wall, writers)
             if writers is not None:
+                if taken_wall <= st.st_mtime + 0.02:
+                    # This look is older than the file's last change and may miss its writer: ask the
+                    # next one (at most WRITERS_TTL away; one look serves a whole burst of files).
+                    return max(0.01, taken + WRITERS_TTL - now)
                 return quiet if str(path) in writers else 0.0
         now = time.monotonic()
         sig = _sig(st)
