@@ -31,6 +31,8 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+from syncbridge.localserver import _stop
+
 HERE = Path(__file__).resolve().parent / "r2emu"
 ENTRY = HERE / "server.mjs"
 POOL = 160  # buckets declared at start (tests take one each)
@@ -119,12 +121,6 @@ def serve_r2(workdir: Path, *, log_file: Path | None = None) -> Iterator[R2Emula
             raise RuntimeError(f"the R2 emulator did not start (exit {proc.poll()}): {line!r}; see {log_file}")
         yield R2Emulator(int(line.split()[1]), proc.pid)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _stop(proc)
         if log_file:
             out.close()  # type: ignore[union-attr]

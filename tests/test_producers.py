@@ -28,7 +28,6 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote
 
 import pytest
 
@@ -370,18 +369,21 @@ class Receiver:
         return f"http://127.0.0.1:{self.port}/hook/s3cr3t-token"
 
 
+def _with_webhook(server: LocalS3, tmp_path: Path) -> tuple[Receiver, Config, Path]:
+    """A running receiver, and a configuration whose webhook points at it (output folder made)."""
+    receiver = Receiver()
+    env = {**server_env(server, new_bucket(server), tmp_path), "SYNCBRIDGE_WEBHOOK_URL": receiver.url}
+    config = _config(env)
+    config.watch.dir.mkdir(parents=True)
+    receiver.up()
+    return receiver, config, config.watch.dir
+
+
 def test_webhook_down_for_10s_during_a_300_file_burst_notifies_every_output(moto_s3: LocalS3, tmp_path: Path,
                                                                             caplog) -> None:
     """At least once per output, each with its key; every output in the bucket all the same; the
     webhook's secret path never in a log line."""
-    bucket = new_bucket(moto_s3)
-    env = server_env(moto_s3, bucket, tmp_path)
-    receiver = Receiver()
-    env["SYNCBRIDGE_WEBHOOK_URL"] = receiver.url
-    config = _config(env)
-    out = config.watch.dir
-    out.mkdir(parents=True)
-    receiver.up()
+    receiver, config, out = _with_webhook(moto_s3, tmp_path)
     expected = {}
     with caplog.at_level("DEBUG", logger="syncbridge"):
         with OutputWatcher(config) as watcher:
@@ -504,14 +506,7 @@ def test_webhook_survives_a_name_that_is_not_utf8_and_a_folder_named_like_a_part
     """A file name with a byte that is not UTF-8 once ended the webhook's thread (the JSON encode raised
     outside its error handling); a folder called `run.download` was never watched (the partial-file
     suffixes applied to folders too)."""
-    bucket = new_bucket(moto_s3)
-    env = server_env(moto_s3, bucket, tmp_path)
-    receiver = Receiver()
-    env["SYNCBRIDGE_WEBHOOK_URL"] = receiver.url
-    config = _config(env)
-    out = config.watch.dir
-    out.mkdir(parents=True)
-    receiver.up()
+    receiver, config, out = _with_webhook(moto_s3, tmp_path)
     try:
         with OutputWatcher(config) as watcher:
             pil_save(out / os.fsdecode(b"bad\xff.png"), blob(100))
