@@ -12,8 +12,10 @@ from .fsutil import atomic_write_bytes
 from .start import StartOptions, outer_start_pid, run_start
 
 START_DESCRIPTION = """\
-A container's start-up as one command, in order: detect storage mode and GPU tier; pull models
-(SYNCBRIDGE_MODELS); pull or bisync the configured folders (SYNCBRIDGE_FOLDERS or [[folder]]);
+A container's start-up as one command, in order: detect storage mode and GPU tier; check the
+bucket (the checks `syncbridge doctor` runs: endpoint, credentials, bucket, a put/read/delete
+probe) and stop naming the setting to fix when it is not usable, unless
+SYNCBRIDGE_ON_BUCKET_FAILURE=warn; pull models (SYNCBRIDGE_MODELS); pull or bisync the configured folders (SYNCBRIDGE_FOLDERS or [[folder]]);
 start the output watcher in the background when ENABLE_R2_SYNC is true; run APP as a child,
 forwarding SIGTERM/SIGINT to it. When APP exits, or on SIGTERM, the watcher drains within
 watch.drain_seconds and the push/bisync folders are pushed once more with what is left of the
@@ -26,8 +28,10 @@ examples:
   syncbridge start -- python main.py --listen 0.0.0.0 --port 8188
   syncbridge start --no-models --watch              # only the watcher, in the foreground
   SYNCBRIDGE_FOLDERS='bisync:/workspace/ComfyUI/user/default/workflows=workflows' syncbridge start -- ...
-exit status: APP's; 1 when a model failed and models.on_failure is stop; 2 bad configuration;
-128+N when signal N stopped start-up before APP ran."""
+exit status: APP's; 1 when the bucket is not usable (SYNCBRIDGE_ON_BUCKET_FAILURE=stop), when a
+model failed and models.on_failure is stop, or when APP exited 0 but outputs were not pushed
+(the bucket refused them, or SYNCBRIDGE_ON_BUCKET_FAILURE=warn let start-up go on without it);
+2 bad configuration; 128+N when signal N stopped start-up before APP ran."""
 
 DEMO_DESCRIPTION = """\
 The whole path on this machine, with no credentials: starts a loopback S3 server (rclone serve

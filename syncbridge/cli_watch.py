@@ -19,8 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "watch", help="push every finished file in a folder to the bucket as it appears",
         description="Watch DIR (default: the configured output folder, COMFYUI_OUTPUT_DIR) with inotify and push "
-                    "every finished file (closed after writing, or renamed into place) to <bucket>/<prefix>/<path "
-                    "below DIR> a moment later. Files already there at start that are not in the bucket (or "
+                    "every finished file (closed after writing, or renamed into place; a file found by a scan once "
+                    "no process writes it, or it has been quiet) to <bucket>/<prefix>/<path below DIR> a moment "
+                    "later, with the Content-Type rclone gives its name. Every file is pushed except temp/, hidden "
+                    "names and partial downloads; SYNCBRIDGE_WATCH_INCLUDE narrows it, and what the filters leave "
+                    "out is counted in `syncbridge status`. The bucket is listed once at start: a wrong key or a "
+                    "missing bucket stops it, naming the setting. Files already there at start that are not in the bucket (or "
                     "changed) are pushed first. An object already in the bucket with other content that this "
                     "watcher did not put there is never overwritten: the file goes to a sibling key "
                     "(name.~<hash>.ext). State is journalled under <state_dir>/watch/, so after a crash or restart "
@@ -29,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "0 if everything was pushed, 1 if some files are left in the journal for the next start.",
         epilog="Settings: SYNCBRIDGE_WATCH_PREFIX, SYNCBRIDGE_WATCH_INCLUDE/EXCLUDE, SYNCBRIDGE_WATCH_CONCURRENCY, "
                "SYNCBRIDGE_DRAIN_SECONDS, SYNCBRIDGE_RESCAN_SECONDS, SYNCBRIDGE_BATCH_DELAY, "
-               "SYNCBRIDGE_WATCH_CONDITIONAL (see `syncbridge config --reference`).")
+               "SYNCBRIDGE_WATCH_CONDITIONAL, SYNCBRIDGE_WATCH_QUIET_SECONDS, SYNCBRIDGE_WATCH_CACHE_CONTROL, "
+               "SYNCBRIDGE_PUBLIC_URL, SYNCBRIDGE_WEBHOOK_URL, SYNCBRIDGE_PRESIGN_SECONDS (see `syncbridge config "
+               "--reference`).")
     p.add_argument("dir", metavar="DIR", nargs="?", help="folder to watch (default: watch.dir)")
     p.add_argument("--prefix", metavar="PREFIX",
                    help="key prefix (default: watch.prefix, 'outputs'; may contain {pod_id} and {date})")
