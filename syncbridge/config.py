@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from .fmt import warn_once
 from .errors import ConfigError, Problem, UnsafePathError
 from .keys import render_prefix
 
@@ -481,13 +482,8 @@ def load_config(
     config = build_config(environ, doc, toml_text=text, toml_path=path, overrides=overrides, is_mount=is_mount,
                           hostname=hostname)
     for notice in config.notices:
-        if notice not in _SAID:  # once per process: a CLI may load the configuration more than once
-            _SAID.add(notice)
-            log.warning("%s", notice, extra={"event": "config.deprecated"})
+        warn_once(log, ("config", notice), "%s", notice, event="config.deprecated")
     return config
-
-
-_SAID: set[str] = set()
 
 
 _HEADER_RE = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")

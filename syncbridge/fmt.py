@@ -1,8 +1,22 @@
-"""Pure formatting shared by summaries, tables and progress lines."""
+"""Pure formatting shared by summaries, tables and progress lines, and the one "say it once" rule."""
 
 from __future__ import annotations
 
-__all__ = ["human_bytes"]
+import logging
+from typing import Any, Hashable
+
+__all__ = ["human_bytes", "warn_once"]
+
+_SAID: set[Hashable] = set()
+
+
+def warn_once(log: logging.Logger, key: Hashable, message: str, *args: Any, event: str) -> None:
+    """Log a warning the first time ``key`` comes up in this process only: a CLI may load the
+    configuration, probe a store or resolve a lease more than once per run."""
+    if key in _SAID:
+        return
+    _SAID.add(key)
+    log.warning(message, *args, extra={"event": event})
 
 
 def human_bytes(n: float) -> str:

@@ -52,6 +52,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import attrs
 
+from .fmt import warn_once
 from .errors import PreconditionFailedError, StoreError, SyncBridgeError
 from .store import Store
 
@@ -675,12 +676,8 @@ def leases_enabled(store: Store, mode: str, *, prefix: str, what: str,
             f"{what}: a lease is required (lease = on), but {store.description} does not enforce conditional "
             f"writes (If-None-Match), so a lease there would not keep two pods apart. Use a store that does "
             f"(Cloudflare R2, AWS S3, MinIO) or set {setting} to auto or off.")
-    if (what, store.description) not in _SAID_NO_LEASE:  # once per process
-        _SAID_NO_LEASE.add((what, store.description))
-        log.warning("%s: running WITHOUT a lease: %s does not enforce conditional writes, so nothing stops another "
-                    "pod from doing the same at the same time (%s to silence this, or use R2)",
-                    what, store.description, silence or f"set {setting}=off", extra={"event": "lease.unavailable"})
+    warn_once(log, ("no lease", what, store.description),
+              "%s: running WITHOUT a lease: %s does not enforce conditional writes, so nothing stops another pod "
+              "from doing the same at the same time (%s to silence this, or use R2)",
+              what, store.description, silence or f"set {setting}=off", event="lease.unavailable")
     return False
-
-
-_SAID_NO_LEASE: set[tuple[str, str]] = set()

@@ -40,6 +40,7 @@ import attrs
 
 from .config import RemoteConfig
 from .diagnose import diagnose
+from .fmt import warn_once
 from .errors import PreconditionFailedError, SourceChangedError, StoreError, UnsafePathError
 from .fsutil import TEMP_SUFFIX, ensure_private_dir, private_state_dir
 from .keys import key_to_relpath
@@ -185,11 +186,10 @@ class Store:
             try:
                 self.put_bytes(key, b"2", if_none_match=True)
                 self._conditional = False
-                if self.description not in _SAID_NO_CONDITIONAL:  # once per store per process
-                    _SAID_NO_CONDITIONAL.add(self.description)
-                    log.warning("%s does not enforce conditional writes (If-None-Match): the watcher checks with "
-                                "a HEAD before each first upload, and leases cannot keep two pods apart there",
-                                self.description, extra={"event": "store.no_conditional_writes"})
+                warn_once(log, ("no conditional writes", self.description),
+                          "%s does not enforce conditional writes (If-None-Match): the watcher checks with a HEAD "
+                          "before each first upload, and leases cannot keep two pods apart there",
+                          self.description, event="store.no_conditional_writes")
             except PreconditionFailedError:
                 self._conditional = True
             finally:
@@ -199,9 +199,6 @@ class Store:
 
     def close(self) -> None:
         pass
-
-
-_SAID_NO_CONDITIONAL: set[str] = set()
 
 
 # -- S3 -------------------------------------------------------------------------------

@@ -454,9 +454,9 @@ def test_names_other_tools_and_the_app_see_are_allowed(base):
 
 
 def test_old_names_still_work_with_one_warning(base, tmp_path, caplog):
-    import syncbridge.config as cfg
+    import syncbridge.fmt as fmt
 
-    cfg._SAID.clear()
+    fmt._SAID.clear()
     with caplog.at_level("WARNING", logger="syncbridge"):
         old = load_config({**base, "SYNCBRIDGE_CONDITIONAL_PUT": "on", "SYNCBRIDGE_BISYNC_LOSER": "delete",
                            "SYNCBRIDGE_BISYNC_CONFLICT": "older"})
