@@ -5,11 +5,7 @@
   events never push the deadline back (a job writing a file every 0.5 s with a
   1 s delay still sees every file within 1 s).
 * :func:`classify`: an inotify event mask to what the watcher should do.
-* :func:`backoff_delay`: exponential backoff with jitter; the random source is
-  passed in, so tests are deterministic.
-* :func:`sibling_key`, :func:`object_key`, :func:`is_network_fs`,
-  :func:`mount_fstype`, :func:`percentile`: small helpers the watcher and its
-  tests share.
+* :func:`percentile`: the latency figures of ``status``.
 
 The inotify flag values are the kernel's ABI (``<sys/inotify.h>``); they are
 spelled out here so this module does not import ``inotify_simple``.
@@ -21,14 +17,12 @@ import enum
 import math
 from typing import Callable, Generic, Hashable, Iterable, Sequence, TypeVar
 
-from .keys import encode_name, join_key
 
 __all__ = [
     "IN_ACCESS", "IN_MODIFY", "IN_ATTRIB", "IN_CLOSE_WRITE", "IN_MOVED_FROM", "IN_MOVED_TO", "IN_CREATE",
     "IN_DELETE", "IN_DELETE_SELF", "IN_MOVE_SELF", "IN_UNMOUNT", "IN_Q_OVERFLOW", "IN_IGNORED", "IN_ISDIR",
     "IN_ONLYDIR", "IN_DONT_FOLLOW", "IN_EXCL_UNLINK", "WATCH_MASK",
-    "Action", "classify", "DeadlineBatcher", "backoff_delay", "sibling_key", "object_key", "safe_text",
-    "is_network_fs", "mount_fstype", "percentile", "NETWORK_FS_TYPES",
+    "Action", "classify", "DeadlineBatcher", "percentile",
 ]
 
 IN_ACCESS = 0x00000001
@@ -143,94 +137,6 @@ class DeadlineBatcher(Generic[T]):
         self._items.clear()
         self._first = None
         return items
-
-
-def backoff_delay(attempt: int, *, base: float = 0.2, cap: float = 5.0, rand: Callable[[], float]) -> float:
-    """Delay before retry number ``attempt`` (1-based): exponential, capped, with "equal jitter".
-
-    Half of the exponential step is fixed and half is random, so retries from
-    many files spread out but never collapse to zero.
-
-    Args:
-        attempt: how many attempts have failed so far (>= 1).
-        base: the first step.
-        cap: the largest step.
-        rand: a source of floats in ``[0, 1)`` (``random.random`` in production).
-    """
-    step = min(cap, base * math.pow(2, max(0, attempt - 1)))
-    return step / 2 + rand() * step / 2
-
-
-def safe_text(rel: str) -> str:
-    """``rel`` with bytes that are not UTF-8 (surrogate escapes from ``os.fsdecode``) as U+FFFD.
-
-    Object keys must be UTF-8. Two names differing only in such bytes map to
-    the same key; the collision check then keeps both (a sibling key).
-    """
-    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def object_key(prefix: str, rel: str) -> str:
-    """``<prefix>/<rel>`` with each segment through :func:`keys.encode_name` (rclone's Ctl encoding).
-
-    Raises:
-        UnsafePathError: the path cannot be a key (empty segment, too long...).
-    """
-    # Bytes that are not UTF-8 are encoded as rclone does ("\u201bFF"), not replaced by U+FFFD:
-    # the same file pushed by rclone (push, bisync) must land on the same key.
-    return join_key(prefix, "/".join(encode_name(part) for part in rel.split("/")))
-
-
-def sibling_key(key: str, token: str) -> str:
-    """A key next to ``key`` for a file that must not overwrite it: ``a/x_00001_.png`` -> ``a/x_00001_.~token.png``.
-
-    The token goes before the last extension so the object keeps its type.
-    """
-    head, sep, name = key.rpartition("/")
-    stem, dot, ext = name.rpartition(".")
-    if not dot or not stem:  # no extension, or a dot file
-        new = f"{name}.~{token}"
-    else:
-        new = f"{stem}.~{token}.{ext}"
-    return f"{head}{sep}{new}"
-
-
-NETWORK_FS_TYPES = frozenset({
-    "nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre", "gpfs",
-    "beegfs", "afs", "ncpfs", "davfs", "fuse", "fuseblk", "virtiofs", "juicefs", "mfs",
-})
-
-
-def is_network_fs(fstype: str) -> bool:
-    """Whether other machines may write to a file system of this type (inotify cannot see that)."""
-    return fstype in NETWORK_FS_TYPES or fstype.startswith("fuse.")
-
-
-def _unescape_mount(field: str) -> str:
-    # /proc/mounts escapes space, tab, newline and backslash as octal.
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def mount_fstype(path: str, mounts_text: str) -> str | None:
-    """The file-system type of the mount holding absolute ``path``, from the text of ``/proc/mounts``."""
-    best, best_type = -1, None
-    for line in mounts_text.splitlines():
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        point = _unescape_mount(fields[1])
-        inside = path == point or point == "/" or path.startswith(point.rstrip("/") + "/")
-        if inside and len(point) >= best:  # later mounts over the same point win
-            best, best_type = len(point), fields[2]
-    return best_type
 
 
 def percentile(values: Sequence[float] | Iterable[float], q: float) -> float | None:

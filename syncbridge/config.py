@@ -643,8 +643,7 @@ def is_mount_point(path: str, *, mountinfo: str = "/proc/self/mountinfo") -> boo
             for line in fh:
                 fields = line.split(" ")
                 # field 5 is the mount point, with space, tab, newline and backslash octal-escaped
-                if len(fields) > 4 and re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)),
-                                              fields[4]) == real:
+                if len(fields) > 4 and re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]) == real:
                     return True
     except OSError:
         pass

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Iterator
 
 __all__ = ["ensure_private_dir", "private_state_dir", "atomic_write_bytes", "temp_beside", "TEMP_SUFFIX",
-           "fsync_dir", "open_for_writing", "make_output_dir"]
+           "fsync_dir", "open_for_writing", "make_output_dir",
+           "NETWORK_FS_TYPES", "is_network_fs", "mount_fstype"]
 
 TEMP_SUFFIX = ".sbtmp"
 
@@ -129,3 +130,41 @@ def make_output_dir(out: Path, workspace: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+NETWORK_FS_TYPES = frozenset({
+    "nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre", "gpfs",
+    "beegfs", "afs", "ncpfs", "davfs", "fuse", "fuseblk", "virtiofs", "juicefs", "mfs",
+})
+
+
+def is_network_fs(fstype: str) -> bool:
+    """Whether other machines may write to a file system of this type (inotify cannot see that)."""
+    return fstype in NETWORK_FS_TYPES or fstype.startswith("fuse.")
+
+
+def _unescape_mount(field: str) -> str:
+    # /proc/mounts escapes space, tab, newline and backslash as octal.
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 3 < len(field) and field[i + 1:i + 4].isdigit():
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mount_fstype(path: str, mounts_text: str) -> str | None:
+    """The file-system type of the mount holding absolute ``path``, from the text of ``/proc/mounts``."""
+    best, best_type = -1, None
+    for line in mounts_text.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = _unescape_mount(fields[1])
+        inside = path == point or point == "/" or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= best:  # later mounts over the same point win
+            best, best_type = len(point), fields[2]
+    return best_type

@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 from .errors import UnsafePathError
 
-__all__ = ["public_url", "key_to_relpath", "relpath_to_key", "join_key", "encode_name", "decode_name", "render_prefix", "PathFilter", "glob_to_regex",
+__all__ = ["safe_text", "object_key", "sibling_key", "public_url", "key_to_relpath", "relpath_to_key", "join_key", "encode_name", "decode_name", "render_prefix", "PathFilter", "glob_to_regex",
            "MAX_KEY_BYTES"]
 
 MAX_KEY_BYTES = 1024  # R2 and S3 limit
@@ -242,3 +242,37 @@ def public_url(template: str, key: str) -> str:
     if "{key}" in template:
         return template.replace("{key}", quoted)
     return template.rstrip("/") + "/" + quoted
+
+
+def safe_text(rel: str) -> str:
+    """``rel`` with bytes that are not UTF-8 (surrogate escapes from ``os.fsdecode``) as U+FFFD.
+
+    Object keys must be UTF-8. Two names differing only in such bytes map to
+    the same key; the collision check then keeps both (a sibling key).
+    """
+    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def object_key(prefix: str, rel: str) -> str:
+    """``<prefix>/<rel>`` with each segment through :func:`keys.encode_name` (rclone's Ctl encoding).
+
+    Raises:
+        UnsafePathError: the path cannot be a key (empty segment, too long...).
+    """
+    # Bytes that are not UTF-8 are encoded as rclone does ("\u201bFF"), not replaced by U+FFFD:
+    # the same file pushed by rclone (push, bisync) must land on the same key.
+    return join_key(prefix, "/".join(encode_name(part) for part in rel.split("/")))
+
+
+def sibling_key(key: str, token: str) -> str:
+    """A key next to ``key`` for a file that must not overwrite it: ``a/x_00001_.png`` -> ``a/x_00001_.~token.png``.
+
+    The token goes before the last extension so the object keeps its type.
+    """
+    head, sep, name = key.rpartition("/")
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem:  # no extension, or a dot file
+        new = f"{name}.~{token}"
+    else:
+        new = f"{stem}.~{token}.{ext}"
+    return f"{head}{sep}{new}"

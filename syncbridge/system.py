@@ -23,7 +23,7 @@ import subprocess
 from pathlib import Path
 from typing import Callable, Mapping
 
-from .config import Config
+from .config import Config, is_mount_point
 
 __all__ = ["detect_gpu_tier", "detect_storage_mode", "tier_for_vram", "free_bytes", "CONSUMER_BELOW_GIB",
            "PROSUMER_BELOW_GIB"]
@@ -85,7 +85,7 @@ def detect_gpu_tier(config: Config, *, nvidia_smi: str = "nvidia-smi", environ: 
     return tier
 
 
-def detect_storage_mode(config: Config, *, is_mount: Callable[[str], bool] = os.path.ismount) -> str:
+def detect_storage_mode(config: Config, *, is_mount: Callable[[str], bool] = is_mount_point) -> str:
     """``persistent`` or ``ephemeral``: the configured ``STORAGE_MODE``, else whether the workspace is a mount.
 
     :func:`syncbridge.config.load_config` already resolves ``auto`` this way;

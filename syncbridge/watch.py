@@ -60,15 +60,15 @@ from typing import Any, Callable
 
 import attrs
 
-from .batching import Action, DeadlineBatcher, backoff_delay, is_network_fs, mount_fstype, object_key, percentile, \
-    sibling_key
+from .batching import Action, DeadlineBatcher, percentile
 from .config import ALWAYS_EXCLUDED, ALWAYS_EXCLUDED_DIRS, Config
 from .errors import PreconditionFailedError, SourceChangedError, StoreError, SyncBridgeError, UnsafePathError
 from .fleet import Heartbeat
-from .fsutil import make_output_dir, open_for_writing, private_state_dir
+from .fsutil import is_network_fs, make_output_dir, mount_fstype, open_for_writing, private_state_dir
 from .inotify_watch import TreeWatcher, read_mounts, scan_tree
+from .retry import backoff_delay
 from .journal import DONE, FAILED, JOURNAL_NAME, Journal, Row
-from .keys import PathFilter, public_url, render_prefix
+from .keys import PathFilter, object_key, public_url, render_prefix, sibling_key
 from .mediatypes import content_type
 from .notify import Notifier, PushedOutput, Webhook
 from .store import LocalStore, PutHeaders, S3Store, Store

@@ -7,8 +7,10 @@ import random
 import pytest
 
 from syncbridge import batching as b
-from syncbridge.batching import Action, DeadlineBatcher, backoff_delay, classify, is_network_fs, mount_fstype, \
-    object_key, percentile, safe_text, sibling_key
+from syncbridge.batching import Action, DeadlineBatcher, classify, percentile
+from syncbridge.fsutil import is_network_fs, mount_fstype
+from syncbridge.keys import object_key, safe_text, sibling_key
+from syncbridge.retry import backoff_delay
 from syncbridge.errors import UnsafePathError
 
 

@@ -26,7 +26,7 @@ import pytest
 
 watch = pytest.importorskip("syncbridge.watch")
 
-from syncbridge.batching import object_key  # noqa: E402
+from syncbridge.keys import object_key  # noqa: E402
 from syncbridge.config import load_config  # noqa: E402
 from syncbridge.store import S3Store  # noqa: E402
 

@@ -21,10 +21,11 @@ LAYERS = {
     "redact": PURE,
     "fmt": PURE,
     "config": PURE,
+    "retry": PURE,
+    "manifest": PURE,
     "keys": PURE,
     "rclonecmd": PURE,
     "batching": PURE,
-    "manifest": PURE,
     # I/O adapters
     "fsutil": IO,
     "rclone": IO,

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from syncbridge.batching import object_key
+from syncbridge.keys import object_key
 from syncbridge.bulk import push
 from syncbridge.config import Config, load_config
 from syncbridge.localserver import LocalS3, free_port

@@ -350,7 +350,7 @@ def test_encode_name_agrees_with_the_real_rclone(tmp_path):
 @given(rel=valid_paths, prefix=st.sampled_from(["outputs", "outputs/pod-1"]))
 def test_watcher_keys_map_back_to_the_file(rel, prefix):
     """The key the watcher uploads a file to names that same file when pulled back."""
-    batching = pytest.importorskip("syncbridge.batching")
+    batching = pytest.importorskip("syncbridge.keys")
     try:
         key = batching.object_key(prefix, rel)
     except UnsafePathError:  # only when the key would be longer than S3 allows

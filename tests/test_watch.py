@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from syncbridge.batching import object_key
+from syncbridge.keys import object_key
 from syncbridge.config import Config, load_config
 from syncbridge.inotify_watch import TreeWatcher
 from syncbridge.batching import Action
