@@ -1,6 +1,7 @@
 """The dependency direction: pure < io < orchestration < cli. No module imports upward.
 
-Every module in syncbridge/ must be listed here, so a new module states its layer.
+Every module in syncbridge/ and its packages must be listed here (dotted: ``watch.scheduler``), so a
+new module states its layer. A package's ``__init__`` is listed under the package name.
 """
 
 from __future__ import annotations
@@ -65,19 +66,50 @@ FORBIDDEN_IN_PURE = {"subprocess", "threading", "socket", "inotify_simple", "bot
 
 
 def _modules() -> list[str]:
-    return sorted(p.stem for p in PKG.glob("*.py"))
+    """Every module as a dotted name under syncbridge: ``config``, ``watch`` (a package's __init__), ``watch.scheduler``."""
+    names = []
+    for path in PKG.rglob("*.py"):
+        parts = list(path.relative_to(PKG).with_suffix("").parts)
+        if parts[-1] == "__init__" and len(parts) > 1:
+            parts.pop()
+        names.append(".".join(parts))
+    return sorted(names)
+
+
+def _file(name: str) -> Path:
+    base = PKG.joinpath(*name.split("."))
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
+def _package_of(name: str) -> list[str]:
+    """The package a module's relative imports start from, as parts."""
+    parts = name.split(".") if name != "__init__" else []
+    return parts if _file(name).name == "__init__.py" else parts[:-1]
+
+
+def _owner(dotted: str) -> str | None:
+    """The module of LAYERS that ``dotted`` (a name under syncbridge) belongs to: the longest listed prefix."""
+    parts = dotted.split(".")
+    while parts:
+        if ".".join(parts) in LAYERS:
+            return ".".join(parts)
+        parts.pop()
+    return None
 
 
 def _imports(name: str) -> list[tuple[str, int]]:
-    tree = ast.parse((PKG / f"{name}.py").read_text())
+    """(target, line) for every import of module ``name``; targets inside the package as ``syncbridge.<dotted>``."""
+    tree = ast.parse(_file(name).read_text())
     found: list[tuple[str, int]] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             if node.level and node.level > 0:
+                base = _package_of(name)
+                base = base[:len(base) - (node.level - 1)] if node.level > 1 else base
                 if node.module:
-                    found.append(("syncbridge." + node.module.split(".")[0], node.lineno))
+                    found.append(("syncbridge." + ".".join([*base, *node.module.split(".")]), node.lineno))
                 else:
-                    found += [("syncbridge." + a.name, node.lineno) for a in node.names]
+                    found += [("syncbridge." + ".".join([*base, a.name]), node.lineno) for a in node.names]
             elif node.module:
                 found.append((node.module, node.lineno))
         elif isinstance(node, ast.Import):
@@ -97,12 +129,15 @@ def test_no_upward_import(name: str) -> None:
         pytest.skip("not in LAYERS (see test_every_module_has_a_layer)")
     for target, line in _imports(name):
         if target.startswith("syncbridge."):
-            dep = target.split(".")[1]
-            if dep == "__version__":
+            dotted = target.split(".", 1)[1]
+            if dotted == "__version__":
                 continue
-            assert dep in LAYERS, f"{name}.py:{line} imports unknown module {dep}"
+            dep = _owner(dotted)
+            if dep is None and "." in dotted:  # "from . import x" of a name, not a module
+                dep = _owner(dotted.rsplit(".", 1)[0])
+            assert dep is not None, f"{name}.py:{line} imports unknown module {dotted}"
             # __init__ exports lazily (by name); importing syncbridge.__init__ from below is fine
-            if dep == "__init__":
+            if dep == "__init__" or dep == name:
                 continue
             assert LAYERS[dep] <= own, (f"{name}.py ({NAMES[own]}) imports {dep} ({NAMES[LAYERS[dep]]}) "
                                         f"at line {line}: imports must point down")
@@ -114,7 +149,7 @@ def test_no_upward_import(name: str) -> None:
 
 @pytest.mark.parametrize("name", [m for m, layer in LAYERS.items() if layer == PURE])
 def test_pure_modules_do_not_read_the_environment(name: str) -> None:
-    tree = ast.parse((PKG / f"{name}.py").read_text())
+    tree = ast.parse(_file(name).read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "environb"):
             pytest.fail(f"{name}.py:{node.lineno} reads the environment ({node.attr})")
@@ -124,7 +159,7 @@ def test_library_never_configures_logging() -> None:
     for name, layer in LAYERS.items():
         if layer == CLI:
             continue
-        text = (PKG / f"{name}.py").read_text()
+        text = _file(name).read_text()
         text = text.replace("addHandler(logging.NullHandler())", "")  # the library's own silence (__init__)
         for bad in ("basicConfig(", "addHandler(", "setLevel("):
             assert bad not in text, f"{name}.py configures logging ({bad}); only the CLI may"
@@ -132,7 +167,7 @@ def test_library_never_configures_logging() -> None:
 
 def test_no_shell_anywhere() -> None:
     """No call passes shell=True, and nothing calls os.system / os.popen."""
-    for path in PKG.glob("*.py"):
+    for path in PKG.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call):
                 for kw in node.keywords:
