@@ -172,7 +172,7 @@ def test_a_command_imports_only_its_own_modules():
             "print(' '.join(m for m in sys.modules if m.startswith('syncbridge.')))")
     run = [sys.executable, "-c", code, "-q", "--config", "x.toml", "models", "pull", "m.toml"]
     loaded = set(subprocess.run(run, capture_output=True, text=True, check=True).stdout.split())
-    assert "syncbridge.cli_models" in loaded
+    assert "syncbridge.cli.models" in loaded
     assert not loaded & {"syncbridge.bulk", "syncbridge.watch", "syncbridge.fleet", "syncbridge.doctor"}, loaded
     every = subprocess.run([sys.executable, "-c", code, "push", "a", "b"], capture_output=True, text=True, check=True)
     assert "syncbridge.bulk" in every.stdout.split()

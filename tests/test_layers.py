@@ -50,13 +50,15 @@ LAYERS = {
     "demo": ORCH,
     "demo_app": ORCH,
     # command line
-    "ui": CLI,
     "cli": CLI,
-    "cli_bulk": CLI,
-    "cli_watch": CLI,
-    "cli_models": CLI,
-    "cli_fleet": CLI,
-    "cli_start": CLI,
+    "cli.common": CLI,
+    "cli.output": CLI,
+    "cli.progress": CLI,
+    "cli.bulk": CLI,
+    "cli.watch": CLI,
+    "cli.models": CLI,
+    "cli.fleet": CLI,
+    "cli.start": CLI,
     "__main__": CLI,
 }
 NAMES = {0: "pure", 1: "io", 2: "orchestration", 3: "cli"}

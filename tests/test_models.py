@@ -784,7 +784,7 @@ def test_an_edited_manifest_is_read_again(local_env, tmp_path, files_server):
 def test_progress_bars_on_a_tty_and_lines_otherwise():
     import io
 
-    from syncbridge.cli_models import ModelsProgress
+    from syncbridge.cli.progress import ModelsProgress
     from syncbridge.models import ModelEvent
 
     tty = io.StringIO()
@@ -807,7 +807,7 @@ def test_progress_bars_on_a_tty_and_lines_otherwise():
 
 
 def test_eta():
-    from syncbridge.cli_models import _eta
+    from syncbridge.cli.progress import _eta
 
     assert _eta(500, 1000, 10.0) == " ETA 50s"
     assert _eta(0, 10_000, 100.0) == " ETA 1m40s"

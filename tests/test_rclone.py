@@ -19,7 +19,7 @@ from syncbridge.errors import CancelledError, RcloneError, RcloneNotFoundError
 from syncbridge.rclone import Rclone, find_rclone
 from syncbridge.rclonecmd import (EXIT_CODES, Progress, bisync_argv, classify_exit, common_flags, copy_argv,
                                   parse_log_line, remote_env, remote_path)
-from syncbridge.ui import ProgressPrinter
+from syncbridge.cli.progress import ProgressPrinter
 
 from .conftest import ACCESS_KEY, SECRET_KEY, new_bucket, server_env, wait_for as _wait_for
 

@@ -7,13 +7,13 @@ import json
 
 import attrs
 
-from .fleet import describe_pods, fleet_status, lease_status, prune
+from .common import add_common
+from ..fleet import describe_pods, fleet_status, lease_status, prune
 
 RECENT_HOURS = 24.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .cli import add_common
 
     p = sub.add_parser("fleet", help="pods and leases seen in the bucket (fleet status)",
                        description="Many pods, one bucket: show every pod's last heartbeat (pending, uploaded, "

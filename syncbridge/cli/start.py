@@ -8,8 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from .fsutil import atomic_write_bytes
-from .start import StartOptions, outer_start_pid, run_start
+from .common import add_common
+from ..fsutil import atomic_write_bytes
+from ..start import StartOptions, outer_start_pid, run_start
 
 START_DESCRIPTION = """\
 A container's start-up as one command, in order: detect storage mode and GPU tier; check the
@@ -44,7 +45,6 @@ same bytes."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .cli import add_common
 
     p = sub.add_parser("start", help="container start-up: models, folders, watcher, then run APP and drain",
                        description=START_DESCRIPTION, epilog=START_EPILOG,
@@ -121,7 +121,7 @@ def _start(args: argparse.Namespace, ctx) -> int:
 
 
 def _demo(args: argparse.Namespace, ctx) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
     if args.images < 1 or args.interval < 0:
         print("syncbridge demo: error: --images must be at least 1 and --interval at least 0", file=sys.stderr)

@@ -19,13 +19,14 @@ import signal
 import sys
 from typing import Any, Callable, Mapping, Sequence
 
-from . import __version__
-from .config import Config, load_config, reference_markdown, secret_values
-from .errors import SyncBridgeError
-from .redact import redact
-from .ui import ProgressPrinter, setup_logging
+from .. import __version__
+from ..config import reference_markdown
+from ..errors import SyncBridgeError
+from ..redact import redact
+from .common import Context, add_common
+from .output import setup_logging
 
-__all__ = ["main", "Context", "COMMAND_MODULES"]
+__all__ = ["main", "Context", "COMMAND_MODULES", "build_parser", "iter_subparsers", "add_common"]
 
 log = logging.getLogger("syncbridge.cli")
 
@@ -34,11 +35,11 @@ log = logging.getLogger("syncbridge.cli")
 # fleet and doctor: about 25 ms of its 0.11 s); --help, `config`, `version` or an unknown word
 # load them all. tests/test_cli.py keeps this table true to what each module registers.
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
-    "syncbridge.cli_bulk": ("push", "pull", "bisync", "doctor"),
-    "syncbridge.cli_watch": ("watch", "status"),
-    "syncbridge.cli_models": ("models",),
-    "syncbridge.cli_fleet": ("fleet",),
-    "syncbridge.cli_start": ("start", "demo"),
+    "syncbridge.cli.bulk": ("push", "pull", "bisync", "doctor"),
+    "syncbridge.cli.watch": ("watch", "status"),
+    "syncbridge.cli.models": ("models",),
+    "syncbridge.cli.fleet": ("fleet",),
+    "syncbridge.cli.start": ("start", "demo"),
 }
 
 
@@ -53,41 +54,10 @@ def _command_word(argv: Sequence[str]) -> str | None:
     return None
 
 
-class Context:
-    """What a subcommand needs: the environment, and the configuration read once on first use."""
-
-    def __init__(self, args: argparse.Namespace, environ: Mapping[str, str]) -> None:
-        self.args = args
-        self.environ = environ
-        self._config: Config | None = None
-        self.secrets: tuple[str, ...] = secret_values(environ)
-
-    def config(self, overrides: Mapping[str, Any] | None = None) -> Config:
-        if self._config is None:
-            self._config = load_config(self.environ, config_file=self.args.config, overrides=overrides)
-            self.secrets = tuple({*self.secrets, *self._config.secrets})
-            setup_logging("debug" if self.args.verbose else ("warning" if self.args.quiet else
-                                                             self._config.log_level), secrets=self.secrets)
-        return self._config
-
-    def progress(self, label: str) -> ProgressPrinter | None:
-        if self.args.quiet:
-            return None
-        return ProgressPrinter(label)
-
-    def out(self, text: str) -> None:
-        print(redact(text, self.secrets), flush=True)
-
-    def say(self, text: str) -> None:
-        """A line for the person at the terminal (stderr), kept back by ``-q``: only warnings and errors then."""
-        if not self.args.quiet:
-            print(redact(f"[syncbridge] {text}", self.secrets), file=sys.stderr, flush=True)
-
-
 def _version_cmd(args: argparse.Namespace, ctx: Context) -> int:
     ctx.out(f"syncbridge {__version__}")
     try:
-        from .rclone import Rclone
+        from ..rclone import Rclone
 
         rc = Rclone(ctx.config())
         ctx.out(f"rclone {'.'.join(map(str, rc.version()))} ({rc.binary})")
@@ -155,17 +125,6 @@ def iter_subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentPa
                 found.append(child)
                 found += iter_subparsers(child)
     return found
-
-
-def add_common(parser: argparse.ArgumentParser) -> None:
-    """Options every (sub)command accepts, before or after its name."""
-    default = argparse.SUPPRESS if parser.prog != "syncbridge" else None
-    parser.add_argument("--config", metavar="PATH", default=default,
-                        help="TOML configuration file (default: $SYNCBRIDGE_CONFIG)")
-    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS if default else False,
-                        help="debug logging")
-    parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS if default else False,
-                        help="warnings and errors only")
 
 
 def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None = None) -> int:

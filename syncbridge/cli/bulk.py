@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .bulk import bisync, pull, push
-from .doctor import run_doctor, summarize
+from .common import add_common
+from ..bulk import bisync, pull, push
+from ..doctor import run_doctor, summarize
 
 
 def _filters(p: argparse.ArgumentParser) -> None:
@@ -28,7 +29,6 @@ def _positive(text: str) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .cli import add_common
 
     p = sub.add_parser("push", help="copy a local folder or file to <bucket>/PREFIX",
                        description="Copy a local folder (or one file) to <bucket>/PREFIX. Nothing in the bucket "

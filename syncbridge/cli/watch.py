@@ -9,12 +9,12 @@ import threading
 import time
 from typing import Any
 
-from .journal import read_summary
-from .watch import journal_path, read_status, run_watch
+from .common import add_common
+from ..journal import read_summary
+from ..watch import journal_path, read_status, run_watch
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .cli import add_common
 
     p = sub.add_parser(
         "watch", help="push every finished file in a folder to the bucket as it appears",
@@ -112,7 +112,7 @@ def _left_out_line(ctx, report: dict) -> None:
 
 def _status(args: argparse.Namespace, ctx) -> int:
     if getattr(args, "fleet", False):
-        from .cli_fleet import status_command
+        from .fleet import status_command
 
         return status_command(args, ctx)
     config = ctx.config()
