@@ -44,7 +44,7 @@ from syncbridge.config import load_config
 from syncbridge.localserver import serve_rclone_s3
 from syncbridge.models import pull_models
 from syncbridge.rclone import find_rclone
-from syncbridge.rclonecmd import remote_env, remote_path
+from syncbridge.rclone.argv import remote_env, remote_path
 
 BUCKET = "bench"
 

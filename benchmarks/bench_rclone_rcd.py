@@ -41,7 +41,7 @@ from pathlib import Path
 from syncbridge.config import load_config
 from syncbridge.localserver import serve_rclone_s3
 from syncbridge.rclone import Rclone
-from syncbridge.rclonecmd import copy_argv, remote_path
+from syncbridge.rclone.argv import copy_argv, remote_path
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):

@@ -1,6 +1,6 @@
 """Bulk operations through rclone: push, pull, bisync.
 
-Each call is one rclone process (see :mod:`syncbridge.rclone` for why) and
+Each call is one rclone process (see :mod:`syncbridge.rclone.runner` for why) and
 returns a :class:`TransferSummary`. Keys from the bucket are untrusted: pull
 lists first and refuses any key that would land outside the local folder.
 """
@@ -28,7 +28,7 @@ from .fsutil import private_state_dir
 from .lease import LeaseBusyError
 from .keys import key_to_relpath
 from .rclone import Rclone
-from .rclonecmd import Progress, bisync_argv, copy_argv, remote_path
+from .rclone.argv import Progress, bisync_argv, copy_argv, remote_path
 from .store import S3Store, check_endpoint, open_store
 
 __all__ = ["TransferSummary", "push", "pull", "bisync", "BisyncError", "bisync_workdir"]

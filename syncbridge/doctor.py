@@ -11,7 +11,7 @@ from .errors import ConfigError, RcloneError, RcloneNotFoundError
 from .fsutil import private_state_dir
 from .probe import Check, bucket_checks
 from .rclone import Rclone
-from .rclonecmd import remote_path
+from .rclone.argv import remote_path
 
 __all__ = ["Check", "run_doctor", "summarize"]
 

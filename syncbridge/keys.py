@@ -31,7 +31,7 @@ def encode_name(name: str) -> str:
     """Map control characters to their Unicode control pictures, as rclone's ``Ctl`` encoding does.
 
     The S3 remote is configured with ``Slash,InvalidUtf8,Dot,Ctl,BackSlash`` (see
-    :func:`syncbridge.rclonecmd.remote_env`), so a file named ``a\nb.png`` is the key
+    :func:`syncbridge.rclone.argv.remote_env`), so a file named ``a\nb.png`` is the key
     ``a\u240ab.png`` whether rclone or syncbridge's own uploader put it there. A name
     that already contains a control picture is quoted with U+201B, so the mapping
     stays reversible. For rclone ``Ctl`` is 0x01-0x1F: NUL (which no file name can

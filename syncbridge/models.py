@@ -581,7 +581,7 @@ class _Puller:
         if len(files) < BULK_MIN:
             return None
         from .rclone import Rclone
-        from .rclonecmd import remote_path
+        from .rclone.argv import remote_path
 
         staging = self.models_dir / ".syncbridge" / f"batch-{os.getpid()}-{threading.get_ident()}"
         rc = Rclone(self.config)

@@ -11,7 +11,7 @@ import pytest
 
 from syncbridge.config import _line_of, infer_provider, is_mount_point, load_config, parse_bool, reference_markdown
 from syncbridge.errors import ConfigError
-from syncbridge.rclonecmd import remote_env
+from syncbridge.rclone.argv import remote_env
 
 from .conftest import ACCESS_KEY, SECRET_KEY
 

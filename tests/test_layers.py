@@ -25,11 +25,12 @@ LAYERS = {
     "retry": PURE,
     "manifest": PURE,
     "keys": PURE,
-    "rclonecmd": PURE,
+    "rclone.argv": PURE,
     "batching": PURE,
     # I/O adapters
     "fsutil": IO,
     "rclone": IO,
+    "rclone.runner": IO,
     "store": IO,
     "localserver": IO,
     "journal": IO,

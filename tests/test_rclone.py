@@ -17,7 +17,7 @@ import pytest
 from syncbridge.config import load_config
 from syncbridge.errors import CancelledError, RcloneError, RcloneNotFoundError
 from syncbridge.rclone import Rclone, find_rclone
-from syncbridge.rclonecmd import (EXIT_CODES, Progress, bisync_argv, classify_exit, common_flags, copy_argv,
+from syncbridge.rclone.argv import (EXIT_CODES, Progress, bisync_argv, classify_exit, common_flags, copy_argv,
                                   parse_log_line, remote_env, remote_path)
 from syncbridge.cli.progress import ProgressPrinter
 

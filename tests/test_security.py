@@ -118,7 +118,7 @@ def test_failure_messages_and_exceptions_are_clean(secret_env, tmp_path):
     assert_clean(str(pinfo.value), repr(pinfo.value), "".join(traceback.format_exception(pinfo.value)),
                  what="push's StoreError")
     from syncbridge.rclone import Rclone
-    from syncbridge.rclonecmd import copy_argv, remote_path
+    from syncbridge.rclone.argv import copy_argv, remote_path
 
     with pytest.raises(RcloneError) as rinfo:  # rclone itself, with the wrong secret in its environment
         Rclone(config).run(copy_argv(str(src), remote_path(config.remote, "p")), what="copy")

@@ -15,7 +15,7 @@ from ..fmt import human_bytes
 
 if TYPE_CHECKING:  # types only: drawing progress loads neither the models nor the rclone code
     from ..models import ModelEvent
-    from ..rclonecmd import Progress
+    from ..rclone.argv import Progress
 
 __all__ = ["ProgressPrinter", "ModelsProgress", "eta_text", "bar"]
 

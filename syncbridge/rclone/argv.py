@@ -1,6 +1,6 @@
 """Pure rclone logic: remote environment, argv builders, exit codes, log parsing.
 
-Nothing here runs a process; :mod:`syncbridge.rclone` does. Keeping these pure
+Nothing here runs a process; :mod:`syncbridge.rclone.runner` does. Keeping these pure
 means every argv and every parse is tested without rclone, and the one module
 that does run rclone stays small.
 
@@ -20,11 +20,11 @@ import attrs
 # rclone-python is used only for its pure parser of --use-json-log stats lines.
 # Its command functions build a shell string and run it through a shell: a file
 # named `$(touch PWNED).png` would run a command, so syncbridge never calls them
-# (every rclone process is started by syncbridge.rclone with an argv list).
+# (every rclone process is started by syncbridge.rclone.runner with an argv list).
 # Imported on the first stats line, not here: rclone_python pulls in `rich`
 # (~6 MB resident), which the long-lived watcher never needs.
 
-from .config import Config, RemoteConfig
+from ..config import Config, RemoteConfig
 
 __all__ = [
     "REMOTE_NAME",

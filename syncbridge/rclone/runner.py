@@ -57,11 +57,11 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import attrs
 
-from .config import Config
-from .diagnose import diagnose_text
-from .errors import CancelledError, RcloneError, RcloneNotFoundError
-from .rclonecmd import LogRecord, Progress, classify_exit, common_flags, parse_log_line, remote_env
-from .redact import redact, redact_argv
+from ..config import Config
+from ..diagnose import diagnose_text
+from ..errors import CancelledError, RcloneError, RcloneNotFoundError
+from .argv import LogRecord, Progress, classify_exit, common_flags, parse_log_line, remote_env
+from ..redact import redact, redact_argv
 
 __all__ = ["Rclone", "RunResult", "find_rclone", "MIN_VERSION"]
 
