@@ -36,7 +36,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import attrs
 
-from .config import parse_bool
+from .config.settings import parse_bool
 from .errors import ConfigError, Problem, UnsafePathError
 from .keys import relpath_to_key
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from syncbridge.config import _line_of, infer_provider, is_mount_point, load_config, parse_bool, reference_markdown
+from syncbridge.config.build import line_of as _line_of
+from syncbridge.config import infer_provider, is_mount_point, load_config, parse_bool, reference_markdown
 from syncbridge.errors import ConfigError
 from syncbridge.rclone.argv import remote_env
 
@@ -495,3 +496,21 @@ def test_account_id_gives_the_r2_endpoint(base):
                           "R2_SECRET_KEY": SECRET_KEY})
     assert config.remote.endpoint == "https://0123abcd.r2.cloudflarestorage.com"
     assert config.remote.provider == "Cloudflare"
+
+
+def test_section_classes_and_the_settings_table_agree() -> None:
+    """Each section object is filled from the table by field name: a setting without a field (or a field
+    without a setting) would be dropped silently, so the two must name the same things."""
+    import attrs
+
+    from syncbridge.config import SETTINGS
+    from syncbridge.config.build import SECTION_DERIVED
+    from syncbridge.config.model import BisyncConfig, FleetConfig, ModelsConfig, RcloneConfig, StartConfig, \
+        WatchConfig
+
+    for cls in (RcloneConfig, WatchConfig, ModelsConfig, BisyncConfig, StartConfig, FleetConfig):
+        section = cls.__name__.removesuffix("Config").lower()
+        fields = {f.name for f in attrs.fields(cls)}
+        settings = {s.name for s in SETTINGS if s.section == section and s.key != "start.folders_spec"}
+        assert fields == settings, (cls.__name__, fields ^ settings)
+        assert set(SECTION_DERIVED.get(cls, ())) <= fields

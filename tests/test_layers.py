@@ -21,7 +21,9 @@ LAYERS = {
     "diagnose": PURE,
     "redact": PURE,
     "fmt": PURE,
-    "config": PURE,
+    "config.settings": PURE,
+    "config.model": PURE,
+    "config.build": PURE,
     "retry": PURE,
     "manifest": PURE,
     "keys": PURE,
@@ -29,6 +31,7 @@ LAYERS = {
     "batching": PURE,
     # I/O adapters
     "fsutil": IO,
+    "config": IO,  # load_config: reads the TOML file and the host's facts
     "rclone": IO,
     "rclone.runner": IO,
     "store": IO,

@@ -24,7 +24,7 @@ import attrs
 # Imported on the first stats line, not here: rclone_python pulls in `rich`
 # (~6 MB resident), which the long-lived watcher never needs.
 
-from ..config import Config, RemoteConfig
+from ..config.model import Config, RemoteConfig
 
 __all__ = [
     "REMOTE_NAME",
