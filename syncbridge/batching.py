@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Callable, Generic, Hashable, Iterable, Sequence, TypeVar
+from typing import Generic, Hashable, Iterable, Sequence, TypeVar
 
 
 __all__ = [

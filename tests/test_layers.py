@@ -51,6 +51,8 @@ LAYERS = {
     "watch": ORCH,
     "models": ORCH,
     "start": ORCH,
+    "start.result": ORCH,
+    "start.starter": ORCH,
     "demo": ORCH,
     "demo_app": ORCH,
     # command line

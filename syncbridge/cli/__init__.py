@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from .. import __version__
 from ..config import reference_markdown
