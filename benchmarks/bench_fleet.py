@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from syncbridge.config import load_config  # noqa: E402
-from syncbridge.localserver import serve_moto  # noqa: E402
+from tests.servers import serve_moto  # noqa: E402
 from syncbridge.store import open_store  # noqa: E402
 from tests.fleet_pod import Upstream  # noqa: E402
 

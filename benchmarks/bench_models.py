@@ -41,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from syncbridge.config import load_config
-from syncbridge.localserver import serve_rclone_s3
+from syncbridge.demo.localserver import serve_rclone_s3
 from syncbridge.models import pull_models
 from syncbridge.rclone import find_rclone
 from syncbridge.rclone.argv import remote_env, remote_path

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from syncbridge.config import load_config
-from syncbridge.localserver import serve_rclone_s3
+from syncbridge.demo.localserver import serve_rclone_s3
 from syncbridge.rclone import Rclone
 from syncbridge.rclone.argv import copy_argv, remote_path
 

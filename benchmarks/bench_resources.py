@@ -40,7 +40,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from syncbridge.localserver import serve_moto, serve_rclone_s3  # noqa: E402
+from syncbridge.demo.localserver import serve_rclone_s3
+from tests.servers import serve_moto  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from syncbridge.config import load_config  # noqa: E402
-from syncbridge.localserver import serve_rclone_s3  # noqa: E402
+from syncbridge.demo.localserver import serve_rclone_s3  # noqa: E402
 from syncbridge.store import open_store  # noqa: E402
 
 APP = r'''

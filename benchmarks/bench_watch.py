@@ -54,7 +54,7 @@ from botocore.config import Config as BotoConfig
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from syncbridge.localserver import serve_rclone_s3  # noqa: E402
+from syncbridge.demo.localserver import serve_rclone_s3  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICKS = os.sysconf("SC_CLK_TCK")

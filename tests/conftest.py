@@ -24,7 +24,8 @@ from typing import Iterator
 import pytest
 
 from syncbridge.config import Config, load_config
-from syncbridge.localserver import LocalS3, serve_moto, serve_rclone_s3
+from syncbridge.demo.localserver import LocalS3, serve_rclone_s3
+from tests.servers import serve_moto
 
 from .r2server import OTHER_SECRET_KEY as R2_OTHER_SECRET, SECRET_KEY as R2_SECRET, serve_r2
 

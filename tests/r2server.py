@@ -31,7 +31,7 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from syncbridge.localserver import _stop
+from syncbridge.demo.localserver import stop_server as _stop
 
 HERE = Path(__file__).resolve().parent / "r2emu"
 ENTRY = HERE / "server.mjs"
@@ -44,7 +44,7 @@ OTHER_SECRET_KEY = "sbR2SECRETother-0c9d8e7f6a5b4c3d"
 
 
 class R2Emulator:
-    """A running miniflare with a pool of R2 buckets; quacks like :class:`syncbridge.localserver.LocalS3`."""
+    """A running miniflare with a pool of R2 buckets; quacks like :class:`syncbridge.demo.localserver.LocalS3`."""
 
     kind = "r2"
     conditional_writes = True

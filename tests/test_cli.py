@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from syncbridge.cli import build_parser, iter_subparsers, main
-from syncbridge.localserver import free_port
+from syncbridge.demo.localserver import free_port
 
 from .conftest import ACCESS_KEY, SECRET_KEY, assert_no_secret, run_cli
 

@@ -16,7 +16,7 @@ import pytest
 from syncbridge.config import load_config
 from syncbridge.doctor import Check, run_doctor, summarize
 from syncbridge.probe import clock_check as _clock_check, endpoint_check as _tcp_check
-from syncbridge.localserver import free_port
+from syncbridge.demo.localserver import free_port
 from syncbridge.store import S3Store
 
 from .conftest import ACCESS_KEY, SECRET_KEY, assert_no_secret, new_bucket, run_cli, server_env

@@ -35,7 +35,7 @@ LAYERS = {
     "rclone": IO,
     "rclone.runner": IO,
     "store": IO,
-    "localserver": IO,
+    "demo.localserver": IO,
     "journal": IO,
     "inotify_watch": IO,
     "system": IO,
@@ -54,7 +54,8 @@ LAYERS = {
     "start.result": ORCH,
     "start.starter": ORCH,
     "demo": ORCH,
-    "demo_app": ORCH,
+    "demo.run": ORCH,
+    "demo.app": ORCH,
     # command line
     "cli": CLI,
     "cli.common": CLI,

@@ -34,7 +34,7 @@ import pytest
 from syncbridge.keys import object_key
 from syncbridge.bulk import push
 from syncbridge.config import Config, load_config
-from syncbridge.localserver import LocalS3, free_port
+from syncbridge.demo.localserver import LocalS3, free_port
 from syncbridge.mediatypes import content_type
 from syncbridge.store import S3Store, open_store
 from syncbridge.watch import OutputWatcher

@@ -207,7 +207,7 @@ def test_rclone_remote_control_is_not_used():
     unauthenticated request is refused.
     """
     offenders = []
-    for path in sorted(PKG.glob("*.py")):
+    for path in sorted(PKG.rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.Constant) and isinstance(node.value, str):

@@ -25,7 +25,7 @@ import pytest
 
 from syncbridge.config import load_config
 from syncbridge.keys import join_key
-from syncbridge.localserver import LocalS3
+from syncbridge.demo.localserver import LocalS3
 from syncbridge.start import StartOptions, exit_status, models_line
 from syncbridge.store import Store, open_store
 
@@ -409,7 +409,7 @@ def test_bin_start_end_to_end(s3: LocalS3, tmp_path: Path, procs: list[subproces
     pytest.importorskip("syncbridge.models")
     env, store, models_dir, sha = _template_env(s3, tmp_path)
     log_path = tmp_path / "start.log"
-    proc = spawn(procs, [str(BIN / "syncbridge-start"), "--", sys.executable, "-m", "syncbridge.demo_app"],
+    proc = spawn(procs, [str(BIN / "syncbridge-start"), "--", sys.executable, "-m", "syncbridge.demo.app"],
                  with_bin(env), log_path)
     events = Path(env["SYNCBRIDGE_DEMO_EVENTS"])
     wait_for(lambda: any(r.get("done") for r in read_events(events)), 60, "the stand-in app's outputs")
@@ -429,7 +429,7 @@ def test_example_start_sh_end_to_end(rclone_s3: LocalS3, tmp_path: Path, procs: 
     env, store, models_dir, sha = _template_env(rclone_s3, tmp_path)
     comfy = tmp_path / "ComfyUI"
     comfy.mkdir()
-    (comfy / "main.py").write_text("import sys\nfrom syncbridge.demo_app import main\nsys.exit(main())\n")
+    (comfy / "main.py").write_text("import sys\nfrom syncbridge.demo.app import main\nsys.exit(main())\n")
     env.update({"COMFYUI_DIR": str(comfy), "PYTHON": sys.executable, "COMFYUI_ARGS": "--lowvram"})
     log_path = tmp_path / "start.log"
     proc = spawn(procs, ["bash", str(START_SH)], with_bin(env), log_path)

@@ -12,7 +12,7 @@ import pytest
 
 from syncbridge.config import load_config
 from syncbridge.errors import PreconditionFailedError, StoreError
-from syncbridge.localserver import free_port
+from syncbridge.demo.localserver import free_port
 from syncbridge.store import LocalStore, S3Store, check_endpoint, make_s3_client, open_store
 
 from .conftest import SECRET_KEY, new_bucket, server_env
@@ -165,7 +165,7 @@ def test_s3_client_uses_when_required_checksums(moto_s3, tmp_path):
 def test_every_boto3_client_in_the_package_sets_when_required():
     """Any `.client("s3", ...)` anywhere in syncbridge/ passes a botocore Config with both settings."""
     found = 0
-    for path in sorted(PKG.glob("*.py")):
+    for path in sorted(PKG.rglob("*.py")):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
@@ -179,7 +179,7 @@ def test_every_boto3_client_in_the_package_sets_when_required():
             settings = {kw.arg: getattr(kw.value, "value", None) for kw in config.keywords}
             for name in ("request_checksum_calculation", "response_checksum_validation"):
                 assert settings.get(name) == "when_required", f"{path.name}:{node.lineno}: {name} not when_required"
-    assert found >= 2  # store.make_s3_client and localserver.create_bucket at least
+    assert found >= 2  # store.make_s3_client and demo.localserver.create_bucket at least
 
 
 def test_check_endpoint(moto_s3):

@@ -18,7 +18,7 @@ from syncbridge.config import Config, load_config
 from syncbridge.inotify_watch import TreeWatcher
 from syncbridge.batching import Action
 from syncbridge.journal import Journal, read_summary
-from syncbridge.localserver import free_port, serve_rclone_s3
+from syncbridge.demo.localserver import free_port, serve_rclone_s3
 from syncbridge.store import Store, open_store
 from syncbridge.watch import OutputWatcher, WatchError, journal_path, read_status
 

@@ -15,7 +15,7 @@ import pytest
 
 from syncbridge.config import load_config
 from syncbridge.journal import read_summary
-from syncbridge.localserver import free_port
+from syncbridge.demo.localserver import free_port
 from syncbridge.store import open_store
 from syncbridge.watch import journal_path, read_status
 

@@ -1,6 +1,6 @@
 """A stand-in for ComfyUI, used by ``syncbridge demo`` and the tests: writes outputs the way ComfyUI does.
 
-``python -m syncbridge.demo_app [--out DIR] [--events FILE] [--images N] [--interval S]``
+``python -m syncbridge.demo.app [--out DIR] [--events FILE] [--images N] [--interval S]``
 (ComfyUI's own flags, such as ``--listen 0.0.0.0 --port 8188``, are accepted and
 ignored, so it can stand in for ``python main.py``). It writes, ``interval``
 seconds apart:
@@ -90,7 +90,7 @@ class _Writer:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m syncbridge.demo_app", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m syncbridge.demo.app", description=__doc__.split("\n\n")[0],
                                      allow_abbrev=False)
     parser.add_argument("--out", default=os.environ.get("COMFYUI_OUTPUT_DIR"),
                         help="output folder (default: $COMFYUI_OUTPUT_DIR)")

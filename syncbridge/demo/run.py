@@ -7,7 +7,7 @@
    workflow under ``workflows/``.
 3. Run ``syncbridge start`` in a child process, with the template's
    environment pointing at the server and a temporary workspace, and a
-   stand-in app (:mod:`syncbridge.demo_app`) that writes images, a rewritten
+   stand-in app (:mod:`syncbridge.demo.app`) that writes images, a rewritten
    video and files in subfolders, like ComfyUI.
 4. Show each output landing (HEAD answers with the file's MD5) and its
    latency from the app's ``close()``; edit a workflow in the pod.
@@ -37,11 +37,11 @@ from typing import Any, Callable, Iterator
 
 import attrs
 
-from .config import load_config
-from .errors import StoreError
-from .keys import join_key
+from ..config import load_config
+from ..errors import StoreError
+from ..keys import join_key
 from .localserver import serve_rclone_s3
-from .store import Store, open_store
+from ..store import Store, open_store
 
 __all__ = ["DemoResult", "run_demo", "percentile"]
 
@@ -205,9 +205,9 @@ def _run(server: Any, root: Path, *, images: int, interval: float, out: Callable
         "SYNCBRIDGE_DEMO_EVENTS": str(events_path),
         "SYNCBRIDGE_LOG_LEVEL": "debug" if verbose else "info",
     })
-    app = [sys.executable, "-m", "syncbridge.demo_app", "--images", str(images), "--interval", str(interval)]
+    app = [sys.executable, "-m", "syncbridge.demo.app", "--images", str(images), "--interval", str(interval)]
     argv = [sys.executable, "-m", "syncbridge", "start", "--report", str(report_path), "--", *app]
-    out("demo: running  syncbridge start -- python -m syncbridge.demo_app   (its log, as a container shows it:)")
+    out("demo: running  syncbridge start -- python -m syncbridge.demo.app   (its log, as a container shows it:)")
     started = time.monotonic()
     proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)

