@@ -107,8 +107,8 @@ def parse_bool(text: str) -> bool:
 class Setting:
     """One configuration setting: its TOML key, environment names, type and default.
 
-    The README's configuration reference is generated from this table
-    (``syncbridge config --reference``), and a test keeps the two in step.
+    The settings reference in docs/configuration.md is generated from this table
+    (``syncbridge config --reference``), and tests/test_readme.py keeps the two in step.
     """
 
     key: str
@@ -979,7 +979,7 @@ def _folders(col: _Collector, environ: Mapping[str, str], tables: list[tuple[int
 
 
 def reference_markdown() -> str:
-    """The configuration reference table (README section), generated from :data:`SETTINGS`."""
+    """The settings reference table (docs/configuration.md), generated from :data:`SETTINGS`."""
     lines = ["| TOML key | environment | default | meaning |", "|---|---|---|---|"]
     for s in SETTINGS:
         if s.key == "start.folders_spec":
