@@ -137,6 +137,19 @@ def test_python_examples_compile_and_their_imports_resolve(page: str, line: int,
                     importlib.import_module(alias.name)
 
 
+def test_readme_library_example_runs_on_the_embedded_default(local_env: dict[str, str], tmp_path: Path) -> None:
+    """The README's Python example, with a job that writes one output, pushes it to the embedded bucket."""
+    page, _, code = next(b for b in _python_blocks() if b[0] == "README.md")
+    job = ("def run_my_job():\n"  # writes where ComfyUI writes: the output folder itself
+           "    (config.watch.dir / 'ComfyUI_00001_.png').write_bytes(b'result\\n' * 100)\n")
+    script = code.replace("\nwith OutputWatcher", "\n" + job + "with OutputWatcher", 1)
+    assert script != code, "the README's example no longer runs a job inside `with OutputWatcher(...)`"
+    proc = subprocess.run([sys.executable, "-c", script], env=local_env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    pushed = tmp_path / "state" / "buckets" / "runpod" / "outputs" / "ComfyUI_00001_.png"
+    assert pushed.read_bytes() == b"result\n" * 100
+
+
 # --- links ------------------------------------------------------------------------------------------------------
 
 _LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
