@@ -20,7 +20,7 @@ Figures are printed as ratios against the baseline (idle RSS, the folder's file 
     python benchmarks/bench_resources.py                              # full: 100,000 files + 10 min
     python benchmarks/bench_resources.py --files 5000 --soak-seconds 30   # short run
 
-Not run in CI (see the README's tests section; the CI suite covers correctness).
+Not run in CI (see docs/tests.md and docs/benchmarks.md; the CI suite covers correctness).
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ class Rig:
                 continue
             md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
             # A file deleted (or moved away) and then made again is a new output: the pushed one
-            # is kept and the new bytes go to a sibling key, name.~<8 hex>.ext (README, watch).
+            # is kept and the new bytes go to a sibling key, name.~<8 hex>.ext (docs/watch.md).
             if have.get(key) != md5:
                 key = next((k for k in siblings.get(key, ()) if have[k] == md5), key)
             if key not in have:

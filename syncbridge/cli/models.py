@@ -16,8 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("models", help="pull models (cache first, then Hugging Face, CivitAI, URL), list them, "
                                       "fill the cache",
-                       description="Model warm-start from manifests (TOML). See the README's Models section for "
-                                   "every manifest key.")
+                       description="Model warm-start from manifests (TOML). Every manifest key, source and "
+                                   "setting is in docs/models.md.")
     add_common(p)
     msub = p.add_subparsers(dest="models_command", metavar="ACTION")
     msub.required = True

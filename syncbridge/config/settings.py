@@ -58,8 +58,8 @@ def parse_bool(text: str) -> bool:
 class Setting:
     """One configuration setting: its TOML key, environment names, type and default.
 
-    The README's configuration reference is generated from this table
-    (``syncbridge config --reference``), and a test keeps the two in step.
+    The settings reference in docs/configuration.md is generated from this table
+    (``syncbridge config --reference``), and tests/test_readme.py keeps the two in step.
     """
 
     key: str
@@ -326,7 +326,7 @@ def convert(setting: Setting, raw: Any, *, from_env: bool, home: str) -> Any:
 
 
 def reference_markdown() -> str:
-    """The configuration reference table (README section), generated from :data:`SETTINGS`."""
+    """The settings reference table (docs/configuration.md), generated from :data:`SETTINGS`."""
     lines = ["| TOML key | environment | default | meaning |", "|---|---|---|---|"]
     for s in SETTINGS:
         if s.key == "start.folders_spec":
