@@ -273,10 +273,6 @@ def lease_key(prefix: str, kind: str, subject: str) -> str:
 # -- I/O ---------------------------------------------------------------------------------
 
 
-def _utc(ts: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc)
-
-
 class BucketClock:
     """The bucket's current time, read from the Last-Modified of a probe object this pod writes.
 
@@ -583,7 +579,6 @@ class HeldLease:
         self._outer = cancel
         self._stop = threading.Event()
         self._lose_lock = threading.Lock()
-        self._detail: Mapping[str, Any] | None = None
         name = f"lease-{lease.key[-8:]}"
         self._threads = [threading.Thread(target=self._renew_loop, name=f"{name}-renew", daemon=True),
                          threading.Thread(target=self._watch_loop, name=f"{name}-watchdog", daemon=True)]
@@ -591,10 +586,6 @@ class HeldLease:
     @property
     def stolen_from(self) -> str:
         return self.lease.stolen_from
-
-    def set_detail(self, detail: Mapping[str, Any]) -> None:
-        """Publish progress (for example bytes done) in the next renewal."""
-        self._detail = dict(detail)
 
     def start(self) -> None:
         for thread in self._threads:
@@ -642,7 +633,7 @@ class HeldLease:
                 self._stop.wait(min(0.5, due - now))
                 continue
             try:
-                renewed = leases.renew(self.lease, detail=self._detail)
+                renewed = leases.renew(self.lease)
             except LeaseLostError as exc:
                 self._lose(str(exc))
                 return

