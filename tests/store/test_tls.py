@@ -18,8 +18,8 @@ import pytest
 from syncbridge.config import load_config
 from syncbridge.store import open_store
 
-from .conftest import new_bucket, run_cli, server_env
-from .faultproxy import FaultProxy
+from ..conftest import new_bucket, run_cli, server_env
+from ..faultproxy import FaultProxy
 
 
 def make_tls(folder: Path) -> tuple[Path, ssl.SSLContext]:

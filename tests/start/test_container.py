@@ -16,9 +16,9 @@ from dockerfile_parse import DockerfileParser
 
 from syncbridge.manifest import load_manifests, select_models
 
-from .conftest import run_cli
+from ..conftest import run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / "bin"
 EXAMPLES = ROOT / "examples"
 COMFY = EXAMPLES / "comfyui"

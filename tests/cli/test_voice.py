@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-from .conftest import new_bucket, run_cli, server_env
+from ..conftest import new_bucket, run_cli, server_env
 
 
 def test_quiet_push_prints_nothing_but_its_result(rclone_s3, tmp_path) -> None:

@@ -15,9 +15,9 @@ from syncbridge.errors import PreconditionFailedError, StoreError
 from syncbridge.demo.localserver import free_port
 from syncbridge.store import LocalStore, S3Store, check_endpoint, make_s3_client, open_store
 
-from .conftest import SECRET_KEY, new_bucket, server_env
+from ..conftest import SECRET_KEY, new_bucket, server_env
 
-PKG = Path(__file__).resolve().parents[1] / "syncbridge"
+PKG = Path(__file__).resolve().parents[2] / "syncbridge"
 
 
 @pytest.fixture(params=["rclone", "moto", "local"])
@@ -199,7 +199,7 @@ def test_check_endpoint_wants_an_http_answer(rclone_s3):
     import threading
     import time
 
-    from .faultproxy import FaultProxy, Rule
+    from ..faultproxy import FaultProxy, Rule
 
     assert check_endpoint(rclone_s3.endpoint) >= 0
     with FaultProxy(rclone_s3.endpoint) as proxy:

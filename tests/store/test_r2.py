@@ -30,8 +30,8 @@ from syncbridge.models import pull_models
 from syncbridge.store import S3Store, open_store
 from syncbridge.watch import OutputWatcher, WatchError
 
-from .conftest import assert_no_secret, new_bucket, run_cli, server_env
-from .hfserver import serve_hf
+from ..conftest import assert_no_secret, new_bucket, run_cli, server_env
+from ..hfserver import serve_hf
 
 MISTAKES = {
     "unknown-access-key": ({"R2_ACCESS_KEY": "sbNOSUCHaccesskey01"}, "R2_ACCESS_KEY",

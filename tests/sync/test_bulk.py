@@ -11,7 +11,7 @@ from syncbridge.bulk import BisyncError, bisync, bisync_workdir, pull, push
 from syncbridge.config import load_config
 from syncbridge.store import make_s3_client, open_store
 
-from .conftest import assert_no_secret, new_bucket, run_cli, server_env
+from ..conftest import assert_no_secret, new_bucket, run_cli, server_env
 
 
 def _tree(root: Path) -> dict[str, bytes]:

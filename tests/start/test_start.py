@@ -29,9 +29,9 @@ from syncbridge.demo.localserver import LocalS3
 from syncbridge.start import StartOptions, exit_status, models_line
 from syncbridge.store import Store, open_store
 
-from .conftest import assert_no_secret, new_bucket, run_cli, server_env, wait_for
+from ..conftest import assert_no_secret, new_bucket, run_cli, server_env, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / "bin"
 START_SH = ROOT / "examples" / "comfyui" / "start.sh"
 MODEL_PATH = "checkpoints/e2e.safetensors"
