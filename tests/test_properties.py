@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from syncbridge.config import SETTINGS, Config, build_config, load_config
+from syncbridge.config import SETTINGS, Config, Host, build_config, load_config
 from syncbridge.errors import ConfigError, UnsafePathError
 from syncbridge.keys import MAX_KEY_BYTES, decode_name, encode_name, join_key, key_to_relpath, relpath_to_key
 from syncbridge.rclone import find_rclone
@@ -111,7 +111,7 @@ def toml_docs(draw) -> dict:
 
 
 def _build(environ, doc, **kwargs):
-    return build_config(environ, doc, is_mount=lambda _p: False, hostname=lambda: "host", **kwargs)
+    return build_config(environ, doc, host=Host(home=str(_TMP), hostname="host", is_mount=lambda _p: False), **kwargs)
 
 
 @FAST
