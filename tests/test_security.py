@@ -161,6 +161,7 @@ def _cmdlines() -> dict[int, bytes]:
     return found
 
 
+@pytest.mark.slow
 def test_no_secret_in_any_process_argv_while_rclone_runs(secret_env, rclone_s3, tmp_path):
     """Scan every /proc/*/cmdline while rclone is slowed down mid-transfer (library and CLI)."""
     with FaultProxy(rclone_s3.endpoint) as proxy:
@@ -313,6 +314,7 @@ def test_state_directory_is_private_and_holds_no_secret(secret_env, tmp_path):
             assert_clean(path.read_bytes(), what=f"state file {path}")
 
 
+@pytest.mark.slow
 def test_symlinks_in_a_watched_folder_are_not_followed_out(rclone_s3, tmp_path):
     """Links to files and folders outside (made before start and while running), and a file swapped for a
     link while its upload is held up: nothing from outside ever reaches the bucket."""

@@ -292,6 +292,7 @@ def _slow_rclone(tmp_path: Path, rate: str = "1M") -> Path:
     return slow
 
 
+@pytest.mark.slow
 def test_progress_bar_on_a_tty_and_log_lines_otherwise(local_env, tmp_path):
     import pty
     import subprocess

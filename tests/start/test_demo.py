@@ -34,6 +34,7 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_demo_end_to_end(tmp_path: Path) -> None:
     pytest.importorskip("syncbridge.watch")
     pytest.importorskip("syncbridge.models")

@@ -403,6 +403,7 @@ def _check_pod(tmp_path: Path, env: dict[str, str], store: Store, models_dir: Pa
     assert_no_secret(log)
 
 
+@pytest.mark.slow
 def test_bin_start_end_to_end(s3: LocalS3, tmp_path: Path, procs: list[subprocess.Popen]) -> None:
     """bin/syncbridge-start with the template's env: models, folders, live outputs, SIGTERM drains in time."""
     pytest.importorskip("syncbridge.watch")

@@ -232,6 +232,7 @@ def test_rclone_log_lines_are_read_with_the_same_table() -> None:
     assert diagnose("RequestTimeTooSkewed", 403).setting == "the system clock"
 
 
+@pytest.mark.slow
 def test_watcher_kill_9_and_restart_on_r2(r2_s3, tmp_path) -> None:
     """The watcher's crash safety on R2's own answers: a `kill -9` mid-burst, a restart, every file in the
     bucket once, nothing that was already there uploaded again (the journal's ETag proof)."""

@@ -143,6 +143,7 @@ def test_invalid_utf8_name_on_the_local_bucket(local_env, tmp_path):
     assert sorted(os.listdir(os.fsencode(dst))) == [b"bad-\xff.txt", b"good.txt"]
 
 
+@pytest.mark.slow
 def test_bisync_first_run_changes_conflict_delete(env, tmp_path):
     config = load_config(env)
     local = tmp_path / "workflows"
@@ -256,6 +257,7 @@ def _ten_files(local: Path) -> None:
         (local / f"f{i}.json").write_text(str(i))
 
 
+@pytest.mark.slow
 def test_bisync_max_delete_guard_then_force(env, tmp_path):
     config = load_config(env)
     local = tmp_path / "wf"
@@ -406,6 +408,7 @@ def test_a_backslash_in_a_file_name_round_trips_through_push_the_watcher_and_pul
         assert _tree(tmp_path / f"back-{prefix}") == {name: name.encode() for name in names}
 
 
+@pytest.mark.slow
 def test_a_new_state_dir_does_not_quietly_resurrect_deleted_files(env, tmp_path):
     """Changing SYNCBRIDGE_STATE_DIR used to turn the next bisync into a resync silently: a file deleted in
     the bucket came back from the folder. Now that run is refused, naming the old state directory."""

@@ -132,6 +132,7 @@ def scene(request, tmp_path):
         yield Scene(server, tmp_path, proxy)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_recovers(scene):
     scene.seed()
     expected = scene.change_both_sides()
@@ -156,6 +157,7 @@ def test_sigkill_mid_run_then_rerun_recovers(scene):
     assert scene.store.get_bytes(f"{PREFIX}/after.txt")[0] == b"after"
 
 
+@pytest.mark.slow
 def test_cancel_mid_run_then_rerun_recovers(rclone_s3, tmp_path):
     with FaultProxy(rclone_s3.endpoint) as proxy:
         scene = Scene(rclone_s3, tmp_path, proxy)
@@ -197,6 +199,7 @@ def test_sigkill_during_first_resync_then_rerun(rclone_s3, tmp_path):
         scene.assert_converged(expected)
 
 
+@pytest.mark.slow
 def test_flaky_network_run_then_rerun_converges(rclone_s3, tmp_path):
     """Resets mid-upload and SlowDown answers: the run may fail or succeed; the rerun converges."""
     with FaultProxy(rclone_s3.endpoint) as proxy:
@@ -217,6 +220,7 @@ def test_flaky_network_run_then_rerun_converges(rclone_s3, tmp_path):
         scene.assert_converged(expected)
 
 
+@pytest.mark.slow
 def test_stale_lock_of_a_dead_process_is_cleared_but_a_live_one_is_kept(rclone_s3, tmp_path):
     with FaultProxy(rclone_s3.endpoint) as proxy:
         scene = Scene(rclone_s3, tmp_path, proxy)
@@ -241,6 +245,7 @@ def test_stale_lock_of_a_dead_process_is_cleared_but_a_live_one_is_kept(rclone_s
             holder.wait()
 
 
+@pytest.mark.slow
 def test_state_files_are_private_after_bisync(rclone_s3, tmp_path):
     with FaultProxy(rclone_s3.endpoint) as proxy:
         scene = Scene(rclone_s3, tmp_path, proxy)
