@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Any
 
-from .journal import read_summary
+from .watch.journal import read_summary
 from .watch import journal_path, read_status, run_watch
 
 

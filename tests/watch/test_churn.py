@@ -17,8 +17,8 @@ import pytest
 
 watch = pytest.importorskip("syncbridge.watch")
 
-from .faultproxy import FaultProxy, Rule  # noqa: E402
-from .test_faults_watch import PREFIX, Rig  # noqa: E402
+from ..faultproxy import FaultProxy, Rule  # noqa: E402
+from .test_faults import PREFIX, Rig  # noqa: E402
 
 CI_SECONDS = float(os.environ.get("SYNCBRIDGE_CHURN_SECONDS", "20"))
 SOAK = os.environ.get("SYNCBRIDGE_SOAK") == "1"

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from syncbridge.config import load_config
-from syncbridge.journal import read_summary
+from syncbridge.watch.journal import read_summary
 from syncbridge.localserver import free_port
 from syncbridge.store import open_store
 from syncbridge.watch import journal_path, read_status
 
-from .conftest import assert_no_secret, new_bucket, run_cli, server_env
+from ..conftest import assert_no_secret, new_bucket, run_cli, server_env
 
 
 def _start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:

@@ -30,8 +30,8 @@ from syncbridge.keys import object_key  # noqa: E402
 from syncbridge.config import load_config  # noqa: E402
 from syncbridge.store import S3Store  # noqa: E402
 
-from .conftest import new_bucket, server_env  # noqa: E402
-from .faultproxy import FaultProxy, Rule  # noqa: E402
+from ..conftest import new_bucket, server_env  # noqa: E402
+from ..faultproxy import FaultProxy, Rule  # noqa: E402
 
 PREFIX = "w"
 BURST = int(os.environ.get("SYNCBRIDGE_FAULT_BURST", "1000"))
@@ -209,7 +209,7 @@ def test_connection_resets_mid_upload_of_large_files(rig):
 
 
 def _journal_pending(rig: Rig) -> int:
-    from syncbridge.journal import read_summary
+    from syncbridge.watch.journal import read_summary
 
     summary = read_summary(watch.journal_path(rig.config.state_dir))
     return summary.pending if summary else 0

@@ -15,14 +15,14 @@ import pytest
 
 from syncbridge.keys import object_key
 from syncbridge.config import Config, load_config
-from syncbridge.inotify_watch import TreeWatcher
-from syncbridge.batching import Action
-from syncbridge.journal import Journal, read_summary
+from syncbridge.watch.inotify import TreeWatcher
+from syncbridge.watch.events import Action
+from syncbridge.watch.journal import Journal, read_summary
 from syncbridge.localserver import free_port, serve_rclone_s3
 from syncbridge.store import Store, open_store
 from syncbridge.watch import OutputWatcher, WatchError, journal_path, read_status
 
-from .conftest import ACCESS_KEY, SECRET_KEY, new_bucket, server_env, wait_for as _wait_for
+from ..conftest import ACCESS_KEY, SECRET_KEY, new_bucket, server_env, wait_for as _wait_for
 
 
 @pytest.fixture(params=["local", "rclone", "moto", "r2"])
