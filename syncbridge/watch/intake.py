@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import ALWAYS_EXCLUDED, ALWAYS_EXCLUDED_DIRS, WatchConfig
+from ..fsutil import is_network_fs, mount_fstype
 from ..keys import PathFilter
 from .events import Action, Change
-from .inotify import TreeWatcher, scan_tree
-from .journal import Journal
+from .inotify import TreeWatcher, read_mounts, scan_tree
+from .journal import FAILED, PENDING, Journal
 from .upload import uploaded_already
 
 __all__ = ["Intake", "FALLBACK_RESCAN_SECONDS"]
@@ -39,6 +40,7 @@ __all__ = ["Intake", "FALLBACK_RESCAN_SECONDS"]
 log = logging.getLogger(__name__)
 
 FALLBACK_RESCAN_SECONDS = 5.0  # unwatched subtrees (and a failed reader) are rescanned this often
+NETWORK_RESCAN_SECONDS = 60.0  # a network file system's folder is rescanned this often (other machines write)
 LEFT_OUT_KEPT = 1000  # names of files the filters left out, kept for status (the count has no cap)
 
 
@@ -73,6 +75,7 @@ class Intake:
         self.sync_requested = 0
         self.sync_done = 0
         self.rescan_every = 0.0
+        self.network_fs = False  # other machines may write (inotify cannot see that; /proc cannot tell)
         self.tree: TreeWatcher | None = None
         self.journal: Journal | None = None
         self.on_catch_up: Callable[[], None] = lambda: None  # after the first catch-up scan (the heap trim)
@@ -87,6 +90,30 @@ class Intake:
         self._scan_queue.put(("", True))
         self.scans_pending = 1
         return self.tree
+
+    def plan_rescans(self, setting: float | None) -> float:
+        """Seconds between full rescans: ``watch.rescan_seconds``, or by default none on a local
+        file system and :data:`NETWORK_RESCAN_SECONDS` on a network one."""
+        fstype = mount_fstype(str(self.directory), read_mounts()) or ""
+        self.network_fs = is_network_fs(fstype)
+        rescan = setting
+        if rescan is None:
+            rescan = NETWORK_RESCAN_SECONDS if self.network_fs else 0.0
+            if rescan:
+                log.info("%s is on a network file system (%s): rescanning every %.0fs for other machines' writes",
+                         self.directory, fstype, rescan, extra={"event": "watch.network_fs"})
+        self.rescan_every = rescan
+        return rescan
+
+    def requeue_journalled(self) -> None:
+        """The files the journal says are pending (or failed), for the next start to push first."""
+        assert self.journal is not None
+        for rel, row in self.journal.rows(states=(PENDING, FAILED)).items():
+            try:
+                st = os.lstat(self.directory / rel)
+            except OSError:
+                continue  # gone: the catch-up scan's compaction drops the row
+            self._mark_ready(rel, trust_owner=row.ino == st.st_ino, now=time.monotonic(), seen_wall=row.first_seen)
 
     def left_out_examples(self, n: int = 5) -> tuple[str, ...]:
         """The latest files the filters left out (call under the watcher's lock)."""

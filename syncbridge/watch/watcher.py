@@ -23,12 +23,11 @@ from typing import Any, Callable
 from ..config import Config
 from ..errors import StoreError, SyncBridgeError, UnsafePathError
 from ..fleet import Heartbeat
-from ..fsutil import is_network_fs, make_output_dir, mount_fstype, private_state_dir
+from ..fsutil import make_output_dir, private_state_dir
 from ..keys import render_prefix
 from ..store import Store
-from .inotify import read_mounts
 from .intake import Intake
-from .journal import FAILED, JOURNAL_NAME, Journal
+from .journal import JOURNAL_NAME, Journal
 from .notify import Notifier, PushedOutput, Webhook
 from .scheduler import FATAL_RETRY_SECONDS, Item, Outcome, Schedule
 from .status import DrainResult, StateLockedError, StatusFile, WatchStats, percentile, take_state_lock
@@ -39,7 +38,6 @@ __all__ = ["OutputWatcher", "WatchError", "run_watch"]
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "watch.lock"
-NETWORK_RESCAN_SECONDS = 60.0
 STATUS_INTERVAL = 1.0
 
 
@@ -67,7 +65,7 @@ class OutputWatcher:
             connection pool sized for ``config.watch.concurrency``).
         check_bucket: list the bucket once at :meth:`start` and raise :class:`WatchError` when it
             refuses us (``syncbridge start`` has checked it already and passes False).
-        on_pushed: called with a :class:`~syncbridge.notify.PushedOutput` for each output once
+        on_pushed: called with a :class:`~syncbridge.watch.notify.PushedOutput` for each output once
             it is in the bucket (key, size, md5, content type, latency, url), on a thread of its
             own: a slow callback never slows an upload. More with :meth:`add_listener`.
 
@@ -196,39 +194,23 @@ class OutputWatcher:
                 check_store(self._store, self._prefix)
             except StoreError as exc:
                 raise WatchError(f"cannot push to {self._store.description}: {exc}", setting=exc.setting) from exc
-        rescan = self.settings.rescan_seconds
-        if rescan is None:
-            fstype = mount_fstype(str(self.directory), read_mounts()) or ""
-            rescan = NETWORK_RESCAN_SECONDS if is_network_fs(fstype) else 0.0
-            if rescan:
-                log.info("%s is on a network file system (%s): rescanning every %.0fs for other machines' writes",
-                         self.directory, fstype, rescan, extra={"event": "watch.network_fs"})
-        self._intake.rescan_every = rescan
+        rescan = self._intake.plan_rescans(self.settings.rescan_seconds)
         webhook = None
         if self.settings.webhook_url:
             webhook = Webhook(self.settings.webhook_url, pod_id=self.config.pod_id)
         if webhook is not None or self._listeners:
             self._notifier = Notifier(self._listeners, webhook)
-        # /proc tells who writes a file, except on a network file system (another machine may).
-        local_fs = not is_network_fs(mount_fstype(str(self.directory), read_mounts()) or "")
         self._uploader = Uploader(store=self._store, journal=self._journal, directory=self.directory,
                                   settings=self.settings, origin=self.origin, prefix=self._current_prefix,
                                   finished=FinishCheck(self.directory, quiet_seconds=self.settings.quiet_seconds,
-                                                       local_fs=local_fs),
+                                                       local_fs=not self._intake.network_fs),
                                   presign=self._notifier is not None, on_collision=self._count_collision,
                                   fatal_retry_seconds=self.fatal_retry_seconds, rand=self._rand)
         self._started_at = time.time()
         tree = self._intake.open(self._journal)  # watches first, then the catch-up scan: nothing falls in between
         self._schedule.accepting = True
         self._state = "running"
-        # Files the journal says are pending (or failed) first: they are the oldest.
-        rows = self._journal.rows(states=("pending", FAILED))
-        for rel, row in rows.items():
-            try:
-                st = os.lstat(self.directory / rel)
-            except OSError:
-                continue  # gone: the catch-up scan's compaction drops the row
-            self._mark_ready(rel, trust_owner=row.ino == st.st_ino, now=time.monotonic(), seen_wall=row.first_seen)
+        self._intake.requeue_journalled()  # the oldest: before the catch-up scan's files
         workers = self._schedule.concurrency
         targets = [("reader", self._intake.reader_loop), ("scanner", self._intake.scanner_loop),
                    ("dispatcher", self._dispatch_loop), ("maintainer", self._maintain_loop)]

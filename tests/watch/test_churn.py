@@ -134,6 +134,7 @@ def churn(rig: Rig, seconds: float, capsys, *, seed: int) -> None:
     assert not problems, f"{len(problems)} differences, e.g. {problems[:10]}"
 
 
+@pytest.mark.slow
 def test_churn(rclone_s3, tmp_path, capsys):
     rig = Rig(rclone_s3, tmp_path, None)
     churn(rig, CI_SECONDS, capsys, seed=1)

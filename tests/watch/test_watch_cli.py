@@ -236,6 +236,7 @@ def _can_limit_watches() -> bool:
     return probe.returncode == 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _can_limit_watches(), reason="needs unshare -Ur to lower the inotify watch limit")
 def test_watch_limit_is_loud_and_falls_back_to_rescans(tmp_path: Path, local_env: dict[str, str]) -> None:
     """A real ENOSPC from the kernel: the watcher runs in a user namespace whose watch limit is 3."""
