@@ -38,7 +38,7 @@ _EXPORTS = {
     "StoreError": "errors",
     "open_store": "store",
     "OutputWatcher": "watch",
-    "PushedOutput": "notify",
+    "PushedOutput": "watch.notify",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from .common import add_common
-from ..journal import read_summary
+from ..watch.journal import read_summary
 from ..watch import journal_path, read_status, run_watch
 
 

@@ -34,24 +34,15 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
-import attrs
 from inotify_simple import INotify
 
-from .batching import WATCH_MASK, Action, classify
+from .events import WATCH_MASK, Action, Change, classify
 
 __all__ = ["TreeWatcher", "Change", "scan_tree", "read_mounts", "max_user_watches", "watch_limit_message"]
 
 log = logging.getLogger(__name__)
 
 MAX_WATCHES_FILE = "/proc/sys/fs/inotify/max_user_watches"
-
-
-@attrs.frozen
-class Change:
-    """One thing that happened below the root: ``rel`` is relative to it ("" for the root)."""
-
-    action: Action
-    rel: str
 
 
 def max_user_watches() -> int | None:

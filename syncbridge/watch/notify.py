@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from .retry import backoff_delay
+from ..retry import backoff_delay
 
 __all__ = ["PushedOutput", "Notifier", "Webhook", "BATCH_MAX"]
 

@@ -1,11 +1,11 @@
-"""Pure decisions of the output watcher: no clocks, threads, sockets or inotify here.
+"""What an inotify event means, and how ready files are gathered: pure, no clocks, threads or inotify here.
 
+* :func:`classify`: an inotify event mask to what the watcher should do (an :class:`Action`);
+  :class:`Change` is one such event with its path relative to the watched folder.
 * :class:`DeadlineBatcher`: gathers ready paths until a deadline fixed at the
   **first** event (``first + delay``), with caps that flush at once; later
   events never push the deadline back (a job writing a file every 0.5 s with a
   1 s delay still sees every file within 1 s).
-* :func:`classify`: an inotify event mask to what the watcher should do.
-* :func:`percentile`: the latency figures of ``status``.
 
 The inotify flag values are the kernel's ABI (``<sys/inotify.h>``); they are
 spelled out here so this module does not import ``inotify_simple``.
@@ -14,15 +14,16 @@ spelled out here so this module does not import ``inotify_simple``.
 from __future__ import annotations
 
 import enum
-import math
-from typing import Generic, Hashable, Iterable, Sequence, TypeVar
+from typing import Generic, Hashable, TypeVar
+
+import attrs
 
 
 __all__ = [
     "IN_ACCESS", "IN_MODIFY", "IN_ATTRIB", "IN_CLOSE_WRITE", "IN_MOVED_FROM", "IN_MOVED_TO", "IN_CREATE",
     "IN_DELETE", "IN_DELETE_SELF", "IN_MOVE_SELF", "IN_UNMOUNT", "IN_Q_OVERFLOW", "IN_IGNORED", "IN_ISDIR",
     "IN_ONLYDIR", "IN_DONT_FOLLOW", "IN_EXCL_UNLINK", "WATCH_MASK",
-    "Action", "classify", "DeadlineBatcher", "percentile",
+    "Action", "Change", "classify", "DeadlineBatcher",
 ]
 
 IN_ACCESS = 0x00000001
@@ -61,6 +62,14 @@ class Action(enum.Enum):
     RESCAN = "rescan"        # the kernel dropped events (IN_Q_OVERFLOW): scan everything
     FORGET_WD = "forget_wd"  # the kernel removed a watch (IN_IGNORED)
     IGNORE = "ignore"
+
+
+@attrs.frozen
+class Change:
+    """One thing that happened below the root: ``rel`` is relative to it ("" for the root)."""
+
+    action: Action
+    rel: str
 
 
 def classify(mask: int) -> Action:
@@ -138,11 +147,3 @@ class DeadlineBatcher(Generic[T]):
         self._first = None
         return items
 
-
-def percentile(values: Sequence[float] | Iterable[float], q: float) -> float | None:
-    """The ``q`` quantile (0..1, nearest rank) of ``values``; ``None`` when empty."""
-    data = sorted(values)
-    if not data:
-        return None
-    rank = max(1, math.ceil(q * len(data)))
-    return data[min(rank, len(data)) - 1]

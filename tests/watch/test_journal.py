@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from syncbridge.journal import DONE, FAILED, PENDING, Journal, read_summary
+from syncbridge.watch.journal import DONE, FAILED, PENDING, Journal, read_summary
 
 
 def _mode(path: Path) -> int:
@@ -21,7 +21,7 @@ def test_rows_survive_a_killed_process_and_files_are_private(tmp_path: Path) -> 
     # A child process writes and is killed with SIGKILL without closing anything.
     code = (
         "import os, sys\n"
-        "from syncbridge.journal import Journal\n"
+        "from syncbridge.watch.journal import Journal\n"
         f"j = Journal({str(db)!r}, root='/out', template='outputs')\n"
         "j.mark_pending([('a.png', 1.0), ('b.png', 2.0)])\n"
         "j.mark_done('a.png', key='outputs/a.png', size=3, mtime_ns=5, ino=7, etag='e1')\n"

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from syncbridge.config import load_config
-from syncbridge.journal import read_summary
+from syncbridge.watch.journal import read_summary
 from syncbridge.demo.localserver import free_port
 from syncbridge.store import open_store
 from syncbridge.watch import journal_path, read_status
 
-from .conftest import assert_no_secret, new_bucket, run_cli, server_env
+from ..conftest import assert_no_secret, new_bucket, run_cli, server_env
 
 
 def _start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
@@ -236,6 +236,7 @@ def _can_limit_watches() -> bool:
     return probe.returncode == 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _can_limit_watches(), reason="needs unshare -Ur to lower the inotify watch limit")
 def test_watch_limit_is_loud_and_falls_back_to_rescans(tmp_path: Path, local_env: dict[str, str]) -> None:
     """A real ENOSPC from the kernel: the watcher runs in a user namespace whose watch limit is 3."""

@@ -15,14 +15,14 @@ import pytest
 
 from syncbridge.keys import object_key
 from syncbridge.config import Config, load_config
-from syncbridge.inotify_watch import TreeWatcher
-from syncbridge.batching import Action
-from syncbridge.journal import Journal, read_summary
+from syncbridge.watch.inotify import TreeWatcher
+from syncbridge.watch.events import Action
+from syncbridge.watch.journal import Journal, read_summary
 from syncbridge.demo.localserver import free_port, serve_rclone_s3
 from syncbridge.store import Store, open_store
 from syncbridge.watch import OutputWatcher, WatchError, journal_path, read_status
 
-from .conftest import ACCESS_KEY, SECRET_KEY, new_bucket, server_env, wait_for as _wait_for
+from ..conftest import ACCESS_KEY, SECRET_KEY, new_bucket, server_env, wait_for as _wait_for
 
 
 @pytest.fixture(params=["local", "rclone", "moto", "r2"])
@@ -203,6 +203,7 @@ def test_someone_elses_object_is_never_overwritten(backend: dict[str, str], capl
     store.close()
 
 
+@pytest.mark.slow
 def test_burst_of_2000_files(rclone_s3, tmp_path: Path) -> None:
     env = server_env(rclone_s3, new_bucket(rclone_s3), tmp_path)
     config = _config(env)
@@ -241,6 +242,7 @@ def test_burst_of_2000_files(rclone_s3, tmp_path: Path) -> None:
         assert etags[f"outputs/{rel}"] == hashlib.md5(data).hexdigest()
 
 
+@pytest.mark.slow
 def test_server_down_for_10s_mid_burst_loses_nothing(tmp_path: Path, caplog) -> None:
     port = free_port()
     root = tmp_path / "server"
@@ -278,6 +280,7 @@ def test_server_down_for_10s_mid_burst_loses_nothing(tmp_path: Path, caplog) -> 
     assert any(getattr(r, "event", "") == "watch.store_back" for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_fatal_errors_are_loud_kept_and_the_watcher_keeps_running(rclone_s3, tmp_path: Path, caplog) -> None:
     bucket = f"sb-missing-{os.getpid()}-{int(time.time() * 1000) % 100000}"
     config = _config(server_env(rclone_s3, bucket, tmp_path))

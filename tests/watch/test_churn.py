@@ -17,8 +17,8 @@ import pytest
 
 watch = pytest.importorskip("syncbridge.watch")
 
-from .faultproxy import FaultProxy, Rule  # noqa: E402
-from .test_faults_watch import PREFIX, Rig  # noqa: E402
+from ..faultproxy import FaultProxy, Rule  # noqa: E402
+from .test_faults import PREFIX, Rig  # noqa: E402
 
 CI_SECONDS = float(os.environ.get("SYNCBRIDGE_CHURN_SECONDS", "20"))
 SOAK = os.environ.get("SYNCBRIDGE_SOAK") == "1"
@@ -134,6 +134,7 @@ def churn(rig: Rig, seconds: float, capsys, *, seed: int) -> None:
     assert not problems, f"{len(problems)} differences, e.g. {problems[:10]}"
 
 
+@pytest.mark.slow
 def test_churn(rclone_s3, tmp_path, capsys):
     rig = Rig(rclone_s3, tmp_path, None)
     churn(rig, CI_SECONDS, capsys, seed=1)

@@ -1,4 +1,5 @@
-"""The watcher's pure decisions: deadline batching, event classification, backoff, keys, mounts."""
+"""The watcher's pure pieces: event classification, deadline batching, the latency percentile, and the
+shared helpers it relies on (backoff, keys, mounts)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import random
 
 import pytest
 
-from syncbridge import batching as b
-from syncbridge.batching import Action, DeadlineBatcher, classify, percentile
+from syncbridge.watch import events as b
+from syncbridge.watch.events import Action, DeadlineBatcher, classify
+from syncbridge.watch.status import percentile
 from syncbridge.fsutil import is_network_fs, mount_fstype
 from syncbridge.keys import object_key, safe_text, sibling_key
 from syncbridge.retry import backoff_delay

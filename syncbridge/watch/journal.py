@@ -31,7 +31,7 @@ from typing import Iterable, Iterator
 
 import attrs
 
-from .fsutil import ensure_private_dir
+from ..fsutil import ensure_private_dir
 
 __all__ = ["Journal", "Row", "JournalSummary", "read_summary", "JOURNAL_NAME", "PENDING", "DONE", "FAILED"]
 

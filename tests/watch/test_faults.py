@@ -1,4 +1,5 @@
-"""The output watcher under faults injected by the loopback proxy.
+"""The output watcher under faults injected by the loopback proxy (tests/faultproxy.py): answers a real
+S3 server cannot be made to give (503 SlowDown, 500, a hung PUT), outages, resets, SIGTERM and SIGKILL.
 
 Each scenario ends by comparing the folder with the bucket: every file present is in
 the bucket under its key with identical bytes (ETag = MD5 for single-part uploads on
@@ -30,8 +31,8 @@ from syncbridge.keys import object_key  # noqa: E402
 from syncbridge.config import load_config  # noqa: E402
 from syncbridge.store import S3Store  # noqa: E402
 
-from .conftest import new_bucket, server_env  # noqa: E402
-from .faultproxy import FaultProxy, Rule  # noqa: E402
+from ..conftest import new_bucket, server_env  # noqa: E402
+from ..faultproxy import FaultProxy, Rule  # noqa: E402
 
 PREFIX = "w"
 BURST = int(os.environ.get("SYNCBRIDGE_FAULT_BURST", "1000"))
@@ -138,6 +139,10 @@ def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
     return predicate()
 
 
+def wait_status(rig: Rig, predicate, timeout: float) -> bool:
+    return wait_for(lambda: predicate(watch.read_status(rig.config.state_dir) or {}), timeout)
+
+
 @pytest.fixture
 def rig(rclone_s3, tmp_path):
     with FaultProxy(rclone_s3.endpoint) as proxy:
@@ -146,6 +151,7 @@ def rig(rclone_s3, tmp_path):
 
 # -- scenarios ---------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_server_down_during_a_burst(rig, capsys):
     """The server goes away for OUTAGE seconds while BURST files are written; all arrive afterwards."""
     rng = random.Random(7)
@@ -194,6 +200,7 @@ def test_one_put_in_five_answered_503(any_rig):
     assert not problems, problems[:10]
 
 
+@pytest.mark.slow
 def test_connection_resets_mid_upload_of_large_files(rig):
     rig.proxy.add(Rule("reset", method="PUT", path=f"/{PREFIX}/", phase="request", fraction=0.5, times=2),
                   Rule("reset", method="PUT", path=f"/{PREFIX}/", phase="request", fraction=0.95, times=1),
@@ -208,8 +215,52 @@ def test_connection_resets_mid_upload_of_large_files(rig):
     assert not problems, problems
 
 
+def test_slowdown_and_5xx_are_retried_until_everything_lands(rclone_s3, tmp_path):
+    with FaultProxy(rclone_s3.endpoint) as proxy:
+        rig = Rig(rclone_s3, tmp_path, proxy, SYNCBRIDGE_HEARTBEAT_SECONDS="30")
+        # the first six PUTs fail, in this order (the heartbeat may take some)
+        for status, code, times in ((503, "SlowDown", 1), (429, "SlowDown", 1), (500, "InternalError", 1),
+                                    (503, "SlowDown", 2), (500, "InternalError", 1)):
+            proxy.add(Rule("error", method="PUT", status=status, code=code, times=times))
+        with watch.OutputWatcher(rig.config, directory=rig.out, prefix=PREFIX) as watcher:
+            for i in range(10):
+                write_file(rig.out / f"f{i}.png", b"%d" % i * 100)
+            assert watcher.wait_idle(60), watcher.stats()
+            stats = watcher.stats()
+        assert proxy.count("error") == 6
+        assert stats.retries >= 4 and stats.failed == 0 and stats.uploaded == 10
+        assert "SlowDown" in (stats.last_error or "") or "InternalError" in (stats.last_error or "")
+        assert not rig.differences() and len(rig.objects()) == 10
+
+
+def test_sigterm_with_hung_uploads_exits_within_the_drain_deadline(rclone_s3, tmp_path):
+    """A spot pod's 5 s: PUTs that never answer must not hold the process past the deadline."""
+    with FaultProxy(rclone_s3.endpoint) as proxy:
+        rig = Rig(rclone_s3, tmp_path, proxy, SYNCBRIDGE_DRAIN_SECONDS="1.5", SYNCBRIDGE_HEARTBEAT_SECONDS="30")
+        proxy.add(Rule("stall", method="PUT", seconds=120))
+        proc = rig.start_cli(tmp_path / "watch.log")
+        try:
+            assert wait_status(rig, lambda s: s.get("catch_up_done"), 60) and proc.poll() is None
+            for i in range(20):
+                write_file(rig.out / f"h{i}.png", b"%d" % i)
+            # accepted, stuck in flight
+            assert wait_status(rig, lambda s: proxy.count("stall") >= 2 and s.get("pending") == 20, 30)
+            proc.send_signal(signal.SIGTERM)
+            t0 = time.monotonic()
+            proc.wait(timeout=30)
+            elapsed = time.monotonic() - t0
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log = (tmp_path / "watch.log").read_text(errors="replace")
+        assert elapsed < 1.5 + 2.5, f"exit took {elapsed:.1f}s after SIGTERM"
+        assert proc.returncode == 1 and "NOT everything pushed" in log and "20 pending" in log, log[-2000:]
+        assert _journal_pending(rig) == 20
+
+
 def _journal_pending(rig: Rig) -> int:
-    from syncbridge.journal import read_summary
+    from syncbridge.watch.journal import read_summary
 
     summary = read_summary(watch.journal_path(rig.config.state_dir))
     return summary.pending if summary else 0
@@ -258,6 +309,7 @@ def test_sigterm_during_a_retry_storm(rig, tmp_path, storm_ends):
     assert _journal_pending(rig) == 0
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_then_restart(rig, tmp_path, capsys):
     """KILL_RUNS runs of `syncbridge watch`, each killed with SIGKILL at a random moment while files are
     written (some rewritten); then one clean run: everything is in the bucket with the newest bytes."""

@@ -39,8 +39,8 @@ from syncbridge.mediatypes import content_type
 from syncbridge.store import S3Store, open_store
 from syncbridge.watch import OutputWatcher
 
-from .conftest import new_bucket, server_env, wait_for
-from .faultproxy import FaultProxy
+from ..conftest import new_bucket, server_env, wait_for
+from ..faultproxy import FaultProxy
 
 rng = random.Random(13)
 
@@ -379,6 +379,7 @@ def _with_webhook(server: LocalS3, tmp_path: Path) -> tuple[Receiver, Config, Pa
     return receiver, config, config.watch.dir
 
 
+@pytest.mark.slow
 def test_webhook_down_for_10s_during_a_300_file_burst_notifies_every_output(moto_s3: LocalS3, tmp_path: Path,
                                                                             caplog) -> None:
     """At least once per output, each with its key; every output in the bucket all the same; the
@@ -524,19 +525,20 @@ def test_quiet_is_measured_on_this_machines_clock(moto_s3: LocalS3, tmp_path: Pa
     """Where /proc cannot tell (a network file system), a scan-found file is finished once its stat has not
     changed for quiet_seconds by this machine's clock, even with an mtime in the future (another clock)."""
     config = _config({**server_env(moto_s3, new_bucket(moto_s3), tmp_path), "SYNCBRIDGE_WATCH_QUIET_SECONDS": "0.3"})
-    watcher = OutputWatcher(config)
-    watcher._local_fs = False  # as on NFS/MooseFS: no /proc look
+    from syncbridge.watch.scheduler import Item
+    from syncbridge.watch.upload import FinishCheck
+
+    # local_fs=False: as on NFS/MooseFS, no /proc look
+    check = FinishCheck(tmp_path, quiet_seconds=config.watch.quiet_seconds, local_fs=False)
     path = tmp_path / "f.bin"
     path.write_bytes(b"x")
     future = time.time() + 3600
     os.utime(path, (future, future))
-    from syncbridge.watch import _Item
-
-    item = _Item("f.bin", time.time(), time.monotonic(), False)
-    first = watcher._unfinished_for(item, path, os.lstat(path))
-    assert 0.25 < first <= 0.31
-    time.sleep(0.35)
-    assert watcher._unfinished_for(item, path, os.lstat(path)) == 0.0  # unchanged for the quiet time
+    item = Item("f.bin", time.time(), time.monotonic(), False)
+    first = check.wait_for(item, path, os.lstat(path))
+    assert 0.25 < first <= 0.31  # the future mtime says nothing: the quiet starts on this machine's clock
+    item.quiet_since -= 0.35  # as if 0.35 s passed (the quiet itself: tests/watch/test_scheduler.py)
+    assert check.wait_for(item, path, os.lstat(path)) == 0.0  # unchanged for the quiet time
     path.write_bytes(b"xy")  # changed: the quiet starts again
     os.utime(path, (future + 1, future + 1))
-    assert watcher._unfinished_for(item, path, os.lstat(path)) > 0.25
+    assert check.wait_for(item, path, os.lstat(path)) > 0.25
