@@ -35,7 +35,7 @@ import attrs
 from ..retry import backoff_delay
 from .events import DeadlineBatcher
 
-__all__ = ["Schedule", "Item", "Outcome", "Note", "quiet_left", "quiet_by_mtime", "SETTLE_SECONDS",
+__all__ = ["Schedule", "Item", "Outcome", "Note", "Unfinished", "quiet_left", "quiet_by_mtime", "SETTLE_SECONDS",
            "MAX_SETTLE_SECONDS", "KEY_SPACING_SECONDS", "STORE_PROBE_MAX_SECONDS", "FATAL_RETRY_SECONDS"]
 
 FATAL_RETRY_SECONDS = 300.0
@@ -63,7 +63,7 @@ class Outcome(enum.Enum):
     GONE = "gone"              # deleted, or no longer a regular file
     RETRY = "retry"            # a retryable error (its text)
     FATAL = "fatal"            # no retry fixes it (its text)
-    UNFINISHED = "unfinished"  # found by a scan while still being written (seconds to wait)
+    UNFINISHED = "unfinished"  # found by a scan, not known to be finished yet (detail: :class:`Unfinished`)
 
 
 class Pushed(Protocol):
@@ -101,6 +101,20 @@ class Note:
     message: str
     args: tuple[Any, ...]
     extra: dict[str, str]
+
+
+@attrs.frozen
+class Unfinished:
+    """Why a file a scan found is not pushed yet, and for how long.
+
+    ``writing``: a process has it open for writing (seen in /proc): a drain does not wait for it,
+    it stays in the journal rather than going out as a prefix of itself. Otherwise the file only
+    waits for evidence (the next look at /proc, or its quiet time where /proc cannot tell), and a
+    drain waits for that too: a file written just before the stop is pushed, not left behind.
+    """
+
+    seconds: float
+    writing: bool = False
 
 
 def quiet_by_mtime(mtime: float, *, wall: float, quiet: float) -> bool:
@@ -177,11 +191,11 @@ class Schedule:
             item.closed = item.closed or closed
             return False
         item = self.waiting.get(rel)
-        if item is not None and item.why not in ("settle", "quiet"):
+        if item is not None and item.why not in ("settle", "quiet", "writing"):
             item.event_mono = now  # in a retry backoff, or spacing writes to one key: keep waiting
             item.closed = item.closed or closed
             return False
-        if item is not None and item.why == "quiet" and not closed:
+        if item is not None and item.why in ("quiet", "writing") and not closed:
             return False  # a scan found it again: it still waits to be quiet
         item = self.waiting.pop(rel, None) or self.failed.pop(rel, None)
         if item is not None:  # a new event cuts a settle or quiet wait, or a fatal error's wait, short
@@ -341,8 +355,10 @@ class Schedule:
                 item.not_before = 0.0
                 self.ready[item.rel] = item
         elif outcome is Outcome.UNFINISHED:
-            # Found by a scan while a job writes it: its close event (or quiet) says when it is done.
-            self._wait(item, now + detail, why="quiet")
+            # Found by a scan and maybe still being written: its close event, the next look at /proc
+            # or its quiet time says when it is done.
+            wait = min(detail.seconds, DRAIN_WAIT_MAX) if self.draining and not detail.writing else detail.seconds
+            self._wait(item, now + wait, why="writing" if detail.writing else "quiet")
         elif outcome is Outcome.CHANGED:
             item.closed = False  # written again since its close: finished at its next close, or quiet
             # Still being written (found by a scan while a job writes it): wait longer each
@@ -384,9 +400,10 @@ class Schedule:
 
     @property
     def drain_busy(self) -> bool:
-        """Whether a drain still has work. A file still being written (found by a scan, not closed) is
-        not waited for: it stays pending in the journal rather than going out as a prefix of itself."""
-        return bool(self.ready or self.inflight or any(i.why != "quiet" for i in self.waiting.values()))
+        """Whether a drain still has work. A file a process still has open for writing is not waited
+        for: it stays pending in the journal rather than going out as a prefix of itself. A file a
+        scan found that only waits for the evidence that it is finished is waited for."""
+        return bool(self.ready or self.inflight or any(i.why != "writing" for i in self.waiting.values()))
 
     def left(self) -> dict[str, Item]:
         """The files not pushed (failed ones apart)."""
@@ -406,4 +423,4 @@ class Schedule:
     @property
     def waiting_to_finish(self) -> int:
         """Files found by a scan, waiting for their close or to be quiet."""
-        return sum(1 for i in self.waiting.values() if i.why == "quiet")
+        return sum(1 for i in self.waiting.values() if i.why in ("quiet", "writing"))

@@ -39,7 +39,7 @@ from ..mediatypes import content_type
 from ..store import LocalStore, ObjectInfo, PutHeaders, S3Store, Store
 from .journal import DONE, Journal, Row
 from .notify import PushedOutput
-from .scheduler import Item, Outcome, quiet_by_mtime, quiet_left
+from .scheduler import Item, Outcome, Unfinished, quiet_by_mtime, quiet_left
 
 __all__ = ["Uploader", "FinishCheck", "uploaded_already", "open_store", "check_store", "ORIGIN_META", "INMEMORY_MAX"]
 
@@ -129,9 +129,9 @@ class FinishCheck:
         self._writers: tuple[float, float, set[str] | None] = (-1e9, 0.0, None)
         self._lock = threading.Lock()
 
-    def wait_for(self, item: Item, path: Path, st: os.stat_result) -> float:
+    def wait_for(self, item: Item, path: Path, st: os.stat_result) -> Unfinished:
         if quiet_by_mtime(st.st_mtime, wall=time.time(), quiet=self.quiet):
-            return 0.0  # changed long enough ago (and not in the future: another machine's clock)
+            return Unfinished(0.0)  # changed long enough ago (and not in the future: another machine's clock)
         if self.local_fs:
             now = time.monotonic()
             wall = time.time()
@@ -145,9 +145,9 @@ class FinishCheck:
                 if taken_wall <= st.st_mtime + 0.02:
                     # This look is older than the file's last change and may miss its writer: ask the
                     # next one (at most WRITERS_TTL away; one look serves a whole burst of files).
-                    return max(0.01, taken + WRITERS_TTL - now)
-                return self.quiet if str(path) in writers else 0.0
-        return quiet_left(item, _sig(st), now=time.monotonic(), quiet=self.quiet)
+                    return Unfinished(max(0.01, taken + WRITERS_TTL - now))
+                return Unfinished(self.quiet, writing=True) if str(path) in writers else Unfinished(0.0)
+        return Unfinished(quiet_left(item, _sig(st), now=time.monotonic(), quiet=self.quiet))
 
 
 class Uploader:
@@ -199,7 +199,7 @@ class Uploader:
             return Outcome.SKIPPED, None
         if not item.closed:
             wait = self._finished.wait_for(item, path, before)
-            if wait > 0:
+            if wait.seconds > 0:
                 return Outcome.UNFINISHED, wait
         owned = bool(item.trust_owner and row is not None and row.etag and row.key)
         try:

@@ -13,7 +13,8 @@ import attrs
 import pytest
 
 from syncbridge.watch.scheduler import (KEY_SPACING_SECONDS, MAX_SETTLE_SECONDS, SETTLE_SECONDS,
-                                        STORE_PROBE_MAX_SECONDS, Item, Outcome, Schedule, quiet_by_mtime, quiet_left)
+                                        STORE_PROBE_MAX_SECONDS, Item, Outcome, Schedule, Unfinished, quiet_by_mtime,
+                                        quiet_left)
 
 T0 = 1000.0  # a monotonic clock far from zero, as on a real machine
 
@@ -131,7 +132,7 @@ def test_unfinished_waits_for_quiet_and_a_scan_does_not_cut_it_short() -> None:
     s = schedule()
     ready(s, "f.bin", T0, closed=False)
     [rel] = due(s, T0)
-    s.finish(s.inflight[rel], Outcome.UNFINISHED, 2.0, now=T0)
+    s.finish(s.inflight[rel], Outcome.UNFINISHED, Unfinished(2.0), now=T0)
     assert s.waiting_to_finish == 1 and s.waiting["f.bin"].why == "quiet"
     assert not ready(s, "f.bin", T0 + 0.5, closed=False)  # a rescan found it again: it still waits
     assert due(s, T0 + 1.9) == []
@@ -211,24 +212,47 @@ def test_gone_forgets_the_file_unless_it_is_in_flight() -> None:
 
 def test_drain_makes_everything_due_except_files_still_being_written() -> None:
     s = schedule()
-    ready(s, "quiet", T0, closed=False)
+    ready(s, "writing", T0, closed=False)
     [rel] = due(s, T0)
-    s.finish(s.inflight[rel], Outcome.UNFINISHED, 2.0, now=T0)
+    s.finish(s.inflight[rel], Outcome.UNFINISHED, Unfinished(2.0, writing=True), now=T0)
     ready(s, "retry", T0)
     [rel] = due(s, T0)
     s.finish(s.inflight[rel], Outcome.RETRY, "503", now=T0)
     s.begin_drain()
-    assert list(s.ready) == ["quiet", "retry"] and not s.waiting and s.gate_until == 0.0 and s.drain_busy
-    assert due(s, T0) == ["quiet"]  # the store failed last: one probe at a time, even now
-    s.finish(s.inflight["quiet"], Outcome.UNFINISHED, 2.0, now=T0)
+    assert list(s.ready) == ["writing", "retry"] and not s.waiting and s.gate_until == 0.0 and s.drain_busy
+    assert due(s, T0) == ["writing"]  # the store failed last: one probe at a time, even now
+    s.finish(s.inflight["writing"], Outcome.UNFINISHED, Unfinished(2.0, writing=True), now=T0)
     assert due(s, T0) == ["retry"]
     s.finish(s.inflight["retry"], Outcome.RETRY, "503", now=T0)
     # while draining, no wait is longer than a moment
     assert s.waiting["retry"].not_before - T0 <= 0.2 + 1e-9 and s.gate_until - T0 <= 0.2 + 1e-9
     assert due(s, T0 + 0.2) == ["retry"]
     s.finish(s.inflight["retry"], Outcome.PUSHED, Pushed(), now=T0 + 0.2)
-    assert not s.drain_busy  # only the unfinished file is left: it is journalled, not waited for
-    assert set(s.left()) == {"quiet"}
+    assert not s.drain_busy  # only the file a process still writes is left: journalled, not waited for
+    assert set(s.left()) == {"writing"}
+
+
+def test_drain_waits_for_a_scanned_file_that_only_lacks_evidence_of_its_end() -> None:
+    """A file written into a new folder just before the stop is found by a scan, with no close event
+    seen. Unless a process still has it open, the drain waits for the next look and pushes it (it
+    used to end without it, leaving the file in the journal until the next start)."""
+    s = schedule()
+    ready(s, "new/img.png", T0, closed=False)
+    [rel] = due(s, T0)
+    s.finish(s.inflight[rel], Outcome.UNFINISHED, Unfinished(2.0), now=T0)  # quiet time, no /proc answer
+    assert s.waiting[rel].why == "quiet" and s.waiting[rel].not_before == T0 + 2.0
+    s.begin_drain()
+    assert due(s, T0) == [rel]
+    s.finish(s.inflight[rel], Outcome.UNFINISHED, Unfinished(0.05), now=T0)  # the next /proc look is due
+    assert s.drain_busy and s.waiting[rel].not_before == pytest.approx(T0 + 0.05)
+    assert due(s, T0 + 0.05) == [rel]
+    s.finish(s.inflight[rel], Outcome.PUSHED, Pushed(), now=T0 + 0.05)
+    assert not s.drain_busy and not s.left()
+    # and while draining a quiet time is cut to a moment: the drain's deadline bounds the rest
+    ready(s, "late.png", T0 + 0.1, closed=False)
+    [rel] = due(s, T0 + 0.1)
+    s.finish(s.inflight[rel], Outcome.UNFINISHED, Unfinished(2.0), now=T0 + 0.1)
+    assert s.drain_busy and s.waiting[rel].not_before - (T0 + 0.1) <= 0.2 + 1e-9
 
 
 def test_drain_sends_a_batch_before_its_deadline() -> None:

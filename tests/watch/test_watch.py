@@ -7,6 +7,8 @@ import logging
 import os
 import random
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -327,6 +329,50 @@ def test_context_manager_drains_on_exit(tmp_path: Path, local_env: dict[str, str
     status = read_status(config.state_dir)
     assert status is not None and status["running"] is False and status["uploaded"] == 200
     assert oct(os.stat(config.state_dir / "watch" / "status.json").st_mode & 0o777) == "0o600"
+
+
+def test_a_file_in_a_new_folder_just_before_the_stop_is_pushed(tmp_path: Path, local_env: dict[str, str]) -> None:
+    """The last files of a job often go into a folder made for them a moment before the block ends; the
+    watcher finds them by a scan (no close event seen) and used to end its drain without them, leaving
+    them in the journal (a spot pod's last outputs lost until a next start that may never come)."""
+    config = _config(local_env)
+    out = config.watch.dir
+    for round_ in range(5):
+        watcher = OutputWatcher(config)
+        watcher.start()
+        _write(out / f"job{round_}/deep/er/last.png", b"png %d" % round_)
+        _write(out / f"job{round_}/top.png", b"top %d" % round_)
+        result = watcher.stop()
+        assert result.ok and result.pending == 0, result
+        got = _objects(config)
+        assert got.get(f"outputs/job{round_}/deep/er/last.png") == b"png %d" % round_, sorted(got)
+        assert got.get(f"outputs/job{round_}/top.png") == b"top %d" % round_
+
+
+def test_a_file_a_process_still_writes_at_the_stop_stays_in_the_journal(tmp_path: Path,
+                                                                         local_env: dict[str, str]) -> None:
+    """The other side of that rule: a file another process still has open is not pushed as a prefix of
+    itself at the stop; it stays pending in the journal, and the next start pushes it whole."""
+    config = _config(local_env)
+    out = config.watch.dir
+    target = out / "new" / "video.mp4"
+    target.parent.mkdir(parents=True)
+    writer = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
+                               "f = open(sys.argv[1], 'wb'); f.write(b'head'); f.flush()\n"
+                               "sys.stdin.readline(); f.write(b'tail'); f.close()", str(target)],
+                              stdin=subprocess.PIPE)
+    try:
+        _wait_for(lambda: target.exists() and target.stat().st_size == 4, 10, "the first bytes")
+        watcher = OutputWatcher(config)
+        watcher.start()  # its start-up scan finds the file, with no close event to say it is finished
+        result = watcher.stop()
+        assert "outputs/new/video.mp4" not in _objects(config)
+        assert result.pending == 1 and not result.ok
+    finally:
+        writer.communicate(b"\n", timeout=10)
+    with OutputWatcher(config):
+        pass
+    assert _objects(config)["outputs/new/video.mp4"] == b"headtail"
 
 
 def test_batch_delay_is_a_deadline_not_a_debounce(tmp_path: Path, local_env: dict[str, str]) -> None:
