@@ -24,12 +24,12 @@ import pytest
 models = pytest.importorskip("syncbridge.models")
 
 from syncbridge.config import load_config  # noqa: E402
-from syncbridge.sources import default_sources  # noqa: E402
+from syncbridge.models.sources import default_sources  # noqa: E402
 from syncbridge.store import S3Store, open_store  # noqa: E402
 
-from .conftest import HF_TOKEN, new_bucket, server_env  # noqa: E402
-from .faultproxy import FaultProxy, Rule  # noqa: E402
-from .hfserver import serve_hf  # noqa: E402
+from ..conftest import HF_TOKEN, new_bucket, server_env  # noqa: E402
+from ..faultproxy import FaultProxy, Rule  # noqa: E402
+from ..hfserver import serve_hf  # noqa: E402
 
 MODEL_MB = int(os.environ.get("SYNCBRIDGE_FAULT_MODEL_MB", "200"))
 CACHE = "models"
@@ -231,7 +231,7 @@ def test_kill_9_mid_download_then_rerun(scene, tmp_path):
     import sys
     import time
 
-    from .conftest import run_cli
+    from ..conftest import run_cli
 
     rel = "checkpoints/ünï model $(x) 'q'.safetensors"
     src = _big_file(tmp_path / "blob", 30)
@@ -293,7 +293,7 @@ def test_killed_large_cache_download_resumes_where_it_stopped(scene, tmp_path, c
     assert not target.exists()
     scene.proxy.clear()
     before = len(scene.proxy.seen(method="GET"))
-    caplog.set_level(logging.INFO, logger="syncbridge.sources")
+    caplog.set_level(logging.INFO, logger="syncbridge.models")
     report = scene.pull()
     (result,) = report.results
     assert (result.status, result.source, result.verified) == ("pulled", "cache", "sha256"), report.table()
@@ -319,7 +319,7 @@ def test_cache_object_replaced_after_an_interruption_starts_over(scene, tmp_path
     new.write_bytes(os.urandom(old.stat().st_size))
     digest = scene.seed_file(rel, new)
     scene.write_manifest([{"name": "s", "path": rel, "sha256": digest}])
-    caplog.set_level(logging.INFO, logger="syncbridge.sources")
+    caplog.set_level(logging.INFO, logger="syncbridge.models")
     report = scene.pull()
     (result,) = report.results
     assert (result.status, result.verified) == ("pulled", "sha256"), report.table()
@@ -338,7 +338,7 @@ def test_resumed_bytes_that_do_not_verify_start_over_from_the_cache(scene, tmp_p
     scene.write_manifest([{"name": "t", "path": rel, "sha256": digest}])
     # a prefix the sidecar vouches for, the wrong bytes in it
     scene.leave_interrupted(rel, b"\0" * (40 * 1024 * 1024), src.stat().st_size, 32 * 1024 * 1024)
-    caplog.set_level(logging.INFO, logger="syncbridge.sources")
+    caplog.set_level(logging.INFO, logger="syncbridge.models")
     report = scene.pull()
     (result,) = report.results
     assert (result.status, result.source, result.verified) == ("pulled", "cache", "sha256"), report.table()
