@@ -39,7 +39,7 @@ LAYERS = {
     "inotify_watch": IO,
     "system": IO,
     "models.sources": IO,
-    "models.sources.base": IO,
+    "models.source": IO,
     "models.sources.cache": IO,
     "models.sources.hf": IO,
     "models.sources.civitai": IO,

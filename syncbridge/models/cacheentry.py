@@ -37,7 +37,7 @@ from ..fsutil import temp_beside
 from ..hashing import HashingWriter
 from ..store import ObjectInfo, Store
 from .manifest import SNAPSHOT_INDEX
-from .sources.base import SourceError
+from .source import SourceError
 
 __all__ = ["SHA256_META", "Outcome", "WriteBack", "entry_sha256", "publish", "publish_snapshot", "combine",
            "verify", "fetch"]

@@ -22,7 +22,7 @@ from .cacheentry import verify
 from .layout import SNAPSHOT_STAGING, inside, part_path
 from .localstate import HashCache
 from .manifest import SNAPSHOT_INDEX, ModelSpec
-from .sources import Offer, RemoteFile, Source, SourceError
+from .source import Offer, RemoteFile, Source, SourceError
 
 __all__ = ["Fetcher"]
 

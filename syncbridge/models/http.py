@@ -24,7 +24,7 @@ from urllib.parse import urljoin, urlsplit
 from ..errors import CancelledError, StoreError
 from ..hashing import READ_BLOCK, sha256_file
 from ..retry import ATTEMPTS, pause, retryable_status
-from .sources.base import Fetched, NotAvailable, OnBytes, Source, SourceError, check_cancel, origin_of, safe_url
+from .source import Fetched, NotAvailable, OnBytes, Source, SourceError, check_cancel, origin_of, safe_url
 
 __all__ = ["Http", "HttpSource", "RangeReader"]
 

@@ -18,7 +18,7 @@ from typing import Any
 from ..fsutil import atomic_write_bytes, private_state_dir
 from ..hashing import sha256_file
 from .manifest import SNAPSHOT_INDEX, ModelSpec
-from .sources.base import Offer
+from .source import Offer
 
 __all__ = ["HashCache", "LocalState", "LOCAL_STATES"]
 

@@ -24,7 +24,7 @@ from ..fsutil import temp_beside
 from ..retry import ATTEMPTS, pause, retry_by_hand
 from ..store import Store
 from .http import RangeReader
-from .sources.base import Fetched, OnBytes, check_cancel
+from .source import Fetched, OnBytes, check_cancel
 
 __all__ = ["Ranged", "Resume", "OrderedDigest", "RESUME_SUFFIX"]
 

@@ -5,7 +5,7 @@
 3. :class:`CivitaiSource`: CivitAI (:mod:`.civitai`);
 4. :class:`UrlSource`: a plain URL (:mod:`.url`).
 
-Every source speaks the two steps of :class:`Source` (:mod:`.base`): ``offer`` (one cheap request:
+Every source speaks the two steps of :class:`Source` (the vocabulary of :mod:`syncbridge.models.source`): ``offer`` (one cheap request:
 what it would deliver) and ``fetch`` (one file into a temp path the caller chose). The caller
 verifies and renames; a source never touches the final path.
 
@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 from ...store import Store
 from ..manifest import ModelSpec
-from .base import (Fetched, NotAvailable, Offer, OnBytes, RemoteFile, Source, SourceError, cache_key, origin_of,
+from ..source import (Fetched, NotAvailable, Offer, OnBytes, RemoteFile, Source, SourceError, cache_key, origin_of,
                    safe_url)
 from .cache import CacheSource
 from .civitai import CivitaiSource

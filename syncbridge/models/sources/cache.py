@@ -21,10 +21,10 @@ from ...errors import StoreError, SyncBridgeError
 from ...hashing import HashingWriter, sha256_file
 from ...retry import ATTEMPTS, pause, retry_by_hand, unreachable
 from ...store import Store
-from .. import cacheentry  # a module: cacheentry imports .base, which loads this package first
+from ..cacheentry import entry_sha256
 from ..manifest import SNAPSHOT_INDEX, ModelSpec
 from ..ranged import Ranged
-from .base import Fetched, NotAvailable, Offer, OnBytes, RemoteFile, Source, SourceError, cache_key, check_cancel
+from ..source import Fetched, NotAvailable, Offer, OnBytes, RemoteFile, Source, SourceError, cache_key, check_cancel
 
 __all__ = ["CacheSource"]
 
@@ -258,7 +258,7 @@ class CacheSource(Source):
             raise SourceError(f"cache: {exc}", source=self.name, retryable=exc.retryable) from exc
         if info is None:
             raise NotAvailable(f"not in the cache ({key})", source=self.name)
-        return Offer(self.name, key, (RemoteFile("", info.size, cacheentry.entry_sha256(info), key),))
+        return Offer(self.name, key, (RemoteFile("", info.size, entry_sha256(info), key),))
 
     def fetch(self, model: ModelSpec, file: RemoteFile, temp: Path, *, on_bytes: OnBytes,
               cancel: threading.Event | None = None) -> Fetched:

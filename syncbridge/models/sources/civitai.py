@@ -16,7 +16,7 @@ from pathlib import Path
 from ...retry import retryable_status
 from ..http import Http, HttpSource
 from ..manifest import ModelSpec
-from .base import Fetched, NotAvailable, Offer, OnBytes, RemoteFile, SourceError, origin_of
+from ..source import Fetched, NotAvailable, Offer, OnBytes, RemoteFile, SourceError, origin_of
 
 __all__ = ["CivitaiSource"]
 

@@ -16,7 +16,7 @@ from ...errors import CancelledError
 from ...hashing import sha256_file
 from ...retry import retryable_status
 from ..manifest import ModelSpec
-from .base import Fetched, NotAvailable, Offer, OnBytes, RemoteFile, Source, SourceError, check_cancel
+from ..source import Fetched, NotAvailable, Offer, OnBytes, RemoteFile, Source, SourceError, check_cancel
 
 __all__ = ["HfSource"]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from ...retry import retryable_status
 from ..http import Http, HttpSource
 from ..manifest import ModelSpec
-from .base import Fetched, NotAvailable, Offer, OnBytes, RemoteFile, SourceError, safe_url
+from ..source import Fetched, NotAvailable, Offer, OnBytes, RemoteFile, SourceError, safe_url
 
 __all__ = ["UrlSource"]
 

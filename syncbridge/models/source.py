@@ -1,4 +1,8 @@
-"""What every model source is and says: the two-step interface and the records passed between steps.
+"""What one model source is and says: the two-step interface and the records passed between the steps.
+
+The ladder of sources is :mod:`syncbridge.models.sources`; this is the vocabulary every part of a
+pull speaks (the cache entry protocol, the download engines, the planner), kept out of the ladder
+so those do not load every source.
 
 Each source is an object with two steps:
 
@@ -20,9 +24,9 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from ...errors import CancelledError, SyncBridgeError
-from ...keys import encode_name, join_key
-from ..manifest import ModelSpec
+from ..errors import CancelledError, SyncBridgeError
+from ..keys import encode_name, join_key
+from .manifest import ModelSpec
 
 __all__ = ["OnBytes", "RemoteFile", "Offer", "Fetched", "SourceError", "NotAvailable", "Source", "cache_key",
            "origin_of", "safe_url", "check_cancel"]
