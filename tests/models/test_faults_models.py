@@ -24,6 +24,7 @@ import pytest
 models = pytest.importorskip("syncbridge.models")
 
 from syncbridge.config import load_config  # noqa: E402
+from syncbridge.hashing import sha256_file  # noqa: E402
 from syncbridge.models.sources import default_sources  # noqa: E402
 from syncbridge.store import S3Store, open_store  # noqa: E402
 
@@ -40,11 +41,7 @@ def sha(data: bytes) -> str:
 
 
 def sha_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)[1]
 
 
 class Scene:
@@ -229,7 +226,6 @@ def test_kill_9_mid_download_then_rerun(scene, tmp_path):
     final path; the next run puts the model in place, verified."""
     import signal
     import sys
-    import time
 
     from ..conftest import run_cli
 
@@ -244,7 +240,15 @@ def test_kill_9_mid_download_then_rerun(scene, tmp_path):
                             start_new_session=True)
     try:
         assert scene.proxy.wait_for(lambda: scene.proxy.count("stall") > 0, 60), "no download started"
-        time.sleep(0.3)
+        part = (scene.models_dir / rel).with_name(f".{Path(rel).name}.cache.sbpart")
+
+        def landed() -> bool:
+            try:
+                return part.stat().st_size >= 1024 * 1024
+            except OSError:
+                return False
+
+        assert scene.proxy.wait_for(landed, 30), "no bytes landed before the stall"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
@@ -261,7 +265,6 @@ def test_killed_large_cache_download_resumes_where_it_stopped(scene, tmp_path, c
     (re-hashed from disk, not fetched again) and fetches only the rest; the model verifies."""
     import signal
     import sys
-    import time
 
     part = 32 * 1024 * 1024
     rel = "checkpoints/resume.safetensors"
@@ -283,7 +286,6 @@ def test_killed_large_cache_download_resumes_where_it_stopped(scene, tmp_path, c
                 return 0
 
         assert scene.proxy.wait_for(lambda: progress() >= 4 * part, 120), "the first parts never completed"
-        time.sleep(0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
