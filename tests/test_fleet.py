@@ -193,6 +193,7 @@ def test_single_flight_fill_threads(cond_env, tmp_path: Path) -> None:
     assert all(r["sha256_ok"] for r in results)
 
 
+@pytest.mark.slow
 def test_single_flight_fill_processes_and_dead_filler(cond_env, tmp_path: Path) -> None:
     """A filler killed with -9 mid-fill: a waiting pod takes the fill over after its lease expires."""
     data = os.urandom(1024 * 1024)

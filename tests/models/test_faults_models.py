@@ -260,6 +260,7 @@ def test_kill_9_mid_download_then_rerun(scene, tmp_path):
     assert not scene.leftovers()
 
 
+@pytest.mark.slow
 def test_killed_large_cache_download_resumes_where_it_stopped(scene, tmp_path, caplog):
     """kill -9 while the later parts of a large cache object stall: the next run keeps the complete prefix
     (re-hashed from disk, not fetched again) and fetches only the rest; the model verifies."""
@@ -385,6 +386,7 @@ def test_cancel_ends_a_cache_download_stalled_mid_part(scene, tmp_path):
     assert not (scene.models_dir / rel).exists()
 
 
+@pytest.mark.slow
 def test_a_cache_that_stops_answering_is_skipped_not_waited_on(rclone_s3, tmp_path):
     """The endpoint accepts connections and never answers (a hung proxy, a stalled R2 edge). Before,
     every model asked it in turn and waited out 3 x 60 s; write-back and the fleet's lease waited too."""
@@ -456,6 +458,7 @@ def test_a_read_only_token_with_write_back_still_pulls(moto_s3, tmp_path):
     assert "cache: put " in report.table()
 
 
+@pytest.mark.slow
 def test_bulk_pull_from_a_hung_endpoint_fails_fast(rclone_s3, tmp_path):
     """rclone alone was still waiting after 150 s on an endpoint that accepts connections and never answers."""
     with FaultProxy(rclone_s3.endpoint) as proxy:
