@@ -3,6 +3,7 @@
 The package, by layer (each module's docstring says why it is its own):
 
 * :mod:`.manifest` (and :mod:`.spec`): what a pod needs, parsed and validated (pure);
+* :mod:`.source`: what one source is and says (offers, fetched files, source errors);
 * :mod:`.sources`: where a model comes from: the cache first (:mod:`.sources.cache`), then
   Hugging Face, CivitAI, a URL; :mod:`.http` (the HTTP clients) and :mod:`.ranged` (the ranged
   parallel download engine) under them;

@@ -54,6 +54,15 @@ class FillCoordinator:
 
 
 class Puller:
+    """One pull's shared state and phases (see the module doc).
+
+    Args:
+        sources: the ladder (default: :func:`~syncbridge.models.sources.default_sources` from ``config``).
+        fill_coordinator: who goes upstream on a cache miss with ``write_back`` (default: the fleet's).
+        cancel: set to stop every download (a fresh event when not given).
+        store: the bucket (default: opened when first needed, and closed by :meth:`close`).
+    """
+
     def __init__(self, config: Config, manifest: Manifest, *, on_event: Callable[[ModelEvent], None] | None = None,
                  sources: Sequence[Source] | None = None, fill_coordinator: FillCoordinator | None = None,
                  cancel: threading.Event | None = None, store: Store | None = None) -> None:

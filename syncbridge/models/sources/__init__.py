@@ -5,9 +5,9 @@
 3. :class:`CivitaiSource`: CivitAI (:mod:`.civitai`);
 4. :class:`UrlSource`: a plain URL (:mod:`.url`).
 
-Every source speaks the two steps of :class:`Source` (the vocabulary of :mod:`syncbridge.models.source`): ``offer`` (one cheap request:
-what it would deliver) and ``fetch`` (one file into a temp path the caller chose). The caller
-verifies and renames; a source never touches the final path.
+Every source speaks the two steps of :class:`Source` (:mod:`syncbridge.models.source`): ``offer``
+(one cheap request: what it would deliver) and ``fetch`` (one file into a temp path the caller
+chose). The caller verifies and renames; a source never touches the final path.
 
 Secrets: ``HF_TOKEN`` goes only to ``huggingface_hub``; ``CIVITAI_API_KEY`` only to the CivitAI
 endpoint's own origin, as a header (see :mod:`.civitai`).
