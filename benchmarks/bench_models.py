@@ -56,6 +56,7 @@ from revision import announce, before_tree, current_tree
 
 from syncbridge.config import load_config
 from syncbridge.demo.localserver import serve_rclone_s3
+from syncbridge.hashing import sha256_file
 from syncbridge.models import pull_models
 from syncbridge.rclone import find_rclone
 from syncbridge.rclone.argv import remote_env, remote_path
@@ -81,11 +82,7 @@ def _write_random(path: Path, size: int) -> str:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(path)[1]
 
 
 def _manifest(path: Path, models_dir: Path, entries: list[tuple[str, str, int]], parallel: int) -> Path:

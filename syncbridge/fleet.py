@@ -11,17 +11,15 @@ Everything here goes through the bucket itself (no server of our own):
   model at once, one takes the fill lease
   ``<fleet.prefix>/leases/models/<hash of the cache key>`` and downloads it
   upstream; the others wait for its cache entry and copy it from the bucket.
-  A filler that dies lets go by lease expiry, and a waiter takes over. A cache
-  entry is published with a conditional put (``If-None-Match: *``) carrying its
-  sha256 in metadata; a PUT is atomic, so an entry is visible only once
-  complete, and readers verify the sha256 they copied.
+  A filler that dies lets go by lease expiry, and a waiter takes over. Cache
+  entries themselves are published and verified by one protocol,
+  :mod:`syncbridge.models.cacheentry`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -29,38 +27,27 @@ import re
 import socket
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 import attrs
 
 from . import __version__
 from .config import Config
-from .errors import PreconditionFailedError, StoreError, SyncBridgeError
-from .fsutil import temp_beside
+from .errors import StoreError
 from .lease import (BucketClock, CLOCK_GRACE, HeldLease, Lease, Leases, Verdict, judge, lease_key, leases_enabled,
                     poll_delay)
-from .store import ObjectInfo, Store, open_store
+from .store import Store, open_store
 
 __all__ = [
-    "PodStatus", "LeaseStatus", "Heartbeat", "CacheFill", "ModelFillCoordinator", "FillResult", "CacheEntryError",
-    "fleet_status", "lease_status", "prune", "heartbeat_key", "pod_key_name", "publish_entry", "fetch_entry",
-    "file_sha256", "heartbeat_body", "pod_status_from", "SHA256_META", "bisync_lease", "entry_ready",
+    "PodStatus", "LeaseStatus", "Heartbeat", "CacheFill", "ModelFillCoordinator", "FillResult",
+    "fleet_status", "lease_status", "prune", "heartbeat_key", "pod_key_name",
+    "heartbeat_body", "pod_status_from", "bisync_lease",
 ]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-SHA256_META = "sha256"  # user metadata name of a cache entry's checksum (x-amz-meta-sha256)
 LIVE_INTERVALS = 3  # a pod is live while its heartbeat is younger than this many intervals
-
-
-class CacheEntryError(SyncBridgeError, ValueError):
-    """A cache entry is incomplete or does not match its checksum."""
-
-    def __init__(self, message: str, *, key: str) -> None:
-        self.key = key
-        super().__init__(message)
 
 
 # -- heartbeats -------------------------------------------------------------------------------
@@ -402,69 +389,6 @@ def bisync_lease(config: Config, prefix: str, *, cancel: threading.Event | None 
             store.close()
 
 
-# -- cache entries ------------------------------------------------------------------------------
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(4 * 1024 * 1024), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def publish_entry(store: Store, path: str | os.PathLike[str], key: str, *, sha256: str | None = None,
-                  metadata: Mapping[str, str] | None = None) -> ObjectInfo:
-    """Publish a verified file as cache entry ``key``: create-only, sha256 in metadata.
-
-    A PUT is atomic, so the entry is never visible half-written. If another pod
-    published first, its entry is checked against ours instead (same sha256:
-    fine; different: :class:`CacheEntryError`, nothing overwritten).
-    """
-    digest = sha256 or file_sha256(path)
-    meta = {**(metadata or {}), SHA256_META: digest}
-    try:
-        return store.put_file(path, key, if_none_match=True, metadata=meta)
-    except PreconditionFailedError:
-        existing = store.head(key)
-        if existing is None:  # pragma: no cover - deleted in between: try once more
-            return store.put_file(path, key, if_none_match=True, metadata=meta)
-        theirs = existing.metadata.get(SHA256_META, "")
-        if theirs != digest:
-            raise CacheEntryError(f"cache entry {key!r} already exists with sha256 {theirs or '(none)'}, "
-                                  f"not {digest}: left as it is", key=key) from None
-        log.info("cache entry %s was published by another pod meanwhile (same sha256)", key,
-                 extra={"event": "fleet.entry_exists", "key": key})
-        return existing
-
-
-def entry_ready(store: Store, key: str) -> ObjectInfo | None:
-    """The cache entry when it is published (an object carrying its sha256), else ``None``."""
-    info = store.head(key)
-    if info is None or not info.metadata.get(SHA256_META):
-        return None
-    return info
-
-
-def fetch_entry(store: Store, key: str, dest: Path, *, expected_sha256: str | None = None) -> ObjectInfo:
-    """Copy cache entry ``key`` to ``dest`` (temp file beside it, renamed once verified).
-
-    Raises:
-        CacheEntryError: the copy does not match the entry's (or the expected) sha256.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with temp_beside(dest) as (fd, tmp):
-        with os.fdopen(os.dup(fd), "wb") as out:
-            info = store.download_to(key, out)
-        got = file_sha256(tmp)
-        want = expected_sha256 or info.metadata.get(SHA256_META)
-        if not want or got != want:
-            raise CacheEntryError(f"cache entry {key!r}: sha256 {got} does not match {want or '(none recorded)'}",
-                                  key=key)
-        os.replace(tmp, dest)
-    return info
-
-
 @attrs.frozen
 class FillResult:
     """How one pod got a cache entry.
@@ -487,7 +411,7 @@ class CacheFill:
     ``run(key, fill=..., try_cache=...)``: ``try_cache()`` returns the value
     when the entry is published (copying it), else ``None``. When it is not,
     one pod takes the fill lease and calls ``fill(held)`` (download upstream,
-    verify, publish with :func:`publish_entry`) while the lease is renewed in
+    verify, publish with :func:`syncbridge.models.cacheentry.publish`) while the lease is renewed in
     the background; the others keep calling ``try_cache`` (and looking at the
     lease, in case the filler died and it expired) until they get the entry
     or the lease.

@@ -43,18 +43,15 @@ from .diagnose import diagnose
 from .fmt import warn_once
 from .errors import PreconditionFailedError, SourceChangedError, StoreError, UnsafePathError
 from .fsutil import TEMP_SUFFIX, ensure_private_dir, private_state_dir
+from .hashing import HashingWriter
 from .keys import key_to_relpath
+from .retry import RETRYABLE_CODES, retryable
 
 __all__ = ["ObjectInfo", "PutHeaders", "Store", "S3Store", "LocalStore", "open_store", "make_s3_client", "RETRYABLE_CODES",
            "check_endpoint"]
 
 log = logging.getLogger(__name__)
 
-RETRYABLE_CODES = frozenset({
-    "SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling",
-    "ThrottlingException", "TooManyRequests", "ConditionalRequestConflict", "OperationAborted", "RequestLimitExceeded",
-    "503", "500", "502", "504", "429",
-})
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 _MIN_PART = 8 * 1024 * 1024
 _MAX_PARTS = 10_000
@@ -288,10 +285,10 @@ def _store_error(exc: BaseException, *, key: str | None, action: str) -> StoreEr
         if status == 412 or code == "PreconditionFailed":
             return PreconditionFailedError(f"{action}{where}: precondition failed (the object exists or changed)",
                                            key=key, code=code or "PreconditionFailed", status=412)
-        retryable = code in RETRYABLE_CODES or (status is not None and (status >= 500 or status == 429))
+        again = retryable(code=code, status=status)  # the one table: syncbridge.retry
         found = diagnose(code, status)
         if found is not None and found.fatal:
-            retryable = False
+            again = False
             if code == "NotImplemented":  # R2 names the header it refuses: say which
                 detail = f" ({message})" if message and message != code else ""
                 return StoreError(f"{action}{where} failed: {found.what}{detail}: {found.fix}", key=key, code=code,
@@ -300,7 +297,7 @@ def _store_error(exc: BaseException, *, key: str | None, action: str) -> StoreEr
                               code=code or str(status or ""), status=status, retryable=False, setting=found.setting,
                               fix=found.fix)
         return StoreError(f"{action}{where} failed: {code or status}: {message}", key=key, code=code,
-                          status=status, retryable=retryable)
+                          status=status, retryable=again)
     if isinstance(exc, bexc.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
         # Not transient: retrying cannot make the certificate trusted.
         found = diagnose("CertificateUntrusted")
@@ -594,19 +591,17 @@ class LocalStore(Store):
         except (FileExistsError, NotADirectoryError) as exc:
             raise StoreError(f"put {key!r}: a parent of the key is an object", key=key, code="InvalidKey") from exc
         tmp = target.with_name(f".{target.name[:60]}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
-        md5 = hashlib.md5(usedforsecurity=False)
         try:
             with open(tmp, "wb") as out:
+                writer = HashingWriter(out, "md5")  # the ETag S3 gives a single-part object
                 if isinstance(source, (bytes, bytearray, memoryview)):
-                    md5.update(source)
-                    out.write(source)
+                    writer.write(source)
                 else:
                     for chunk in iter(lambda: source.read(1024 * 1024), b""):
-                        md5.update(chunk)
-                        out.write(chunk)
+                        writer.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
-            etag = md5.hexdigest()
+            etag = writer.hexdigest()
             with contextlib.suppress(OSError):
                 os.setxattr(tmp, "user.sb.etag", etag.encode())
                 for name, value in (metadata or {}).items():

@@ -22,7 +22,6 @@ Configuration comes from the environment like any pod (R2_*, SYNCBRIDGE_*).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -32,7 +31,10 @@ from pathlib import Path
 
 from syncbridge.config import load_config
 from syncbridge.errors import SyncBridgeError
-from syncbridge.fleet import CacheFill, entry_ready, fetch_entry, file_sha256, publish_entry
+from syncbridge.fleet import CacheFill
+from syncbridge.fsutil import temp_beside
+from syncbridge.hashing import HashingWriter, sha256_file
+from syncbridge.models import cacheentry
 from syncbridge.lease import Lease, LeaseBusyError, Leases
 from syncbridge.store import open_store
 
@@ -132,24 +134,19 @@ def _say(doc: dict) -> None:
 
 def download(url: str, dest: Path, sha256: str) -> int:
     """Fetch ``url`` to ``dest`` (temp beside, verified, renamed); returns bytes."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
-    h = hashlib.sha256()
-    n = 0
-    with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:
-        for chunk in iter(lambda: resp.read(1 << 20), b""):
-            h.update(chunk)
-            out.write(chunk)
-            n += len(chunk)
-    if h.hexdigest() != sha256:
-        tmp.unlink()
-        raise SyncBridgeError(f"{url}: sha256 mismatch")
-    os.replace(tmp, dest)
-    return n
+    with temp_beside(dest) as (fd, tmp):
+        with urllib.request.urlopen(url, timeout=60) as resp, os.fdopen(os.dup(fd), "wb") as out:
+            writer = HashingWriter(out)
+            for chunk in iter(lambda: resp.read(1 << 20), b""):
+                writer.write(chunk)
+        if writer.hexdigest() != sha256:
+            raise SyncBridgeError(f"{url}: sha256 mismatch")
+        os.replace(tmp, dest)
+    return writer.size
 
 
 def fill_model(config, store, key: str, url: str, sha256: str, dest: Path, *, slow_fill: float = 0.0) -> dict:
-    """Single-flight fill of one model: returns how it was got."""
+    """Single-flight fill of one model through the production cache-entry protocol: returns how it was got."""
     fill = CacheFill.for_config(config, store)
 
     def from_upstream(held) -> str:
@@ -158,18 +155,20 @@ def fill_model(config, store, key: str, url: str, sha256: str, dest: Path, *, sl
             time.sleep(slow_fill)
         if held is not None:
             held.check()
-        publish_entry(store, dest, key, sha256=sha256)
+        outcome = cacheentry.publish(store, key, dest, sha256)
+        if outcome.bad:
+            raise SyncBridgeError(f"cache entry {key}: {outcome}")
         return "upstream"
 
     def try_cache() -> str | None:
-        if entry_ready(store, key) is None:
+        if store.head(key) is None:  # as the cache source's offer: no entry, no copy
             return None
-        fetch_entry(store, key, dest, expected_sha256=sha256)
+        cacheentry.fetch(store, key, dest, sha256=sha256)
         return "cache"
 
     result = fill.run(key, fill=from_upstream, try_cache=try_cache)
     return {"key": key, "how": result.how, "waited": round(result.waited_seconds, 2),
-            "took_over_from": result.took_over_from, "sha256_ok": file_sha256(dest) == sha256}
+            "took_over_from": result.took_over_from, "sha256_ok": sha256_file(dest)[1] == sha256}
 
 
 def cmd_race(args, config, store) -> int:

@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 
 from syncbridge.config import load_config
-from syncbridge.fleet import (CacheEntryError, CacheFill, Heartbeat, ModelFillCoordinator, entry_ready, fetch_entry,
-                              fleet_status, heartbeat_body, heartbeat_key, lease_status, pod_status_from,
-                              publish_entry)
+from syncbridge.fleet import (CacheFill, Heartbeat, ModelFillCoordinator, fleet_status, heartbeat_body, heartbeat_key,
+                              lease_status, pod_status_from)
+from syncbridge.models import cacheentry
+from syncbridge.models.cacheentry import Outcome
+from syncbridge.models.sources import SourceError
 from syncbridge.lease import Lease, Leases, lease_key
 from syncbridge.store import open_store
 
@@ -126,32 +128,38 @@ def test_status_lists_held_leases(cond_env, tmp_path: Path) -> None:
     assert lease_status(config) == [] and len(lease_status(config, include_free=True)) == 1
 
 
-def test_publish_entry_never_clobbers_and_fetch_verifies(cond_env, tmp_path: Path) -> None:
+def test_cache_entry_never_clobbers_and_fetch_verifies(cond_env, tmp_path: Path) -> None:
+    """The one cache-entry protocol (syncbridge.models.cacheentry), against a store with conditional writes."""
     config = _pod_config(cond_env, tmp_path, "pod-a")
     store = open_store(config.remote, state_dir=config.state_dir)
     good = tmp_path / "good.bin"
     good.write_bytes(b"model" * 1000)
     sha = hashlib.sha256(good.read_bytes()).hexdigest()
-    publish_entry(store, good, "models/x.safetensors", sha256=sha)
-    assert entry_ready(store, "models/x.safetensors").metadata["sha256"] == sha
-    publish_entry(store, good, "models/x.safetensors", sha256=sha)  # the loser of the race: same content, fine
+    assert cacheentry.publish(store, "models/x.safetensors", good, sha).outcome is Outcome.PUSHED
+    assert cacheentry.entry_sha256(store.head("models/x.safetensors")) == sha
+    # the loser of the race: same content, fine
+    assert cacheentry.publish(store, "models/x.safetensors", good, sha).outcome is Outcome.EXISTS
     other = tmp_path / "other.bin"
     other.write_bytes(b"other")
-    with pytest.raises(CacheEntryError):
-        publish_entry(store, other, "models/x.safetensors")
+    clash = cacheentry.publish(store, "models/x.safetensors", other, None)
+    assert clash.outcome is Outcome.CONFLICT and clash.bad and "holds another object" in str(clash)
     assert store.head("models/x.safetensors").metadata["sha256"] == sha  # not overwritten
     dest = tmp_path / "out" / "x.safetensors"
-    fetch_entry(store, "models/x.safetensors", dest, expected_sha256=sha)
+    assert cacheentry.fetch(store, "models/x.safetensors", dest, sha256=sha)[1] == "sha256"
     assert dest.read_bytes() == good.read_bytes()
     # an object whose bytes do not match its recorded sha256 is refused, nothing left at the final path
     store.put_bytes("models/bad.bin", b"truncated", metadata={"sha256": sha})
-    with pytest.raises(CacheEntryError):
-        fetch_entry(store, "models/bad.bin", tmp_path / "out" / "bad.bin")
+    with pytest.raises(SourceError, match="sha256 mismatch"):
+        cacheentry.fetch(store, "models/bad.bin", tmp_path / "out" / "bad.bin")
     assert not (tmp_path / "out" / "bad.bin").exists()
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["x.safetensors"]
-    # no sha256 in metadata: not a published entry
+    # no sha256 in metadata: the entry claims no checksum, so a copy of it is verified by its size only
+    # (the production rule: the cache source offers such an object, and the manifest's sha256 decides)
     store.put_bytes("models/half.bin", b"x")
-    assert entry_ready(store, "models/half.bin") is None
+    assert cacheentry.entry_sha256(store.head("models/half.bin")) is None
+    assert cacheentry.fetch(store, "models/half.bin", tmp_path / "out" / "half.bin")[1] == "size"
+    with pytest.raises(SourceError):  # ... and the expected sha256, when the caller knows it
+        cacheentry.fetch(store, "models/half.bin", tmp_path / "out" / "half2.bin", sha256=sha)
 
 
 def _fill_in_threads(configs, store_for, key: str, url: str, sha: str, tmp_path: Path) -> list[dict]:
@@ -185,6 +193,7 @@ def test_single_flight_fill_threads(cond_env, tmp_path: Path) -> None:
     assert all(r["sha256_ok"] for r in results)
 
 
+@pytest.mark.slow
 def test_single_flight_fill_processes_and_dead_filler(cond_env, tmp_path: Path) -> None:
     """A filler killed with -9 mid-fill: a waiting pod takes the fill over after its lease expires."""
     data = os.urandom(1024 * 1024)
@@ -214,7 +223,7 @@ def test_single_flight_fill_processes_and_dead_filler(cond_env, tmp_path: Path) 
         result = fill_model(config, store, key, f"{up.url}/dead.bin", sha, tmp_path / "live" / "m.bin")
         assert result["how"] == "filled" and result["took_over_from"] == "pod-dead" and result["sha256_ok"]
         assert up.bytes_served["/dead.bin"] == 2 * len(data)
-    assert entry_ready(store, key).metadata["sha256"] == sha
+    assert cacheentry.entry_sha256(store.head(key)) == sha
 
 
 @pytest.mark.parametrize("coordinator", ["explicit", "default"])

@@ -364,7 +364,7 @@ def test_watcher_keys_map_back_to_the_file(rel, prefix):
 
 # -- model manifests ---------------------------------------------------------------------------
 
-manifest = pytest.importorskip("syncbridge.manifest")
+manifest = pytest.importorskip("syncbridge.models.manifest")
 
 model_values = st.one_of(values, st.sampled_from(["a" * 64, "vae/x.safetensors", "../x", "/abs", "~/x",
                                                   "a/./b", "a//b", "consumer", "HF_TOKEN", "https://h/x"]))

@@ -90,7 +90,7 @@ def _pull(args, ctx) -> int:
     ctx.say(f"models: cache in {config.remote.describe()}")
     progress = None if (args.quiet or args.dry_run) else ModelsProgress()
     # The progress display prints each failed attempt itself: its log record would say it twice.
-    logger = logging.getLogger("syncbridge.models")
+    logger = logging.getLogger("syncbridge.models.puller")  # where the attempt records are logged
     if progress is not None:
         logger.addFilter(_no_attempt_records)
     try:

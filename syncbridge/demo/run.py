@@ -39,6 +39,7 @@ import attrs
 
 from ..config import load_config
 from ..errors import StoreError
+from ..hashing import sha256_file
 from ..keys import join_key
 from .localserver import serve_rclone_s3
 from ..store import Store, open_store
@@ -317,7 +318,7 @@ def _summarize(store: Store, root: Path, expected: dict[str, dict[str, Any]], la
         if step.get("name") == "models":
             models = list(step.get("details") or [])
     model_file = models_dir / MODEL_PATH
-    model_ok = model_file.exists() and hashlib.sha256(model_file.read_bytes()).hexdigest() == model_sha
+    model_ok = model_file.exists() and sha256_file(model_file)[1] == model_sha
     if not model_ok:
         problems.append(f"the model is not at {model_file} with the seeded sha256")
     if not (workflows / "demo-workflow.json").exists():

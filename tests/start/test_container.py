@@ -14,7 +14,7 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from syncbridge.manifest import load_manifests, select_models
+from syncbridge.models.manifest import load_manifests, select_models
 
 from ..conftest import run_cli
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from syncbridge.manifest import (ManifestError, load_manifests, merge_manifests, parse_manifest, select_models)
+from syncbridge.models.manifest import (ManifestError, load_manifests, merge_manifests, parse_manifest, select_models)
 
 def _doc(body: str) -> str:
     return body.strip() + "\n"

@@ -16,12 +16,12 @@ import pytest
 
 from syncbridge.config import load_config
 from syncbridge.models import InsufficientSpaceError, pull_models, push_cache
-from syncbridge.sources import CacheSource
+from syncbridge.models.sources import CacheSource
 from syncbridge.store import open_store
 
-from .civitaiserver import serve_civitai
-from .conftest import CIVITAI_KEY, HF_TOKEN, assert_no_secret, new_bucket, run_cli, server_env, wait_for
-from .hfserver import LoopbackServer, send_body, serve_hf
+from ..civitaiserver import serve_civitai
+from ..conftest import CIVITAI_KEY, HF_TOKEN, assert_no_secret, new_bucket, run_cli, server_env, wait_for
+from ..hfserver import LoopbackServer, send_body, serve_hf
 
 
 def sha(data: bytes) -> str:

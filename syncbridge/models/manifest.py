@@ -1,4 +1,4 @@
-"""Model manifests (TOML): parse, validate, merge, select. Pure.
+"""Model manifests (TOML): parse, validate, merge (the types and the selection: :mod:`.spec`). Pure.
 
 A manifest lists the models a pod needs and where each can come from::
 
@@ -27,23 +27,18 @@ as a mapping passed in.
 
 from __future__ import annotations
 
-import difflib
 import posixpath
 import re
-import sys
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import attrs
 
-from .config.settings import parse_bool
-from .errors import ConfigError, Problem, UnsafePathError
-from .keys import relpath_to_key
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
+from ..errors import Problem, UnsafePathError
+from ..keys import relpath_to_key
+from ..tomlsrc import Lines, TOMLDecodeError, did_you_mean, error_line, loads
+from .spec import (DEFAULT_CACHE_PREFIX, DEFAULT_MODELS_DIR, DEFAULT_PARALLEL, SNAPSHOT_INDEX, TIERS, CivitaiSpec,
+                   HfSpec, Manifest, ManifestError, ModelSpec, Selection, select_models, tier_rank)
 
 __all__ = [
     "TIERS",
@@ -62,13 +57,6 @@ __all__ = [
     "tier_rank",
 ]
 
-TIERS = ("consumer", "prosumer", "datacenter")
-DEFAULT_MODELS_DIR = "/workspace/ComfyUI/models"
-DEFAULT_CACHE_PREFIX = "models"
-DEFAULT_PARALLEL = 3
-# Written into a snapshot folder (and its cache prefix) once every file is verified.
-SNAPSHOT_INDEX = ".syncbridge-snapshot.json"
-
 SETTINGS_KEYS = ("models_dir", "cache_prefix", "write_back", "parallel")
 MODEL_KEYS = ("name", "path", "sha256", "size", "enabled_by", "min_tier", "optional", "write_back", "hf",
               "civitai", "url")
@@ -78,83 +66,6 @@ REPO_TYPES = ("model", "dataset", "space")
 _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
-
-
-def tier_rank(tier: str) -> int:
-    """consumer 0 < prosumer 1 < datacenter 2."""
-    return TIERS.index(tier)
-
-
-@attrs.frozen
-class HfSpec:
-    """A file (``file``) or a whole snapshot (``snapshot = true``, filtered by ``allow``) of a Hub repo."""
-
-    repo: str
-    file: str | None
-    revision: str = "main"
-    repo_type: str = "model"
-    snapshot: bool = False
-    allow: tuple[str, ...] = ()
-
-    def describe(self) -> str:
-        what = f"{self.repo}@{self.revision}"
-        return f"{what} (snapshot)" if self.snapshot else f"{what}/{self.file}"
-
-
-@attrs.frozen
-class CivitaiSpec:
-    """A CivitAI model version; ``file`` picks one of its files by name (default: the primary file)."""
-
-    version_id: int
-    file: str | None = None
-
-
-@attrs.frozen
-class ModelSpec:
-    """One model entry after validation.
-
-    Attributes:
-        path: relative to the models folder, ``/``-separated, checked not to escape it.
-        write_back: resolved (the entry's own value, else its manifest's setting).
-        origin: ``file:line`` of the ``[[model]]`` header, for messages.
-    """
-
-    name: str
-    path: str
-    sha256: str | None = None
-    size: int | None = None
-    enabled_by: str | None = None
-    min_tier: str | None = None
-    optional: bool = False
-    write_back: bool = False
-    hf: HfSpec | None = None
-    civitai: CivitaiSpec | None = None
-    url: str | None = None
-    origin: str = ""
-
-    @property
-    def is_snapshot(self) -> bool:
-        """A whole Hugging Face snapshot placed in the folder ``path``."""
-        return self.hf is not None and self.hf.snapshot
-
-
-@attrs.frozen
-class Manifest:
-    """Merged manifests: settings plus every model, in file order."""
-
-    models_dir: Path
-    cache_prefix: str
-    parallel: int
-    models: tuple[ModelSpec, ...]
-    files: tuple[str, ...] = ()
-    write_back: bool = False
-
-
-class ManifestError(ConfigError):
-    """Every problem found in the manifests, each naming file, line and key."""
-
-    def __init__(self, problems: Sequence[Problem]) -> None:
-        super().__init__(problems, title="invalid model manifest")
 
 
 @attrs.frozen
@@ -176,40 +87,6 @@ class _Entry:
     path: str | None
     is_snapshot: bool
     origin: str
-
-
-class _Lines:
-    """Line numbers of keys in a TOML text: top-level tables and the n-th ``[[model]]``."""
-
-    def __init__(self, text: str) -> None:
-        self.headers: dict[tuple[str, int], int] = {}
-        self.keys: dict[tuple[str, int, str], int] = {}
-        counts: dict[str, int] = {}
-        current = ("", 0)
-        key_re = re.compile(r"^\s*[\"']?([A-Za-z0-9_-]+)[\"']?\s*=")
-        for number, line in enumerate(text.splitlines(), 1):
-            stripped = line.strip()
-            header = re.match(r"^\[(\[)?\s*([^\]]+?)\s*\]", stripped)
-            if header:
-                name = header.group(2).strip()
-                index = counts.get(name, 0)
-                counts[name] = index + 1
-                current = (name, index)
-                self.headers.setdefault(current, number)
-                continue
-            match = key_re.match(line)
-            if match:
-                self.keys.setdefault((current[0], current[1], match.group(1)), number)
-
-    def of(self, table: str, index: int, key: str | None = None) -> int | None:
-        if key is not None and (table, index, key) in self.keys:
-            return self.keys[(table, index, key)]
-        return self.headers.get((table, index))
-
-
-def _suggest(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _check_path(text: str) -> str:
@@ -252,31 +129,33 @@ def _parse(text: str, *, path: str | Path) -> _Parsed:
     """Parse one manifest's text; every problem is in the result's ``problems`` (nothing raised)."""
     file = str(path)
     try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        line = re.search(r"line (\d+)", str(exc))
-        where = f"{file}:{line.group(1)}" if line else file
+        doc = loads(text)
+    except TOMLDecodeError as exc:
+        line = error_line(exc)
+        where = f"{file}:{line}" if line else file
         return _Parsed(file, {}, (), problems=(Problem(where, f"not valid TOML: {exc}"),))
-    lines = _Lines(text)
+    lines = Lines(text)
     problems: list[Problem] = []
 
-    def where(table: str, index: int, key: str | None, label: str) -> str:
-        number = lines.of(table, index, key)
+    def where(table: str | None, index: int | None, key: str | None, label: str) -> str:
+        # the key's line, else its table's header
+        number = lines.of(table, key, index=index) or lines.of(table, None, index=index)
         return f"{file}:{number}" + (f": {label}" if label else "") if number else f"{file}: {label}"
 
     for top in doc:
         if top not in ("settings", "model"):
-            problems.append(Problem(where(top, 0, None, top), "unknown table" + _suggest(top, ["settings", "model"])))
+            problems.append(Problem(where(None, None, top, top),
+                                    "unknown table" + did_you_mean(top, ["settings", "model"])))
 
     settings: dict[str, tuple[Any, str]] = {}
     body = doc.get("settings", {})
     if not isinstance(body, dict):
-        problems.append(Problem(where("settings", 0, None, "settings"), "must be a table: [settings]"))
+        problems.append(Problem(where(None, None, "settings", "settings"), "must be a table: [settings]"))
         body = {}
     for key, value in body.items():
-        at = where("settings", 0, key, f"settings.{key}")
+        at = where("settings", None, key, f"settings.{key}")
         if key not in SETTINGS_KEYS:
-            problems.append(Problem(at, "unknown key" + _suggest(key, SETTINGS_KEYS)))
+            problems.append(Problem(at, "unknown key" + did_you_mean(key, SETTINGS_KEYS)))
         elif key == "models_dir":
             if not isinstance(value, str) or not value.startswith(("/", "~")):
                 problems.append(Problem(at, f"must be an absolute path, got {value!r}"))
@@ -301,7 +180,7 @@ def _parse(text: str, *, path: str | Path) -> _Parsed:
 
     tables = doc.get("model", [])
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
-        problems.append(Problem(where("model", 0, None, "model"), "must be an array of tables: [[model]]"))
+        problems.append(Problem(where(None, None, "model", "model"), "must be an array of tables: [[model]]"))
         tables = []
     models: list[ModelSpec] = []
     partial: list[_Entry] = []
@@ -315,7 +194,7 @@ def _parse(text: str, *, path: str | Path) -> _Parsed:
         bad = len(problems)
         for key in table:
             if key not in MODEL_KEYS:
-                problems.append(Problem(at(key), "unknown key" + _suggest(key, MODEL_KEYS)))
+                problems.append(Problem(at(key), "unknown key" + did_you_mean(key, MODEL_KEYS)))
         if not isinstance(raw_name, str) or not raw_name.strip():
             problems.append(Problem(at("name"), "every [[model]] needs name = \"...\""))
         path = table.get("path")
@@ -339,7 +218,7 @@ def _parse(text: str, *, path: str | Path) -> _Parsed:
         tier = table.get("min_tier")
         if tier is not None and tier not in TIERS:
             problems.append(Problem(at("min_tier"), f"must be one of {', '.join(TIERS)}, got {tier!r}"
-                                    + _suggest(str(tier), TIERS)))
+                                    + did_you_mean(str(tier), TIERS)))
         flags = {}
         for flag in ("optional", "write_back"):
             if flag in table:
@@ -357,7 +236,7 @@ def _parse(text: str, *, path: str | Path) -> _Parsed:
             if sha is not None or size is not None:
                 problems.append(Problem(at("sha256" if sha is not None else "size"),
                                         "a snapshot is a folder: its files are verified against the Hub's metadata"))
-        origin = f"{file}:{lines.of('model', index)}"
+        origin = f"{file}:{lines.of('model', None, index=index)}"
         if len(problems) > bad:
             if rel or isinstance(raw_name, str):
                 partial.append(_Entry(raw_name.strip() if isinstance(raw_name, str) else None, rel or None,
@@ -380,7 +259,7 @@ def _inline_table(value: Any, name: str, keys: Sequence[str], example: str, at,
         return False
     for key in value:
         if key not in keys:
-            problems.append(Problem(at(name), f"unknown key {name}.{key}" + _suggest(key, keys)))
+            problems.append(Problem(at(name), f"unknown key {name}.{key}" + did_you_mean(key, keys)))
     return True
 
 
@@ -540,36 +419,3 @@ def load_manifests(paths: Sequence[str | Path], *, models_dir: str | Path | None
         parsed.append(item)
         problems += item.problems
     return merge_manifests(parsed, models_dir=models_dir, problems=problems)
-
-
-@attrs.frozen
-class Selection:
-    """Which models apply to this pod, and why the others do not."""
-
-    enabled: tuple[ModelSpec, ...]
-    skipped: tuple[tuple[ModelSpec, str], ...]
-
-
-def select_models(models: Iterable[ModelSpec], *, tier: str, environ: Mapping[str, str]) -> Selection:
-    """Filter by ``enabled_by`` (the variable must be true) and ``min_tier`` (this pod's tier or lower).
-
-    An ``enabled_by`` variable that is unset, empty or not a boolean disables the model.
-    """
-    enabled: list[ModelSpec] = []
-    skipped: list[tuple[ModelSpec, str]] = []
-    for model in models:
-        if model.enabled_by:
-            raw = environ.get(model.enabled_by, "")
-            try:
-                on = parse_bool(raw) if raw.strip() else False
-            except ValueError:
-                skipped.append((model, f"{model.enabled_by}={raw!r} is not a boolean"))
-                continue
-            if not on:
-                skipped.append((model, f"{model.enabled_by} is not true"))
-                continue
-        if model.min_tier and tier_rank(tier) < tier_rank(model.min_tier):
-            skipped.append((model, f"needs GPU tier {model.min_tier}, this pod is {tier}"))
-            continue
-        enabled.append(model)
-    return Selection(tuple(enabled), tuple(skipped))

@@ -24,12 +24,13 @@ import pytest
 models = pytest.importorskip("syncbridge.models")
 
 from syncbridge.config import load_config  # noqa: E402
-from syncbridge.sources import default_sources  # noqa: E402
+from syncbridge.hashing import sha256_file  # noqa: E402
+from syncbridge.models.sources import default_sources  # noqa: E402
 from syncbridge.store import S3Store, open_store  # noqa: E402
 
-from .conftest import HF_TOKEN, new_bucket, server_env  # noqa: E402
-from .faultproxy import FaultProxy, Rule  # noqa: E402
-from .hfserver import serve_hf  # noqa: E402
+from ..conftest import HF_TOKEN, new_bucket, server_env  # noqa: E402
+from ..faultproxy import FaultProxy, Rule  # noqa: E402
+from ..hfserver import serve_hf  # noqa: E402
 
 MODEL_MB = int(os.environ.get("SYNCBRIDGE_FAULT_MODEL_MB", "200"))
 CACHE = "models"
@@ -40,11 +41,7 @@ def sha(data: bytes) -> str:
 
 
 def sha_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)[1]
 
 
 class Scene:
@@ -229,9 +226,8 @@ def test_kill_9_mid_download_then_rerun(scene, tmp_path):
     final path; the next run puts the model in place, verified."""
     import signal
     import sys
-    import time
 
-    from .conftest import run_cli
+    from ..conftest import run_cli
 
     rel = "checkpoints/ünï model $(x) 'q'.safetensors"
     src = _big_file(tmp_path / "blob", 30)
@@ -244,7 +240,15 @@ def test_kill_9_mid_download_then_rerun(scene, tmp_path):
                             start_new_session=True)
     try:
         assert scene.proxy.wait_for(lambda: scene.proxy.count("stall") > 0, 60), "no download started"
-        time.sleep(0.3)
+        part = (scene.models_dir / rel).with_name(f".{Path(rel).name}.cache.sbpart")
+
+        def landed() -> bool:
+            try:
+                return part.stat().st_size >= 1024 * 1024
+            except OSError:
+                return False
+
+        assert scene.proxy.wait_for(landed, 30), "no bytes landed before the stall"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
@@ -256,12 +260,12 @@ def test_kill_9_mid_download_then_rerun(scene, tmp_path):
     assert not scene.leftovers()
 
 
+@pytest.mark.slow
 def test_killed_large_cache_download_resumes_where_it_stopped(scene, tmp_path, caplog):
     """kill -9 while the later parts of a large cache object stall: the next run keeps the complete prefix
     (re-hashed from disk, not fetched again) and fetches only the rest; the model verifies."""
     import signal
     import sys
-    import time
 
     part = 32 * 1024 * 1024
     rel = "checkpoints/resume.safetensors"
@@ -283,7 +287,6 @@ def test_killed_large_cache_download_resumes_where_it_stopped(scene, tmp_path, c
                 return 0
 
         assert scene.proxy.wait_for(lambda: progress() >= 4 * part, 120), "the first parts never completed"
-        time.sleep(0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
@@ -293,7 +296,7 @@ def test_killed_large_cache_download_resumes_where_it_stopped(scene, tmp_path, c
     assert not target.exists()
     scene.proxy.clear()
     before = len(scene.proxy.seen(method="GET"))
-    caplog.set_level(logging.INFO, logger="syncbridge.sources")
+    caplog.set_level(logging.INFO, logger="syncbridge.models")
     report = scene.pull()
     (result,) = report.results
     assert (result.status, result.source, result.verified) == ("pulled", "cache", "sha256"), report.table()
@@ -319,7 +322,7 @@ def test_cache_object_replaced_after_an_interruption_starts_over(scene, tmp_path
     new.write_bytes(os.urandom(old.stat().st_size))
     digest = scene.seed_file(rel, new)
     scene.write_manifest([{"name": "s", "path": rel, "sha256": digest}])
-    caplog.set_level(logging.INFO, logger="syncbridge.sources")
+    caplog.set_level(logging.INFO, logger="syncbridge.models")
     report = scene.pull()
     (result,) = report.results
     assert (result.status, result.verified) == ("pulled", "sha256"), report.table()
@@ -338,7 +341,7 @@ def test_resumed_bytes_that_do_not_verify_start_over_from_the_cache(scene, tmp_p
     scene.write_manifest([{"name": "t", "path": rel, "sha256": digest}])
     # a prefix the sidecar vouches for, the wrong bytes in it
     scene.leave_interrupted(rel, b"\0" * (40 * 1024 * 1024), src.stat().st_size, 32 * 1024 * 1024)
-    caplog.set_level(logging.INFO, logger="syncbridge.sources")
+    caplog.set_level(logging.INFO, logger="syncbridge.models")
     report = scene.pull()
     (result,) = report.results
     assert (result.status, result.source, result.verified) == ("pulled", "cache", "sha256"), report.table()
@@ -383,6 +386,7 @@ def test_cancel_ends_a_cache_download_stalled_mid_part(scene, tmp_path):
     assert not (scene.models_dir / rel).exists()
 
 
+@pytest.mark.slow
 def test_a_cache_that_stops_answering_is_skipped_not_waited_on(rclone_s3, tmp_path):
     """The endpoint accepts connections and never answers (a hung proxy, a stalled R2 edge). Before,
     every model asked it in turn and waited out 3 x 60 s; write-back and the fleet's lease waited too."""
@@ -454,6 +458,7 @@ def test_a_read_only_token_with_write_back_still_pulls(moto_s3, tmp_path):
     assert "cache: put " in report.table()
 
 
+@pytest.mark.slow
 def test_bulk_pull_from_a_hung_endpoint_fails_fast(rclone_s3, tmp_path):
     """rclone alone was still waiting after 150 s on an endpoint that accepts connections and never answers."""
     with FaultProxy(rclone_s3.endpoint) as proxy:
