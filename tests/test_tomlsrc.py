@@ -1,16 +1,10 @@
-"""syncbridge.tomlsrc: TOML parse, the line of a table or key, did-you-mean.
-
-The configuration still has its own copies (``config._line_of``, ``config._suggest``) until it
-switches to this module: while both exist, they must answer alike.
-"""
+"""syncbridge.tomlsrc: TOML parse, the line of a table or key, did-you-mean (the configuration's and the
+manifests' one home for them)."""
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 
-from syncbridge import config as config_module
 from syncbridge import tomlsrc
 from syncbridge.tomlsrc import Lines, did_you_mean, error_line, line_of, loads
 
@@ -78,21 +72,6 @@ CASES = [
 def test_line_of(section, key, index, line) -> None:
     assert line_of(TEXT, section, key, index=index) == line
     assert Lines(TEXT).of(section, key, index=index) == line
-
-
-@pytest.mark.skipif(not hasattr(config_module, "_line_of"), reason="config uses tomlsrc now")
-def test_same_answers_as_the_configurations_copy() -> None:
-    lines = Lines(TEXT)
-    names = [None, "top", "quoted", "remote", "watch", "folder", "model", "endpoint", "bucket", "extra", "more",
-             "dir", "src", "dst", "sub", "x", "hf", "name", "a", "missing"]
-    for section, key, index in itertools.product(names, names, [None, 0, 1, 2]):
-        if section is None and index is not None:
-            continue
-        assert lines.of(section, key, index=index) == config_module._line_of(TEXT, section, key, index=index), \
-            (section, key, index)
-    for word in ("bucke", "endpont", "xyz", "folders", ""):
-        choices = ["bucket", "endpoint", "folder"]
-        assert did_you_mean(word, choices) == config_module._suggest(word, choices)
 
 
 def test_did_you_mean() -> None:

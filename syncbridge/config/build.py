@@ -18,12 +18,13 @@ import attrs
 
 from ..errors import ConfigError, Problem, UnsafePathError
 from ..keys import render_prefix
+from ..tomlsrc import Lines, did_you_mean as suggest
 from .model import (BisyncConfig, Config, FleetConfig, Folder, ModelsConfig, RcloneConfig, RemoteConfig, StartConfig,
                     WatchConfig)
 from .settings import (BY_KEY, CHECKED_ENV_PREFIXES, EXTRA_ENV, EXTRA_ENV_PREFIXES, FOLDER_KEYS, FOLDER_MODES,
-                       RENAMED_KEYS, SECTIONS, SETTINGS, convert, expand_home, suggest)
+                       RENAMED_KEYS, SECTIONS, SETTINGS, convert, expand_home)
 
-__all__ = ["Host", "build_config", "infer_provider", "line_of", "SECTION_DERIVED"]
+__all__ = ["Host", "build_config", "infer_provider", "SECTION_DERIVED"]
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -49,57 +50,17 @@ def _section(cls: type, get: Callable[[str], Any], **derived: Any) -> Any:
     return cls(**values)
 
 
-_HEADER_RE = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-
-
-def line_of(text: str, section: str | None, key: str | None, *, index: int | None = None) -> int | None:
-    """Best-effort line number in a TOML text.
-
-    Args:
-        text: the TOML source.
-        section: the table (``"remote"``), or ``None`` for the top level.
-        key: a key inside it; ``None`` for the table's header line. A key
-            that is itself a table (``[remote.extra]``) is found by its header.
-        index: for an array of tables (``[[folder]]``), which one (0-based).
-    """
-    key_re = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*[=.]") if key else None
-    dotted_re = (re.compile(rf"^\s*{re.escape(section)}\s*\.\s*[\"']?{re.escape(key)}[\"']?\s*=")
-                 if key and section and index is None else None)
-    current: str | None = None
-    seen = -1  # how many [[section]] headers so far, minus one
-    in_target = section is None
-    for number, line in enumerate(text.splitlines(), 1):
-        header = _HEADER_RE.match(line)
-        if header:
-            current = header.group(2).replace('"', "").replace("'", "").replace(" ", "")
-            if current == section and header.group(1) == "[[":
-                seen += 1
-            in_target = current == section and (index is None or seen == index)
-            if in_target and key is None:
-                return number
-            if key is not None and index is None and current == (f"{section}.{key}" if section else key):
-                return number
-            if key is not None and section is None and current.startswith(key + "."):
-                return number
-            continue
-        if key_re is not None and in_target and key_re.match(line):
-            return number
-        if dotted_re is not None and current is None and dotted_re.match(line):
-            return number  # `remote.bucket = "x"` above every table
-    return None
-
-
 class _Collector:
     """Gathers problems so they can be reported together."""
 
     def __init__(self, toml_text: str, toml_path: Path | None) -> None:
         self.problems: list[Problem] = []
-        self.text = toml_text
+        self.lines = Lines(toml_text) if toml_text else None
         self.path = toml_path
 
     def toml_where(self, section: str | None, key: str | None, *, display: str | None = None,
                    index: int | None = None, what: str = "TOML key") -> str:
-        line = line_of(self.text, section, key, index=index) if self.text else None
+        line = self.lines.of(section, key, index=index) if self.lines is not None else None
         name = display or (f"{section}.{key}" if section and key else (key or section or ""))
         loc = f"{self.path}" + (f":{line}" if line else "")
         return f"{what} {name} ({loc})"

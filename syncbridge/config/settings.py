@@ -7,17 +7,18 @@ reference page (``syncbridge config --reference``, docs/configuration.md).
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import attrs
 
+from ..tomlsrc import did_you_mean as suggest
+
 __all__ = ["Setting", "SETTINGS", "BY_KEY", "RENAMED_KEYS", "EXTRA_ENV", "EXTRA_ENV_PREFIXES", "CHECKED_ENV_PREFIXES",
            "SECTIONS", "FOLDER_KEYS", "FOLDER_MODES", "DEFAULT_WATCH_INCLUDE", "ALWAYS_EXCLUDED", "PARTIAL_SUFFIXES",
-           "ALWAYS_EXCLUDED_DIRS", "parse_bool", "secret_values", "convert", "suggest", "expand_home",
+           "ALWAYS_EXCLUDED_DIRS", "parse_bool", "secret_values", "convert", "expand_home",
            "reference_markdown"]
 
 # Exactly what the issue promises: anything else (on/off, y/n, enabled) is an error,
@@ -248,11 +249,6 @@ FOLDER_MODES = ("pull", "push", "bisync")
 _DURATION_RE = re.compile(r"^\d+(\.\d+)?(ms|s|m|h)?$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
-
-def suggest(word: str, choices: Iterable[str]) -> str:
-    """``; did you mean 'x'?`` for the closest of ``choices`` to ``word`` (empty when none is close)."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 def expand_home(path: str, home: str) -> Path:
     """``path`` with a leading ``~`` or ``~/`` as ``home`` (``~user`` is left as written)."""

@@ -43,8 +43,9 @@ from ..hashing import sha256_file
 from ..keys import join_key
 from .localserver import serve_rclone_s3
 from ..store import Store, open_store
+from ..watch.status import percentile
 
-__all__ = ["DemoResult", "run_demo", "percentile"]
+__all__ = ["DemoResult", "run_demo"]
 
 BUCKET = "demo"
 POD_ID = "demo-pod"
@@ -52,13 +53,6 @@ OUTPUT_PREFIX = f"outputs/{POD_ID}"
 MODEL_PATH = "checkpoints/demo.safetensors"
 MODEL_SIZE = 4 * 1024 * 1024
 POLL_SECONDS = 0.01
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile (``fraction`` in 0..1) of a non-empty list."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), int(-(-fraction * len(ordered) // 1))))
-    return ordered[rank - 1]
 
 
 @attrs.frozen

@@ -34,6 +34,7 @@ from typing import Any, Callable
 from ..config import Config, WatchConfig
 from ..errors import PreconditionFailedError, SourceChangedError, StoreError, UnsafePathError
 from ..fsutil import open_for_writing
+from ..hashing import md5_file
 from ..keys import object_key, public_url, sibling_key
 from ..mediatypes import content_type
 from ..store import LocalStore, ObjectInfo, PutHeaders, S3Store, Store
@@ -102,14 +103,6 @@ def uploaded_already(row: Row | None, st: os.stat_result) -> bool:
     """Whether the journal says this very file (size, mtime, inode) is in the bucket already."""
     return (row is not None and row.state == DONE and row.key is not None and row.size == st.st_size
             and row.mtime_ns == st.st_mtime_ns and row.ino == st.st_ino)
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1024 * 1024), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class FinishCheck:
@@ -343,7 +336,7 @@ class Uploader:
                     return key, put(key), True
             # An object is there and it is not (or no longer) ours.
             if local_md5 is None:
-                local_md5 = hashlib.md5(data, usedforsecurity=False).hexdigest() if data is not None else _md5(path)
+                local_md5 = hashlib.md5(data, usedforsecurity=False).hexdigest() if data is not None else md5_file(path)
             if remote.etag == local_md5:
                 # Same bytes already there (our upload before a crash, or an identical output): nothing to send.
                 return key, remote, False

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from syncbridge.config.build import line_of as _line_of
+from syncbridge.tomlsrc import line_of as _line_of
 from syncbridge.config import infer_provider, is_mount_point, load_config, parse_bool, reference_markdown
 from syncbridge.errors import ConfigError
 from syncbridge.rclone.argv import remote_env

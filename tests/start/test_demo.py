@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from syncbridge.demo.run import percentile
+from syncbridge.watch.status import percentile
 
 
 def test_percentile_nearest_rank() -> None:
