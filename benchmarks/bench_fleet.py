@@ -3,7 +3,7 @@
 Not part of the test suite. One moto S3 server (it enforces conditional writes, as R2 does)
 and one loopback HTTP "upstream" (standing in for Hugging Face / CivitAI, throttled to
 ``--upstream-mbps`` per connection) that counts every byte it serves. Each pod is its own
-process (tests/fleet_pod.py ``models``) with its own state and models folders, running
+process (tests/fleet/fleet_pod.py ``models``) with its own state and models folders, running
 ``pull_models`` with ``write_back = true``. Side by side, each on a fresh bucket:
 
 * **fleet**: pull_models' default coordinator: one pod per model takes the fill lease and
@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from syncbridge.config import load_config  # noqa: E402
 from tests.servers import serve_moto  # noqa: E402
 from syncbridge.store import open_store  # noqa: E402
-from tests.fleet_pod import Upstream  # noqa: E402
+from tests.fleet.fleet_pod import Upstream  # noqa: E402
 
 
 def run(mode: str, server, tmp: Path, blobs: dict[str, bytes], *, pods: int, upstream_mbps: float) -> dict:

@@ -25,7 +25,7 @@ from .config import Config
 from .errors import RcloneError, StoreError, SyncBridgeError, UnsafePathError
 from .fleet import bisync_lease
 from .fsutil import private_state_dir
-from .lease import LeaseBusyError
+from .fleet.lease import LeaseBusyError
 from .keys import key_to_relpath
 from .rclone import Rclone
 from .rclone.argv import Progress, bisync_argv, copy_argv, remote_path

@@ -59,9 +59,10 @@ def test_final_codes(code: str) -> None:
 def test_the_store_reads_the_same_table() -> None:
     from botocore.exceptions import ClientError
 
-    from syncbridge import store
+    from syncbridge import store as store_package
+    from syncbridge.store import s3 as store
 
-    assert store.RETRYABLE_CODES is retry.RETRYABLE_CODES
+    assert store_package.RETRYABLE_CODES is retry.RETRYABLE_CODES
 
     def error(code: str, status: int):
         return store._store_error(ClientError({"Error": {"Code": code, "Message": "m"},

@@ -72,7 +72,7 @@ def test_listing_and_head_times_agree_and_match_botocore(store_and_kind):
 def test_fast_timestamp_parser_agrees_with_botocore(value):
     from botocore.utils import parse_timestamp
 
-    from syncbridge.store import _parse_timestamp
+    from syncbridge.store.s3 import _parse_timestamp
 
     ours, theirs = _parse_timestamp(value), parse_timestamp(value)
     assert ours == theirs and ours.utcoffset() == theirs.utcoffset()

@@ -19,12 +19,12 @@ import pytest
 
 from syncbridge.config import load_config
 from syncbridge.errors import PreconditionFailedError
-from syncbridge.lease import (CLOCK_GRACE, Lease, LeaseBusyError, LeaseLostError, LeaseRecord, Leases,
+from syncbridge.fleet.lease import (CLOCK_GRACE, Lease, LeaseBusyError, LeaseLostError, LeaseRecord, Leases,
                               LeaseUnsupportedError, LeaseView, Verdict, holder_must_give_up, judge, lease_key,
                               leases_enabled, poll_delay, renew_interval)
 from syncbridge.store import open_store
 
-from .conftest import new_bucket, server_env
+from ..conftest import new_bucket, server_env
 
 HERE = Path(__file__).resolve().parent
 T0 = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
@@ -325,7 +325,7 @@ def test_store_without_conditional_writes_is_refused(rclone_s3, tmp_path: Path, 
     assert info.value.exit_code == 2
     with pytest.raises(LeaseUnsupportedError):
         leases_enabled(store, "on", prefix=".syncbridge", what="bisync workflows")
-    with caplog.at_level(logging.WARNING, logger="syncbridge.lease"):
+    with caplog.at_level(logging.WARNING, logger="syncbridge.fleet.lease"):
         assert leases_enabled(store, "auto", prefix=".syncbridge", what="bisync workflows") is False
     assert any("WITHOUT a lease" in r.getMessage() for r in caplog.records)
     assert leases_enabled(store, "off", prefix=".syncbridge", what="bisync workflows") is False
@@ -334,7 +334,7 @@ def test_store_without_conditional_writes_is_refused(rclone_s3, tmp_path: Path, 
 
 def test_holder_cut_off_from_the_bucket_stops_before_anyone_takes_over(moto_s3, tmp_path: Path) -> None:
     """Renewals hang (a loopback proxy stalls them): the holder gives up before the lease can be stolen."""
-    from .faultproxy import FaultProxy, Rule
+    from ..faultproxy import FaultProxy, Rule
 
     bucket = new_bucket(moto_s3)
     with FaultProxy(moto_s3.endpoint) as proxy:

@@ -21,10 +21,10 @@ from syncbridge.fleet import (CacheFill, Heartbeat, ModelFillCoordinator, fleet_
 from syncbridge.models import cacheentry
 from syncbridge.models.cacheentry import Outcome
 from syncbridge.models.sources import SourceError
-from syncbridge.lease import Lease, Leases, lease_key
+from syncbridge.fleet.lease import Lease, Leases, lease_key
 from syncbridge.store import open_store
 
-from .conftest import assert_no_secret, new_bucket, run_cli, server_env, wait_for as _wait
+from ..conftest import assert_no_secret, new_bucket, run_cli, server_env, wait_for as _wait
 from .fleet_pod import Upstream
 
 HERE = Path(__file__).resolve().parent

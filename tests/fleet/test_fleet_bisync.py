@@ -14,10 +14,10 @@ import pytest
 
 from syncbridge.bulk import bisync
 from syncbridge.config import load_config
-from syncbridge.lease import Lease, Leases, lease_key
+from syncbridge.fleet.lease import Lease, Leases, lease_key
 from syncbridge.store import open_store
 
-from .conftest import assert_no_secret, new_bucket, run_cli, server_env
+from ..conftest import assert_no_secret, new_bucket, run_cli, server_env
 
 HERE = Path(__file__).resolve().parent
 
@@ -75,7 +75,7 @@ def test_busy_prefix_waits_for_release(moto_env, tmp_path: Path, caplog) -> None
     local.mkdir()
     (local / "b.json").write_text("{}")
     started = time.monotonic()
-    with caplog.at_level(logging.INFO, logger="syncbridge.lease"):
+    with caplog.at_level(logging.INFO, logger="syncbridge.fleet.lease"):
         summary = bisync(load_config(env_b), local, "workflows")
     waited = time.monotonic() - started
     holder.wait(timeout=30)

@@ -35,7 +35,7 @@ from syncbridge.fleet import CacheFill
 from syncbridge.fsutil import temp_beside
 from syncbridge.hashing import HashingWriter, sha256_file
 from syncbridge.models import cacheentry
-from syncbridge.lease import Lease, LeaseBusyError, Leases
+from syncbridge.fleet.lease import Lease, LeaseBusyError, Leases
 from syncbridge.store import open_store
 
 

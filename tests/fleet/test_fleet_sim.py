@@ -29,10 +29,10 @@ import pytest
 
 from syncbridge.config import load_config
 from syncbridge.fleet import fleet_status
-from syncbridge.lease import judge, lease_key, Leases
+from syncbridge.fleet.lease import judge, lease_key, Leases
 from syncbridge.store import open_store
 
-from .conftest import new_bucket, server_env
+from ..conftest import new_bucket, server_env
 from .fleet_pod import Upstream
 
 HERE = Path(__file__).resolve().parent
