@@ -218,3 +218,17 @@ def test_no_shell_anywhere() -> None:
                 if isinstance(func, ast.Attribute) and func.attr in ("system", "popen") and \
                         isinstance(func.value, ast.Name) and func.value.id == "os":
                     pytest.fail(f"{path.name}:{node.lineno} calls os.{func.attr}")
+
+
+@pytest.mark.parametrize("name", _modules())
+def test_every_relative_import_names_a_module_that_exists(name: str) -> None:
+    """Imports inside functions run only when called: a module moved into a package with a stale
+    ``from .x import`` there would pass every import-time check and fail at its first use."""
+    for target, line in _imports(name):
+        if not target.startswith("syncbridge."):
+            continue
+        dotted = target.split(".", 1)[1]
+        found = [dotted, dotted.rsplit(".", 1)[0]] if "." in dotted else [dotted]  # a module, or a name in one
+        assert any((PKG.joinpath(*d.split(".")).with_suffix(".py")).exists()
+                   or (PKG.joinpath(*d.split(".")) / "__init__.py").exists() or d == "__version__" for d in found), \
+            f"{name}.py:{line} imports {dotted}, which is not a module of syncbridge"

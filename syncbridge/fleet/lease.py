@@ -234,7 +234,7 @@ class Leases:
             LeaseUnsupportedError: the store ignores conditional writes.
             CancelledError: ``cancel`` was set while waiting.
         """
-        from .errors import CancelledError
+        from ..errors import CancelledError
 
         started = self.monotonic()
         attempt = 0

@@ -140,7 +140,7 @@ class CacheFill:
                 then fill without coordination, as a single pod would).
             CancelledError: ``cancel`` was set while waiting.
         """
-        from .errors import CancelledError
+        from ..errors import CancelledError
 
         mono = self.leases.monotonic
         started = mono()
