@@ -224,11 +224,20 @@ def test_no_shell_anywhere() -> None:
 def test_every_relative_import_names_a_module_that_exists(name: str) -> None:
     """Imports inside functions run only when called: a module moved into a package with a stale
     ``from .x import`` there would pass every import-time check and fail at its first use."""
-    for target, line in _imports(name):
-        if not target.startswith("syncbridge."):
+
+    def exists(parts: list[str]) -> bool:
+        target = PKG.joinpath(*parts)
+        return target.with_suffix(".py").exists() or (target / "__init__.py").exists()
+
+    for node in ast.walk(ast.parse(_file(name).read_text())):
+        if not (isinstance(node, ast.ImportFrom) and node.level):
             continue
-        dotted = target.split(".", 1)[1]
-        found = [dotted, dotted.rsplit(".", 1)[0]] if "." in dotted else [dotted]  # a module, or a name in one
-        assert any((PKG.joinpath(*d.split(".")).with_suffix(".py")).exists()
-                   or (PKG.joinpath(*d.split(".")) / "__init__.py").exists() or d == "__version__" for d in found), \
-            f"{name}.py:{line} imports {dotted}, which is not a module of syncbridge"
+        base = _package_of(name)
+        base = base[:len(base) - (node.level - 1)] if node.level > 1 else base
+        if node.module:  # from .x import y: .x must be a module
+            parts = [*base, *node.module.split(".")]
+            assert exists(parts), f"{name}.py:{node.lineno} imports {'.'.join(parts)}, not a module of syncbridge"
+        else:  # from . import y: y is a module, or a name the package's __init__ defines
+            for alias in node.names:
+                assert exists([*base, alias.name]) or alias.name == "__version__" or exists(base), \
+                    f"{name}.py:{node.lineno} imports {alias.name} from {'.'.join(base) or 'syncbridge'}"
