@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-__all__ = [
+__all__ = ["WatchError", 
     "SyncBridgeError",
     "ConfigError",
     "Problem",
@@ -156,3 +156,14 @@ class CancelledError(SyncBridgeError):
     """A long-running operation was cancelled (signal or caller)."""
 
     exit_code = 130
+
+
+class WatchError(SyncBridgeError, RuntimeError):
+    """The watcher cannot start (folder missing, another watcher running, the bucket refuses us, ...).
+
+    ``setting`` names the variable to fix when one is at fault (``R2_SECRET_KEY``...).
+    """
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        self.setting = setting
+        super().__init__(message)

@@ -21,11 +21,11 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from .config import Config, is_mount_point
 
-__all__ = ["detect_gpu_tier", "detect_storage_mode", "tier_for_vram", "free_bytes", "CONSUMER_BELOW_GIB",
+__all__ = ["trim_heap", "detect_gpu_tier", "detect_storage_mode", "tier_for_vram", "free_bytes", "CONSUMER_BELOW_GIB",
            "PROSUMER_BELOW_GIB"]
 
 log = logging.getLogger(__name__)
@@ -108,3 +108,24 @@ def free_bytes(path: str | os.PathLike[str]) -> int:
         probe = probe.parent
     st = os.statvfs(probe)
     return st.f_bavail * st.f_frsize
+
+
+def trim_heap() -> None:
+    """Give the heap freed after a burst back to the OS (glibc's malloc_trim; a no-op elsewhere).
+
+    A long-lived watcher otherwise keeps its peak footprint forever.
+    """
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim  # noqa: B018 - glibc only
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC: Any = None

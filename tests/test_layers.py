@@ -85,6 +85,7 @@ LAYERS = {
     "start": ORCH,
     "start.result": ORCH,
     "start.starter": ORCH,
+    "start.supervise": ORCH,
     "demo": ORCH,
     "demo.run": ORCH,
     "demo.app": ORCH,

@@ -54,7 +54,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..bulk import TransferSummary, bisync, pull, push
 from ..config import Config, Folder
@@ -62,6 +62,7 @@ from ..errors import SyncBridgeError
 from ..fsutil import make_output_dir
 from ..keys import render_prefix
 from ..system import detect_gpu_tier, detect_storage_mode
+from .supervise import POLL_SECONDS, forward_signals, run_cancellable
 from .result import (START_PID_ENV, Step, StartOptions, StartResult, _first_line, _model_record, _summary_part,
                      exit_status, models_line, signal_name)
 
@@ -69,7 +70,6 @@ __all__ = ["Starter", "forward_signals", "run_start"]
 
 log = logging.getLogger("syncbridge.start")
 
-POLL_SECONDS = 0.05
 # A setup step that was asked to stop gets this long to clean up (rclone is
 # terminated by its runner) before start-up gives up on it.
 SETUP_CANCEL_GRACE = 1.0
@@ -150,34 +150,9 @@ class Starter:
 
     def _in_thread(self, what: str, fn: Callable[[threading.Event], Any], *, stop_when: Callable[[], bool],
                    grace: float) -> tuple[Any, BaseException | None, bool]:
-        """Run ``fn(cancel)`` in a worker thread while the main thread keeps watching for stop requests.
-
-        Returns ``(value, exception, abandoned)``; ``abandoned`` means ``stop_when``
-        became true, ``cancel`` was set and the worker did not finish within ``grace``.
-        """
-        cancel = threading.Event()
-        box: dict[str, Any] = {}
-
-        def target() -> None:
-            try:
-                box["value"] = fn(cancel)
-            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-                box["error"] = exc
-
-        worker = threading.Thread(target=target, name=f"syncbridge-start-{what}", daemon=True)
-        worker.start()
-        cancelled_at: float | None = None
-        while worker.is_alive():
-            worker.join(POLL_SECONDS)
-            if not worker.is_alive():
-                break
-            if cancelled_at is None and stop_when():
-                cancel.set()
-                cancelled_at = self.clock()
-            if cancelled_at is not None and self.clock() - cancelled_at >= grace:
-                self._abandoned = True
-                return None, None, True
-        return box.get("value"), box.get("error"), False
+        value, error, abandoned = run_cancellable(what, fn, stop_when=stop_when, grace=grace, clock=self.clock)
+        self._abandoned = self._abandoned or abandoned
+        return value, error, abandoned
 
     # -- steps ----------------------------------------------------------------------
     def _system(self) -> None:
@@ -523,28 +498,6 @@ class Starter:
         log.info("exit: %d%s", exit_code, tail, extra={"event": "start.exit"})
         return StartResult(exit_code, tuple(self.steps), self._app_returncode, self._stop_signal, shutdown,
                            self._abandoned)
-
-
-@contextlib.contextmanager
-def forward_signals(starter: Starter, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-                    ) -> Iterator[Starter]:
-    """Route ``signals`` to :meth:`Starter.request_stop` for the block (main thread only).
-
-    A signal the process was started with ignored (``nohup`` ignores SIGHUP, a
-    shell's ``&`` ignores SIGINT) stays ignored; SIGTERM, the container's stop
-    signal, is always handled.
-    """
-
-    def handler(signum: int, _frame: Any) -> None:
-        starter.request_stop(signum)
-
-    previous = {sig: signal.signal(sig, handler) for sig in signals
-                if sig == signal.SIGTERM or signal.getsignal(sig) is not signal.SIG_IGN}
-    try:
-        yield starter
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def run_start(config: Config, app: Sequence[str] = (), *, options: StartOptions | None = None,

@@ -52,7 +52,7 @@ from typing import Any
 # public name -> module (under syncbridge.watch) that defines it
 _EXPORTS = {
     "OutputWatcher": "watcher",
-    "WatchError": "watcher",
+    "WatchError": "watcher",  # defined in syncbridge.errors
     "run_watch": "watcher",
     "WatchStats": "status",
     "DrainResult": "status",

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import Config
-from ..errors import StoreError, SyncBridgeError, UnsafePathError
+from ..errors import WatchError, StoreError, UnsafePathError
 from ..fleet import Heartbeat
+from ..system import trim_heap
 from ..fsutil import make_output_dir, private_state_dir
 from ..keys import render_prefix
 from ..store import Store
@@ -39,17 +40,6 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = "watch.lock"
 STATUS_INTERVAL = 1.0
-
-
-class WatchError(SyncBridgeError, RuntimeError):
-    """The watcher cannot start (folder missing, another watcher running, the bucket refuses us, ...).
-
-    ``setting`` names the variable to fix when one is at fault (``R2_SECRET_KEY``...).
-    """
-
-    def __init__(self, message: str, *, setting: str | None = None) -> None:
-        self.setting = setting
-        super().__init__(message)
 
 
 class OutputWatcher:
@@ -105,7 +95,7 @@ class OutputWatcher:
         self._stop_event = threading.Event()
         self._intake = Intake(self.directory, config.watch, cond=self._cond, stop=self._stop_event,
                               mark_ready=self._mark_ready, mark_gone=self._mark_gone)
-        self._intake.on_catch_up = _trim_heap  # what building the S3 client and the scan allocated and freed
+        self._intake.on_catch_up = trim_heap  # what building the S3 client and the scan allocated and freed
         self._work: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._journal: Journal | None = None
@@ -490,7 +480,7 @@ class OutputWatcher:
                     uploaded = self._schedule.counters["uploaded"]
                 if idle and uploaded != uploaded_at_trim:
                     uploaded_at_trim = uploaded
-                    _trim_heap()
+                    trim_heap()
                 self._intake.tend(time.monotonic())
                 self._write_status()
             except Exception:  # noqa: BLE001
@@ -498,27 +488,6 @@ class OutputWatcher:
 
     def _write_status(self, *, final: bool = False) -> None:
         self._status.write(self.stats(), final=final)
-
-
-def _trim_heap() -> None:
-    """Give the heap freed after a burst back to the OS (glibc's malloc_trim; a no-op elsewhere).
-
-    A long-lived watcher otherwise keeps its peak footprint forever.
-    """
-    global _LIBC
-    if _LIBC is None:
-        try:
-            import ctypes
-
-            _LIBC = ctypes.CDLL("libc.so.6")
-            _LIBC.malloc_trim  # noqa: B018 - glibc only
-        except (OSError, AttributeError):
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
-
-
-_LIBC: Any = None
 
 
 def run_watch(config: Config, *, directory: str | os.PathLike[str] | None = None,
