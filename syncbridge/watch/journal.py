@@ -260,12 +260,6 @@ class Journal:
                 (self._root, self._template, _b(rel), FAILED if fatal else PENDING, key, attempts, error[:2000], now,
                  now))
 
-    def set_key(self, rel: str, key: str) -> None:
-        """Remember the key chosen for a file (a sibling key after a collision) before uploading to it."""
-        with self._tx() as conn:
-            conn.execute("UPDATE files SET key=?, etag=NULL, updated=? WHERE root=? AND template=? AND rel=?",
-                         (key, time.time(), self._root, self._template, _b(rel)))
-
     def forget(self, rels: Iterable[str]) -> None:
         """Drop rows (the files were deleted or moved away: a new file of that name is a new output)."""
         data = [(self._root, self._template, _b(rel)) for rel in rels]

@@ -15,12 +15,11 @@ endpoint's own origin, as a header (see :mod:`.civitai`).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 from ...store import Store
-from ..manifest import ModelSpec
 from ..source import (Fetched, NotAvailable, Offer, OnBytes, RemoteFile, Source, SourceError, cache_key, origin_of,
-                   safe_url)
+                      safe_url)
 from .cache import CacheSource
 from .civitai import CivitaiSource
 from .hf import HfSource
@@ -42,7 +41,6 @@ __all__ = [
     "origin_of",
     "safe_url",
     "default_sources",
-    "describe_sources",
 ]
 
 
@@ -61,7 +59,3 @@ def default_sources(*, store: Callable[[], Store] | None, cache_prefix: str, hf_
     ladder.append(UrlSource())
     return ladder
 
-
-def describe_sources(sources: Sequence[Source], model: ModelSpec) -> list[str]:
-    """The names of the sources that apply to ``model``, in ladder order."""
-    return [s.name for s in sources if s.applies(model)]
