@@ -14,9 +14,9 @@ Names are imported lazily, so ``import syncbridge`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
 import logging
-from typing import Any
+
+from .lazy import lazy_exports
 
 # The library never prints by itself: with no logging configured, its warnings would otherwise reach
 # stderr through Python's last-resort handler as bare lines. The CLI installs its own handler.
@@ -38,16 +38,12 @@ _EXPORTS = {
     "StoreError": "errors",
     "open_store": "store",
     "OutputWatcher": "watch",
+    "pull_models": "models",
+    "PullReport": "models",
     "PushedOutput": "watch.notify",
 }
 
 __all__ = ["__version__", *_EXPORTS]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'syncbridge' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())

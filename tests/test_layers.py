@@ -21,6 +21,7 @@ LAYERS = {
     "diagnose": PURE,
     "redact": PURE,
     "fmt": PURE,
+    "lazy": PURE,
     "config.settings": PURE,
     "config.model": PURE,
     "config.build": PURE,
