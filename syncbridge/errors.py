@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-__all__ = ["WatchError", 
+__all__ = [
     "SyncBridgeError",
     "ConfigError",
     "Problem",
@@ -23,6 +23,7 @@ __all__ = ["WatchError",
     "SourceChangedError",
     "UnsafePathError",
     "CancelledError",
+    "WatchError",
 ]
 
 
@@ -121,10 +122,14 @@ class StoreError(SyncBridgeError, OSError):
         retryable: whether trying again later may help.
         setting: the variable to fix (``R2_SECRET_KEY``...), when a setting is at fault.
         fix: what to do about it, in the user's words (``syncbridge.diagnose``).
+        mid_body: the request was answered and its body broke off while being read (a stall or a
+            reset): the client's own retries never see that, so a caller may try again itself.
     """
 
     def __init__(self, message: str, *, key: str | None = None, code: str = "", status: int | None = None,
-                 retryable: bool = False, setting: str | None = None, fix: str | None = None) -> None:
+                 retryable: bool = False, setting: str | None = None, fix: str | None = None,
+                 mid_body: bool = False) -> None:
+        self.mid_body = mid_body
         self.key = key
         self.code = code
         self.status = status

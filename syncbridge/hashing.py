@@ -13,19 +13,31 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import BinaryIO, Callable
+from typing import Any, BinaryIO, Callable
 
-__all__ = ["READ_BLOCK", "sha256_file", "md5_file", "hash_file", "HashingWriter"]
+__all__ = ["READ_BLOCK", "sha256_file", "md5_file", "hash_file", "file_digest", "new_digest", "HashingWriter"]
 
 READ_BLOCK = 8 * 1024 * 1024
 
 OnBytes = Callable[[int], None]
 
 
+def new_digest(algorithm: str = "sha256") -> Any:
+    """A fresh hashlib object (md5 marked as not for security: it is S3's ETag, not a defence)."""
+    return hashlib.new(algorithm, usedforsecurity=False) if algorithm == "md5" else hashlib.new(algorithm)
+
+
 def hash_file(path: str | os.PathLike[str], algorithm: str = "sha256", *,
               on_bytes: OnBytes | None = None) -> tuple[int, str]:
     """(size, hex digest) of a file with ``algorithm`` (a hashlib name)."""
-    digest = hashlib.new(algorithm, usedforsecurity=False) if algorithm == "md5" else hashlib.new(algorithm)
+    size, digest = file_digest(path, algorithm, on_bytes=on_bytes)
+    return size, digest.hexdigest()
+
+
+def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256", *,
+                on_bytes: OnBytes | None = None) -> tuple[int, Any]:
+    """(size, the hashlib object fed with the file), to go on hashing what is appended to it."""
+    digest = new_digest(algorithm)
     size = 0
     with open(path, "rb", buffering=0) as fh:
         while True:
@@ -36,7 +48,7 @@ def hash_file(path: str | os.PathLike[str], algorithm: str = "sha256", *,
             size += len(block)
             if on_bytes:
                 on_bytes(len(block))
-    return size, digest.hexdigest()
+    return size, digest
 
 
 def sha256_file(path: str | os.PathLike[str], *, on_bytes: OnBytes | None = None) -> tuple[int, str]:

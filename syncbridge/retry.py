@@ -12,8 +12,9 @@ the HTTP sources cannot drift apart again (they used to disagree on 408 and on h
 * :func:`unreachable`: whether an error says the other end did not answer at all (a timeout, a
   refused or lost connection), as opposed to answering with an error.
 * :func:`retry_by_hand`: whether *our* loop may try again after a client that retries requests on
-  its own (botocore, ``total_max_attempts``) gave up. Only a body cut short qualifies: botocore
-  retried the request, but it cannot see a body that breaks after the response began. A hand loop
+  its own (botocore, ``total_max_attempts``) gave up. Only a body cut short qualifies (broken off,
+  or stalled past the read timeout while it was read): botocore retried the request, but it cannot
+  see a body that breaks after the response began. A hand loop
   around any other failure would multiply the client's attempts (3 x 3 back-to-back requests).
 * :func:`backoff_delay` and :func:`pause`: exponential backoff with "equal jitter" between two tries
   of our own; the random source is passed in, so tests are deterministic.
@@ -89,12 +90,14 @@ def unreachable(*, code: str = "", status: int | None = None) -> bool:
     return status is None and code in UNREACHABLE_CODES
 
 
-def retry_by_hand(*, code: str = "", status: int | None = None) -> bool:
+def retry_by_hand(*, code: str = "", status: int | None = None, mid_body: bool = False) -> bool:
     """Whether our own loop may retry after a client that already retried the request itself (botocore).
 
-    Only a body cut short: the request was retried by the client, the body was not.
+    Only a body cut short: the request was retried by the client, the body was not. That is a
+    body-error code, or (``mid_body``) a stall or a lost connection while the body was being read:
+    botocore raises its ``ReadTimeoutError`` there too, and never retries it.
     """
-    return code in BODY_CODES
+    return code in BODY_CODES or (mid_body and code in UNREACHABLE_CODES)
 
 
 def backoff_delay(attempt: int, *, base: float = 0.2, cap: float = 5.0, rand: Callable[[], float]) -> float:

@@ -37,6 +37,12 @@ def test_retryable_codes(code: str) -> None:
 
 
 @pytest.mark.parametrize("code", sorted(UNREACHABLE_CODES))
+def test_a_stall_or_a_lost_connection_mid_body_is_retried_by_hand(code: str) -> None:
+    assert retry_by_hand(code=code, mid_body=True)  # botocore never retries a body it was reading
+    assert not retry_by_hand(code=code)  # before the answer: botocore retried the request itself
+
+
+@pytest.mark.parametrize("code", sorted(UNREACHABLE_CODES))
 def test_unreachable_codes(code: str) -> None:
     assert retryable_code(code)
     assert unreachable(code=code)

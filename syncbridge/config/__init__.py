@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import re
 import sys
 from pathlib import Path
@@ -118,8 +119,15 @@ def host_facts(environ: Mapping[str, str], *, is_mount: Callable[[str], bool] | 
         except OSError:
             return False
 
+    def user_home(user: str) -> str | None:
+        try:
+            return pwd.getpwnam(user).pw_dir
+        except KeyError:
+            return None
+
     return Host(home=home or environ.get("HOME") or os.path.expanduser("~"),
-                hostname=hostname() if hostname else os.uname().nodename, is_mount=workspace_is_mount)
+                hostname=hostname() if hostname else os.uname().nodename, is_mount=workspace_is_mount,
+                user_home=user_home)
 
 
 def is_mount_point(path: str, *, mountinfo: str = "/proc/self/mountinfo") -> bool:

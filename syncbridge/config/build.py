@@ -36,6 +36,11 @@ class Host:
     home: str  # "~" in paths, and the default state folder
     hostname: str  # the default pod id
     is_mount: Callable[[str], bool]  # whether the workspace is a mount point (storage_mode auto)
+    user_home: Callable[[str], str | None] = lambda _user: None  # "~user" in paths (None: unknown user)
+
+    def expand(self, path: str) -> Path:
+        """``path`` with ``~`` and ``~user`` expanded."""
+        return expand_home(path, self.home, self.user_home)
 
 
 # Fields of a section class that are not a setting read as is: computed in build_config.
@@ -153,7 +158,7 @@ def build_config(
                 continue
             where = col.toml_where(section, name)
             try:
-                values[key] = convert(setting, raw, from_env=False, home=host.home)
+                values[key] = convert(setting, raw, from_env=False, expand=host.expand)
                 origin[key] = where
             except ValueError as exc:
                 col.add(where, str(exc))
@@ -168,7 +173,7 @@ def build_config(
             if env_name in setting.deprecated:
                 notices.append(f"{env_name} is now {setting.env[0]}; the old name still works for now")
             try:
-                values[setting.key] = convert(setting, raw, from_env=True, home=host.home)
+                values[setting.key] = convert(setting, raw, from_env=True, expand=host.expand)
                 origin[setting.key] = where
             except ValueError as exc:
                 col.add(where, str(exc))
@@ -201,7 +206,7 @@ def build_config(
         where = f"argument {key}"
         try:
             values[key] = convert(setting, raw, from_env=isinstance(raw, str) and setting.kind in ("list", "paths"),
-                                  home=host.home)
+                                  expand=host.expand)
             origin[key] = where
         except ValueError as exc:
             col.add(where, str(exc))
@@ -210,7 +215,7 @@ def build_config(
         if key in values:
             return values[key]
         setting = BY_KEY[key]  # a default is written as a user would write it: typed the same way
-        return None if setting.default is None else convert(setting, setting.default, from_env=False, home=host.home)
+        return None if setting.default is None else convert(setting, setting.default, from_env=False, expand=host.expand)
 
     def where_of(key: str) -> str:
         if key in origin:
@@ -257,7 +262,7 @@ def build_config(
         col.add(where_of("remote.bucket"),
                 f"{bucket!r} is not a valid bucket name (3-63 characters: a-z, 0-9, '.', '-')")
 
-    folders = _folders(col, host.home, folder_tables, get("start.folders_spec"), where_of("start.folders_spec"))
+    folders = _folders(col, host.expand, folder_tables, get("start.folders_spec"), where_of("start.folders_spec"))
 
     prefix = get("watch.prefix")
     # A backslash, an empty or '.' segment, or a {date:..} that renders to '..' used to pass here
@@ -316,7 +321,7 @@ def _check_prefix(prefix: str) -> str | None:
     return None
 
 
-def _folders(col: _Collector, home: str, tables: list[tuple[int, Mapping[str, Any]]],
+def _folders(col: _Collector, expand: Callable[[str], Path], tables: list[tuple[int, Mapping[str, Any]]],
              spec: tuple[str, ...], spec_where: str) -> tuple[Folder, ...]:
     folders: list[Folder] = []
     for index, table in tables:
@@ -347,7 +352,7 @@ def _folders(col: _Collector, home: str, tables: list[tuple[int, Mapping[str, An
                 col.add(where, f"{key} must be a list of strings")
                 value = []
             filters[key] = tuple(value)
-        folders.append(Folder(expand_home(local, home), prefix.strip("/"), mode, **filters))
+        folders.append(Folder(expand(local), prefix.strip("/"), mode, **filters))
     for entry in spec:
         mode, sep, rest = entry.partition(":")
         local, eq, prefix = rest.rpartition("=")
@@ -358,5 +363,5 @@ def _folders(col: _Collector, home: str, tables: list[tuple[int, Mapping[str, An
         if bad:
             col.add(spec_where, f"entry {entry!r}: prefix " + bad)
             continue
-        folders.append(Folder(expand_home(local, home), prefix.strip("/"), mode))
+        folders.append(Folder(expand(local), prefix.strip("/"), mode))
     return tuple(folders)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import attrs
 
@@ -247,18 +247,23 @@ SECTIONS = tuple(dict.fromkeys(s.section for s in SETTINGS))
 FOLDER_KEYS = ("local", "prefix", "mode", "include", "exclude")
 FOLDER_MODES = ("pull", "push", "bisync")
 _DURATION_RE = re.compile(r"^\d+(\.\d+)?(ms|s|m|h)?$")
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
-def expand_home(path: str, home: str) -> Path:
-    """``path`` with a leading ``~`` or ``~/`` as ``home`` (``~user`` is left as written)."""
-    if path == "~" or path.startswith("~/"):
-        return Path(home + path[1:])
-    return Path(path)
+def expand_home(path: str, home: str, user_home: Callable[[str], str | None] = lambda _user: None) -> Path:
+    """``path`` with a leading ``~`` as ``home`` and ``~user`` as ``user_home(user)`` (left as written
+    when that user is unknown), as ``os.path.expanduser`` does with HOME and the password database."""
+    if not path.startswith("~"):
+        return Path(path)
+    user, sep, rest = path[1:].partition("/")
+    base = home if not user else user_home(user)
+    if base is None:
+        return Path(path)
+    root = base.rstrip("/")
+    return Path(f"{root}/{rest}") if sep else Path(root or "/")
 
 
-def convert(setting: Setting, raw: Any, *, from_env: bool, home: str) -> Any:
-    """Convert and validate one raw value (``~`` in paths is ``home``). Raises ValueError with a message."""
+def convert(setting: Setting, raw: Any, *, from_env: bool, expand: Callable[[str], Path] = Path) -> Any:
+    """Convert and validate one raw value (``expand`` turns ``~`` in a path into a home folder). Raises ValueError."""
     kind = setting.kind
     if kind in ("str", "secret"):
         if not isinstance(raw, str):
@@ -293,7 +298,7 @@ def convert(setting: Setting, raw: Any, *, from_env: bool, home: str) -> Any:
             raise ValueError(f"expected a path, got {raw!r}")
         if "\0" in raw:
             raise ValueError("a path cannot contain a NUL byte")
-        return expand_home(raw, home)
+        return expand(raw)
     if kind in ("list", "paths"):
         if isinstance(raw, str):
             items = [p.strip() for p in raw.split(setting.sep)] if from_env or setting.sep else [raw]
@@ -303,7 +308,7 @@ def convert(setting: Setting, raw: Any, *, from_env: bool, home: str) -> Any:
         else:
             raise ValueError(f"expected a list of strings, got {raw!r}")
         if kind == "paths":
-            return tuple(expand_home(p, home) for p in items)
+            return tuple(expand(p) for p in items)
         return tuple(items)
     if kind == "choice":
         if not isinstance(raw, str):

@@ -13,7 +13,6 @@ Whether a status or a failure is worth another try comes from :mod:`syncbridge.r
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import threading
@@ -22,7 +21,7 @@ from typing import Callable
 from urllib.parse import urljoin, urlsplit
 
 from ..errors import CancelledError, StoreError
-from ..hashing import READ_BLOCK, sha256_file
+from ..hashing import file_digest, new_digest, sha256_file
 from ..retry import ATTEMPTS, pause, retryable_status
 from .source import Fetched, NotAvailable, OnBytes, Source, SourceError, check_cancel, origin_of, safe_url
 
@@ -115,11 +114,7 @@ class Http:
                                       retryable=retryable_status(status) or status == 416)
                 length = response.headers.get("Content-Length")
                 remaining = int(length) if length and length.isdigit() else None
-                digest = hashlib.sha256()
-                if mode == "ab":
-                    with open(temp, "rb") as fh:
-                        for block in iter(lambda: fh.read(READ_BLOCK), b""):
-                            digest.update(block)
+                digest = file_digest(temp)[1] if mode == "ab" else new_digest()  # the kept part, then the rest
                 got = 0
                 with open(temp, mode) as out:
                     try:

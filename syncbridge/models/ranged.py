@@ -161,7 +161,7 @@ class Ranged:
                                         continue
                                 # The store's client retried the request itself: only a body cut short
                                 # is tried again here, after a backoff (syncbridge.retry).
-                                if not retry_by_hand(code=exc.code) or attempt == ATTEMPTS - 1:
+                                if not retry_by_hand(code=exc.code, mid_body=exc.mid_body) or attempt == ATTEMPTS - 1:
                                     raise
                                 log.info("cache part %s-%s of %s failed (%s); retrying", start, end, key, exc,
                                          extra={"event": "models.part_retry", "key": key})

@@ -106,7 +106,14 @@ def _parse_timestamp(value: Any) -> dt.datetime:
     return parse_timestamp(value)
 
 
-def _store_error(exc: BaseException, *, key: str | None, action: str) -> StoreError:
+def _store_error(exc: BaseException, *, key: str | None, action: str, mid_body: bool = False) -> StoreError:
+    """``exc`` as a :class:`StoreError`; ``mid_body``: it broke off the body of an answered request."""
+    error = _answer_error(exc, key=key, action=action)
+    error.mid_body = mid_body
+    return error
+
+
+def _answer_error(exc: BaseException, *, key: str | None, action: str) -> StoreError:
     """Map a botocore exception to a StoreError carrying code, status and retryability."""
     from botocore import exceptions as bexc
 
@@ -278,7 +285,7 @@ class S3Store(Store):
         try:
             data = r["Body"].read()
         except Exception as exc:  # noqa: BLE001 - streaming errors of every kind
-            raise _store_error(exc, key=key, action="get") from exc
+            raise _store_error(exc, key=key, action="get", mid_body=True) from exc
         info = ObjectInfo(key, int(r.get("ContentLength", len(data))), _strip_etag(r.get("ETag")),
                           r["LastModified"].astimezone(dt.timezone.utc), _metadata(r))
         if len(data) != info.size:
@@ -296,7 +303,7 @@ class S3Store(Store):
                 fileobj.write(chunk)
                 got += len(chunk)
         except Exception as exc:  # noqa: BLE001
-            raise _store_error(exc, key=key, action="get") from exc
+            raise _store_error(exc, key=key, action="get", mid_body=True) from exc
         if got != expected:
             raise StoreError(f"get {key!r}: got {got} of {expected} bytes", key=key, code="ShortRead",
                              retryable=True)
@@ -323,7 +330,7 @@ class S3Store(Store):
                     view = view[written:]
                     pos += written
         except Exception as exc:  # noqa: BLE001 - streaming errors of every kind
-            raise _store_error(exc, key=key, action="get") from exc
+            raise _store_error(exc, key=key, action="get", mid_body=True) from exc
         if pos != end:
             raise StoreError(f"get {key!r} bytes {start}-{end - 1}: got {pos - start} of {end - start} bytes",
                              key=key, code="ShortRead", retryable=True)

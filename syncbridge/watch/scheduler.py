@@ -45,6 +45,7 @@ KEY_SPACING_SECONDS = 1.0  # R2 takes about one write per second per key (429 be
 # While the store is failing, one request probes it at most this often (cheap, and the
 # backlog starts moving within this long of the store coming back).
 STORE_PROBE_MAX_SECONDS = 2.0
+FINISH_WAITS = ("quiet", "look", "writing")  # the waits of a file a scan found (see Unfinished)
 DRAIN_WAIT_MAX = 0.2  # while draining, no backoff or gate waits longer than this
 DRAIN_SETTLE = 0.05
 OUTAGE_LOG_SECONDS = 10.0  # "upload failed, retrying" is logged at most this often
@@ -87,7 +88,7 @@ class Item:
     fatal: bool = False
     changes: int = 0  # uploads in a row during which the file changed (it is still being written)
     last_put: float = 0.0  # when its last upload ended (R2 takes about one write per second per key)
-    why: str = ""  # why it is waiting: retry, settle, quiet or spacing
+    why: str = ""  # why it is waiting: retry, settle, spacing, or (found by a scan) quiet, look or writing
     closed: bool = False  # a close (or rename into place) said it is finished; a scan alone does not
     quiet_sig: tuple[int, int, int, int] | None = None  # the stat last seen while waiting to be quiet
     quiet_since: float = 0.0  # since when (monotonic) it has looked like that
@@ -107,14 +108,22 @@ class Note:
 class Unfinished:
     """Why a file a scan found is not pushed yet, and for how long.
 
-    ``writing``: a process has it open for writing (seen in /proc): a drain does not wait for it,
-    it stays in the journal rather than going out as a prefix of itself. Otherwise the file only
-    waits for evidence (the next look at /proc, or its quiet time where /proc cannot tell), and a
-    drain waits for that too: a file written just before the stop is pushed, not left behind.
+    ``writing``: a process has it open for writing (seen in /proc). ``look``: it only waits for the
+    next look at /proc (a moment), because the last one was taken before its last change. Neither:
+    it waits to be quiet (where /proc cannot tell, as on a network file system).
+
+    A drain waits only for a ``look``: a file written just before the stop is pushed, not left
+    behind. A file being written, or one that must first be quiet, stays in the journal rather than
+    going out as a prefix of itself or holding the stop to its deadline.
     """
 
     seconds: float
     writing: bool = False
+    look: bool = False
+
+    @property
+    def why(self) -> str:
+        return "writing" if self.writing else "look" if self.look else "quiet"
 
 
 def quiet_by_mtime(mtime: float, *, wall: float, quiet: float) -> bool:
@@ -191,11 +200,11 @@ class Schedule:
             item.closed = item.closed or closed
             return False
         item = self.waiting.get(rel)
-        if item is not None and item.why not in ("settle", "quiet", "writing"):
+        if item is not None and item.why not in ("settle", *FINISH_WAITS):
             item.event_mono = now  # in a retry backoff, or spacing writes to one key: keep waiting
             item.closed = item.closed or closed
             return False
-        if item is not None and item.why in ("quiet", "writing") and not closed:
+        if item is not None and item.why in FINISH_WAITS and not closed:
             return False  # a scan found it again: it still waits to be quiet
         item = self.waiting.pop(rel, None) or self.failed.pop(rel, None)
         if item is not None:  # a new event cuts a settle or quiet wait, or a fatal error's wait, short
@@ -357,8 +366,7 @@ class Schedule:
         elif outcome is Outcome.UNFINISHED:
             # Found by a scan and maybe still being written: its close event, the next look at /proc
             # or its quiet time says when it is done.
-            wait = min(detail.seconds, DRAIN_WAIT_MAX) if self.draining and not detail.writing else detail.seconds
-            self._wait(item, now + wait, why="writing" if detail.writing else "quiet")
+            self._wait(item, now + detail.seconds, why=detail.why)
         elif outcome is Outcome.CHANGED:
             item.closed = False  # written again since its close: finished at its next close, or quiet
             # Still being written (found by a scan while a job writes it): wait longer each
@@ -400,10 +408,11 @@ class Schedule:
 
     @property
     def drain_busy(self) -> bool:
-        """Whether a drain still has work. A file a process still has open for writing is not waited
-        for: it stays pending in the journal rather than going out as a prefix of itself. A file a
-        scan found that only waits for the evidence that it is finished is waited for."""
-        return bool(self.ready or self.inflight or any(i.why != "writing" for i in self.waiting.values()))
+        """Whether a drain still has work. Of the files a scan found, only one waiting for the next look
+        at /proc is waited for (:class:`Unfinished`); one being written, or waiting to be quiet, stays
+        pending in the journal rather than going out as a prefix of itself."""
+        return bool(self.ready or self.inflight
+                    or any(i.why not in ("writing", "quiet") for i in self.waiting.values()))
 
     def left(self) -> dict[str, Item]:
         """The files not pushed (failed ones apart)."""
@@ -423,4 +432,4 @@ class Schedule:
     @property
     def waiting_to_finish(self) -> int:
         """Files found by a scan, waiting for their close or to be quiet."""
-        return sum(1 for i in self.waiting.values() if i.why in ("quiet", "writing"))
+        return sum(1 for i in self.waiting.values() if i.why in FINISH_WAITS)

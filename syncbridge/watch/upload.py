@@ -42,7 +42,7 @@ from .journal import DONE, Journal, Row
 from .notify import PushedOutput
 from .scheduler import Item, Outcome, Unfinished, quiet_by_mtime, quiet_left
 
-__all__ = ["Uploader", "FinishCheck", "uploaded_already", "open_store", "check_store", "ORIGIN_META", "INMEMORY_MAX"]
+__all__ = ["Uploader", "FinishCheck", "uploaded_already", "connect_store", "check_store", "ORIGIN_META", "INMEMORY_MAX"]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ S3_CONNECT_TIMEOUT = 2.0
 S3_READ_TIMEOUT = 20.0
 
 
-def open_store(config: Config, *, connections: int) -> Store:
+def connect_store(config: Config, *, connections: int) -> Store:
     """The watcher's store: one client with ``connections`` pooled, short timeouts and no retries of its own."""
     remote = config.remote
     if remote.is_local:
@@ -135,11 +135,13 @@ class FinishCheck:
                     taken, taken_wall = now, wall
                     self._writers = (now, wall, writers)
             if writers is not None:
+                if str(path) in writers:
+                    return Unfinished(self.quiet, writing=True)
                 if taken_wall <= st.st_mtime + 0.02:
                     # This look is older than the file's last change and may miss its writer: ask the
                     # next one (at most WRITERS_TTL away; one look serves a whole burst of files).
-                    return Unfinished(max(0.01, taken + WRITERS_TTL - now))
-                return Unfinished(self.quiet, writing=True) if str(path) in writers else Unfinished(0.0)
+                    return Unfinished(max(0.01, taken + WRITERS_TTL - now), look=True)
+                return Unfinished(0.0)
         return Unfinished(quiet_left(item, _sig(st), now=time.monotonic(), quiet=self.quiet))
 
 

@@ -32,7 +32,7 @@ from .journal import JOURNAL_NAME, Journal
 from .notify import Notifier, PushedOutput, Webhook
 from .scheduler import FATAL_RETRY_SECONDS, Item, Outcome, Schedule
 from .status import DrainResult, StateLockedError, StatusFile, WatchStats, percentile, take_state_lock
-from .upload import FinishCheck, Uploader, check_store, open_store
+from .upload import FinishCheck, Uploader, check_store, connect_store
 
 __all__ = ["OutputWatcher", "WatchError", "run_watch"]
 
@@ -178,7 +178,7 @@ class OutputWatcher:
             raise WatchError(f"invalid key prefix {self.template!r}: {exc}") from exc
         self._journal = Journal(watch_dir / JOURNAL_NAME, root=str(self.directory), template=self.template)
         if self._store is None:
-            self._store = open_store(self.config, connections=self.settings.concurrency + 2)
+            self._store = connect_store(self.config, connections=self.settings.concurrency + 2)
         if self._check_bucket:
             try:
                 check_store(self._store, self._prefix)

@@ -514,3 +514,18 @@ def test_section_classes_and_the_settings_table_agree() -> None:
         settings = {s.name for s in SETTINGS if s.section == section and s.key != "start.folders_spec"}
         assert fields == settings, (cls.__name__, fields ^ settings)
         assert set(SECTION_DERIVED.get(cls, ())) <= fields
+
+
+def test_a_tilde_in_a_path_is_the_home_of_the_environment_passed_in_or_of_the_user_named() -> None:
+    """``~`` comes from HOME in the mapping passed in (not this process's); ``~user`` from the password
+    database, as os.path.expanduser does; an unknown user is left as written."""
+    import pwd
+
+    from syncbridge.config.settings import expand_home
+
+    config = load_config({"HOME": "/home/pod", "COMFYUI_OUTPUT_DIR": "~/out",
+                          "SYNCBRIDGE_MODELS": f"~{pwd.getpwuid(0).pw_name}/m.toml:~nobody-such-user/n.toml"})
+    assert config.watch.dir == Path("/home/pod/out")
+    assert config.models.manifests == (Path(pwd.getpwuid(0).pw_dir) / "m.toml", Path("~nobody-such-user/n.toml"))
+    assert expand_home("~/x", "/") == Path("/x") and expand_home("~", "/") == Path("/")
+    assert expand_home("~/x", "/home/u/") == Path("/home/u/x") and expand_home("a/~", "/h") == Path("a/~")

@@ -125,6 +125,25 @@ def test_get_reset_half_way_through_a_model(scene, tmp_path, mb):
     assert not scene.leftovers()
 
 
+@pytest.mark.parametrize("mb", [MODEL_MB, 24], ids=["large-ranged", "small-single-get"])
+def test_a_body_that_stalls_once_is_read_again_from_the_cache(scene, tmp_path, mb):
+    """A stall past the read timeout in the middle of a cache object's body: botocore raises its
+    ReadTimeoutError and never retries it (the request was answered). One stalled read used to mark
+    the cache down for the whole pull; it is tried again, after a backoff, like a body cut short."""
+    src = _big_file(tmp_path / "blob", mb)
+    digest = scene.seed_file("checkpoints/slow.safetensors", src)
+    scene.write_manifest([{"name": "slow", "path": "checkpoints/slow.safetensors", "sha256": digest}])
+    scene.proxy.add(Rule("stall", method="GET", path=r"/slow\.safetensors$", phase="response", fraction=0.5,
+                         seconds=30, times=1))
+    config = load_config({**scene.env, "SYNCBRIDGE_CACHE_TIMEOUT": "1"})
+    report = models.pull_models(config, [scene.manifest], tier="datacenter")
+    assert scene.proxy.count("stall") == 1
+    (result,) = report.results
+    assert (result.status, result.source, result.verified) == ("pulled", "cache", "sha256"), report.table()
+    assert sha_file(scene.models_dir / "checkpoints" / "slow.safetensors") == digest
+    assert not scene.leftovers()
+
+
 @pytest.mark.parametrize("lie", [False, True], ids=["cut-short", "content-length-rewritten"])
 def test_truncated_body_with_status_200(scene, lie):
     data = os.urandom(3 * 1024 * 1024)

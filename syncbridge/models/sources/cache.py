@@ -310,7 +310,7 @@ class CacheSource(Source):
                 return Fetched(writer.size, writer.hexdigest())
             except StoreError as exc:
                 no_space = isinstance(exc.__cause__, OSError) and exc.__cause__.errno == errno.ENOSPC
-                if not retry_by_hand(code=exc.code) or no_space or attempt == ATTEMPTS:
+                if not retry_by_hand(code=exc.code, mid_body=exc.mid_body) or no_space or attempt == ATTEMPTS:
                     raise
                 log.info("cache get of %s failed (%s); retrying", key, exc,
                          extra={"event": "models.get_retry", "key": key})
