@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from .common import add_common
 from ..fmt import human_bytes as _human
@@ -42,6 +43,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("manifests", nargs="*", metavar="MANIFEST")
     add_common(q)
     q.set_defaults(func=_list)
+
+    q = msub.add_parser("from-workflow", help="the models ComfyUI workflows need, and where each comes from",
+                        description="Read ComfyUI workflows (UI or API format; a folder: its *.json) and list "
+                                    "every model they need, with the nodes that want it: present in the models "
+                                    "folder, in the bucket cache, from the workflow's URL (a Hugging Face or "
+                                    "CivitAI URL goes through that source, so HF_TOKEN and CIVITAI_API_KEY "
+                                    "apply), or unresolved. Exit 1 when a model is unresolved. See "
+                                    "docs/models.md.")
+    q.add_argument("workflows", nargs="+", metavar="WORKFLOW", help="workflow files or folders of them")
+    q.add_argument("--models-dir", metavar="DIR", help="the models folder (default: SYNCBRIDGE_MODELS_DIR, else "
+                                                       "/workspace/ComfyUI/models)")
+    q.add_argument("--cache-prefix", metavar="PREFIX", default="models", help="the cache's key prefix (default "
+                                                                               "models)")
+    q.add_argument("--write", metavar="MANIFEST", help="write a manifest of the models (refuses an existing file)")
+    q.add_argument("--pull", action="store_true", help="pull the models now, as `models pull` would")
+    q.add_argument("--json", action="store_true", help="one JSON object per model")
+    add_common(q)
+    q.set_defaults(func=_from_workflow)
 
     q = msub.add_parser("cache", help="fill the R2 cache from local models",
                         description="Manage the models cache in the bucket.")
@@ -129,3 +148,61 @@ def _cache_push(args, ctx) -> int:
     for row in rows:
         ctx.out("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
     return 0 if report.ok else 1
+
+
+def _from_workflow(args, ctx) -> int:
+    import json
+
+    from ..errors import ConfigError, Problem
+    from ..fsutil import atomic_write_bytes, private_state_dir
+    from ..models.fromworkflow import manifest_text, read_workflows, resolve
+    from ..models.spec import DEFAULT_MODELS_DIR
+    from ..models.workflow import needed
+    from ..store import open_store
+
+    config = ctx.config()
+    workflows = read_workflows(args.workflows, skip_other_json=True)
+    models = needed((Path(name).name, refs) for name, refs in workflows)
+    models_dir = Path(args.models_dir or config.models.dir or DEFAULT_MODELS_DIR)
+    store = open_store(config.remote, state_dir=config.state_dir)
+    try:
+        resolved, cache_error = resolve(models, models_dir=models_dir, cache_prefix=args.cache_prefix,
+                                        list_keys=lambda prefix: (o.key for o in store.list(prefix)),
+                                        hf_endpoint=config.models.hf_endpoint,
+                                        civitai_endpoint=config.models.civitai_endpoint)
+    finally:
+        store.close()
+    if cache_error:
+        ctx.say(f"warning: the bucket cache could not be listed, so it is left out: {cache_error}")
+    for r in resolved:
+        if args.json:
+            ctx.out(json.dumps(r.as_dict()))
+        else:
+            more = f" (+{len(r.model.wanted_by) - 1} more)" if len(r.model.wanted_by) > 1 else ""
+            ctx.out(f"{r.status:<10} {r.model.path}  wanted by {r.model.wanted_by[0]}{more}")
+    unresolved = [r for r in resolved if r.status == "unresolved"]
+    ctx.say(f"{len(workflows)} workflow(s), {len(resolved)} model(s): "
+            + ", ".join(f"{n} {s}" for s in ("present", "cache", "hf", "civitai", "url", "unresolved")
+                        if (n := sum(1 for r in resolved if r.status == s))) if resolved else
+            f"{len(workflows)} workflow(s): no model named")
+    text = manifest_text(resolved, models_dir=models_dir, cache_prefix=args.cache_prefix,
+                         workflows=[name for name, _ in workflows])
+    if args.write:
+        target = Path(args.write)
+        if target.exists():
+            raise ConfigError([Problem(f"--write {target}", "exists already; name a new file (a manifest "
+                                                             "written by hand is never overwritten)")])
+        atomic_write_bytes(target, text.encode("utf-8"), mode=0o644)
+        ctx.say(f"wrote {target}: pull it with `syncbridge models pull {target}` or add it to SYNCBRIDGE_MODELS")
+    code = 0
+    if args.pull and any(r.status != "unresolved" for r in resolved):
+        manifest = private_state_dir(config.state_dir) / "workflow-models.toml"
+        atomic_write_bytes(manifest, text.encode("utf-8"))
+        code = _finish(ctx, pull_models(config, [manifest], environ=ctx.environ))
+    if unresolved:
+        for r in unresolved:
+            print(f"[syncbridge] error: no source for {r.model.path}, wanted by {', '.join(r.model.wanted_by)}: "
+                  f"not in {models_dir}, not in the cache, and the workflow gives no URL", file=sys.stderr,
+                  flush=True)
+        return 1
+    return code

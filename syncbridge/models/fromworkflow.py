@@ -1,0 +1,161 @@
+"""Models from workflows: what ComfyUI workflows need, where each model would come from, a manifest for it.
+
+``syncbridge models from-workflow WORKFLOW...`` reads workflow files (or folders of them), lists every
+model they need with the nodes that want it, and resolves each, in this order:
+
+* ``present``: the file is in the models folder already;
+* ``cache``: the bucket's model cache holds ``<cache_prefix>/<path>`` (one listing, not a HEAD per model);
+* ``hf`` / ``civitai`` / ``url``: the workflow gives a URL (a Hugging Face or CivitAI URL goes through
+  that source, so ``HF_TOKEN``, ``CIVITAI_API_KEY`` and ``HF_ENDPOINT`` apply);
+* ``unresolved``: none of these; said plainly, with the node that wants it.
+
+:func:`manifest_text` turns the resolvable ones into a manifest that ``models pull`` (and ``start``)
+pull like a hand-written one: cache first, then the URL's source, verified, written back if asked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+from urllib.parse import urlsplit
+
+import attrs
+
+from ..errors import ConfigError, Problem, StoreError
+from .workflow import Needed, WorkflowError, refs_of, url_source
+
+__all__ = ["Resolved", "read_workflows", "resolve", "manifest_text", "STATUSES"]
+
+STATUSES = ("present", "cache", "hf", "civitai", "url", "unresolved")
+
+
+@attrs.frozen
+class Resolved:
+    """A model the workflows need, and where it would come from (``status``: one of :data:`STATUSES`)."""
+
+    model: Needed
+    status: str
+    source: dict[str, Any] | None = None  # the manifest source for hf / civitai / url
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.model.path, "status": self.status, "url": self.model.url,
+                "wanted_by": list(self.model.wanted_by)}
+
+
+def _workflow_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*.json") if p.is_file())
+        else:
+            files.append(path)
+    return files
+
+
+def read_workflows(paths: Iterable[str | os.PathLike[str]], *, skip_other_json: bool = False
+                   ) -> list[tuple[str, list]]:
+    """``(file, references)`` for each workflow file (a folder: its ``*.json``, recursively).
+
+    Raises:
+        ConfigError: naming every file that cannot be read, is not JSON or is not a workflow. In a
+            folder, JSON files that are not workflows (``index.json``...) are skipped with
+            ``skip_other_json``.
+    """
+    out: list[tuple[str, list]] = []
+    problems: list[Problem] = []
+    for file in _workflow_files(paths):
+        where = f"workflow {file}"
+        try:
+            doc = json.loads(file.read_text(encoding="utf-8"))
+        except OSError as exc:
+            problems.append(Problem(where, f"cannot be read: {exc.strerror or exc}"))
+            continue
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            problems.append(Problem(where, f"is not JSON: {exc}"))
+            continue
+        try:
+            out.append((str(file), refs_of(doc)))
+        except WorkflowError as exc:
+            if not skip_other_json:
+                problems.append(Problem(where, str(exc)))
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def _cached_paths(list_keys: Callable[[str], Iterable[str]], cache_prefix: str) -> set[str]:
+    prefix = cache_prefix.strip("/") + "/"
+    return {key[len(prefix):] for key in list_keys(prefix) if key.startswith(prefix)}
+
+
+def resolve(models: Sequence[Needed], *, models_dir: Path, cache_prefix: str,
+            list_keys: Callable[[str], Iterable[str]] | None, hf_endpoint: str = "https://huggingface.co",
+            civitai_endpoint: str = "https://civitai.com") -> tuple[list[Resolved], str | None]:
+    """Where each model would come from. ``list_keys(prefix)`` lists the bucket (``None``: no bucket).
+
+    Returns the resolutions and, when the cache could not be listed, why (the models are then
+    resolved without it, and the caller says so).
+    """
+    cached: set[str] = set()
+    cache_error = None
+    if list_keys is not None:
+        try:
+            cached = _cached_paths(list_keys, cache_prefix)
+        except StoreError as exc:
+            cache_error = str(exc)
+    hf_hosts = tuple({"huggingface.co", (urlsplit(hf_endpoint).hostname or "huggingface.co").lower()})
+    civitai_hosts = tuple({"civitai.com", (urlsplit(civitai_endpoint).hostname or "civitai.com").lower()})
+    out: list[Resolved] = []
+    for model in models:
+        source = url_source(model.url, hf_hosts=hf_hosts, civitai_hosts=civitai_hosts) if model.url else None
+        if (models_dir / model.path).is_file():
+            status = "present"
+        elif model.path in cached:
+            status = "cache"
+        elif source is not None:
+            status = next(iter(source))
+        else:
+            status = "unresolved"
+        out.append(Resolved(model, status, source))
+    return out, cache_error
+
+
+def _toml_string(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)  # a JSON string is a valid TOML basic string
+
+
+def _toml_inline(table: dict[str, Any]) -> str:
+    items = ", ".join(f"{k} = {_toml_string(v) if isinstance(v, str) else v}" for k, v in table.items())
+    return "{ " + items + " }"
+
+
+def manifest_text(resolved: Sequence[Resolved], *, models_dir: Path, cache_prefix: str,
+                  workflows: Sequence[str]) -> str:
+    """A manifest (TOML) of every model with a source: the cache by path, then the workflow's URL.
+
+    A model only present on this pod (no URL, not in the cache) is listed too: the cache is asked
+    for it first, and ``models cache push`` puts it there. Unresolved ones are comments.
+    """
+    lines = ["# Generated by `syncbridge models from-workflow` from:"]
+    lines += [f"#   {w}" for w in workflows]
+    lines += ["", "[settings]", f"models_dir = {_toml_string(str(models_dir))}",
+              f"cache_prefix = {_toml_string(cache_prefix)}", ""]
+    names: set[str] = set()
+    for r in resolved:
+        if r.status == "unresolved":
+            lines.append(f"# unresolved: {r.model.path} (wanted by {r.model.wanted_by[0]})")
+            continue
+        name = Path(r.model.name).name
+        base, n = name, 2
+        while name in names:  # the same file name in two folders
+            name, n = f"{base} ({n})", n + 1
+        names.add(name)
+        lines += ["[[model]]", f"name = {_toml_string(name)}", f"path = {_toml_string(r.model.path)}"]
+        for key, value in (r.source or {}).items():
+            lines.append(f"{key} = {_toml_inline(value) if isinstance(value, dict) else _toml_string(value)}")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
