@@ -155,13 +155,14 @@ def _from_workflow(args, ctx) -> int:
 
     from ..errors import ConfigError, Problem
     from ..fsutil import atomic_write_bytes, private_state_dir
+    from ..hashing import sha256_file
     from ..models.fromworkflow import manifest_text, read_workflows, resolve
     from ..models.spec import DEFAULT_MODELS_DIR
     from ..models.workflow import needed
     from ..store import open_store
 
     config = ctx.config()
-    workflows = read_workflows(args.workflows, skip_other_json=True)
+    workflows = read_workflows(args.workflows)
     models = needed((Path(name).name, refs) for name, refs in workflows)
     models_dir = Path(args.models_dir or config.models.dir or DEFAULT_MODELS_DIR)
     store = open_store(config.remote, state_dir=config.state_dir)
@@ -169,7 +170,8 @@ def _from_workflow(args, ctx) -> int:
         resolved, cache_error = resolve(models, models_dir=models_dir, cache_prefix=args.cache_prefix,
                                         list_keys=lambda prefix: (o.key for o in store.list(prefix)),
                                         hf_endpoint=config.models.hf_endpoint,
-                                        civitai_endpoint=config.models.civitai_endpoint)
+                                        civitai_endpoint=config.models.civitai_endpoint,
+                                        sha256_of=sha256_file)
     finally:
         store.close()
     if cache_error:

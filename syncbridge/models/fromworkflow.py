@@ -38,35 +38,37 @@ class Resolved:
     model: Needed
     status: str
     source: dict[str, Any] | None = None  # the manifest source for hf / civitai / url
+    size: int | None = None  # of the file present on this pod (what the manifest entry verifies)
+    sha256: str | None = None  # of a file present here that no URL names (nothing else could vouch for it)
 
     def as_dict(self) -> dict[str, Any]:
         return {"path": self.model.path, "status": self.status, "url": self.model.url,
                 "wanted_by": list(self.model.wanted_by)}
 
 
-def _workflow_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    files: list[Path] = []
+def _workflow_files(paths: Iterable[str | os.PathLike[str]]) -> list[tuple[Path, bool]]:
+    """(file, named) for each file named and each ``*.json`` below each folder named."""
+    files: list[tuple[Path, bool]] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*.json") if p.is_file())
+            files += [(p, False) for p in sorted(path.rglob("*.json")) if p.is_file()]
         else:
-            files.append(path)
+            files.append((path, True))
     return files
 
 
-def read_workflows(paths: Iterable[str | os.PathLike[str]], *, skip_other_json: bool = False
-                   ) -> list[tuple[str, list]]:
+def read_workflows(paths: Iterable[str | os.PathLike[str]]) -> list[tuple[str, list]]:
     """``(file, references)`` for each workflow file (a folder: its ``*.json``, recursively).
 
     Raises:
         ConfigError: naming every file that cannot be read, is not JSON or is not a workflow. In a
-            folder, JSON files that are not workflows (``index.json``...) are skipped with
-            ``skip_other_json``.
+            folder, JSON files that are not workflows (``index.json``...) are skipped; a file named
+            on its own must be one.
     """
     out: list[tuple[str, list]] = []
     problems: list[Problem] = []
-    for file in _workflow_files(paths):
+    for file, named in _workflow_files(paths):
         where = f"workflow {file}"
         try:
             doc = json.loads(file.read_text(encoding="utf-8"))
@@ -79,7 +81,7 @@ def read_workflows(paths: Iterable[str | os.PathLike[str]], *, skip_other_json: 
         try:
             out.append((str(file), refs_of(doc)))
         except WorkflowError as exc:
-            if not skip_other_json:
+            if named:
                 problems.append(Problem(where, str(exc)))
     if problems:
         raise ConfigError(problems)
@@ -93,8 +95,12 @@ def _cached_paths(list_keys: Callable[[str], Iterable[str]], cache_prefix: str) 
 
 def resolve(models: Sequence[Needed], *, models_dir: Path, cache_prefix: str,
             list_keys: Callable[[str], Iterable[str]] | None, hf_endpoint: str = "https://huggingface.co",
-            civitai_endpoint: str = "https://civitai.com") -> tuple[list[Resolved], str | None]:
+            civitai_endpoint: str = "https://civitai.com",
+            sha256_of: Callable[[Path], tuple[int, str]] | None = None) -> tuple[list[Resolved], str | None]:
     """Where each model would come from. ``list_keys(prefix)`` lists the bucket (``None``: no bucket).
+
+    A file present here that no URL names gets its sha256 from ``sha256_of`` (``(size, hex)``): a
+    manifest entry with only a path and a size could not be verified by any source.
 
     Returns the resolutions and, when the cache could not be listed, why (the models are then
     resolved without it, and the caller says so).
@@ -111,15 +117,19 @@ def resolve(models: Sequence[Needed], *, models_dir: Path, cache_prefix: str,
     out: list[Resolved] = []
     for model in models:
         source = url_source(model.url, hf_hosts=hf_hosts, civitai_hosts=civitai_hosts) if model.url else None
-        if (models_dir / model.path).is_file():
-            status = "present"
+        size = sha = None
+        local = models_dir / model.path
+        if local.is_file():
+            status, size = "present", local.stat().st_size
+            if source is None and sha256_of is not None:
+                size, sha = sha256_of(local)
         elif model.path in cached:
             status = "cache"
         elif source is not None:
             status = next(iter(source))
         else:
             status = "unresolved"
-        out.append(Resolved(model, status, source))
+        out.append(Resolved(model, status, source, size, sha))
     return out, cache_error
 
 
@@ -136,8 +146,8 @@ def manifest_text(resolved: Sequence[Resolved], *, models_dir: Path, cache_prefi
                   workflows: Sequence[str]) -> str:
     """A manifest (TOML) of every model with a source: the cache by path, then the workflow's URL.
 
-    A model only present on this pod (no URL, not in the cache) is listed too: the cache is asked
-    for it first, and ``models cache push`` puts it there. Unresolved ones are comments.
+    A model only present on this pod (no URL) is listed too, with its size and sha256: the cache is
+    asked for it first, and ``models cache push`` puts it there. Unresolved ones are comments.
     """
     lines = ["# Generated by `syncbridge models from-workflow` from:"]
     lines += [f"#   {w}" for w in workflows]
@@ -154,6 +164,10 @@ def manifest_text(resolved: Sequence[Resolved], *, models_dir: Path, cache_prefi
             name, n = f"{base} ({n})", n + 1
         names.add(name)
         lines += ["[[model]]", f"name = {_toml_string(name)}", f"path = {_toml_string(r.model.path)}"]
+        if r.size is not None:  # present here: what the entry verifies
+            lines.append(f"size = {r.size}")
+        if r.sha256 is not None:
+            lines.append(f"sha256 = {_toml_string(r.sha256)}")
         for key, value in (r.source or {}).items():
             lines.append(f"{key} = {_toml_inline(value) if isinstance(value, dict) else _toml_string(value)}")
         lines.append("")

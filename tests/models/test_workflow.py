@@ -172,7 +172,9 @@ def test_from_workflow_resolves_each_model_writes_a_manifest_and_pulls(local_env
     target = models / "diffusion_models" / "flux-mini.safetensors"
     assert hashlib.sha256(target.read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest()
     assert (models / "loras" / "cached.safetensors").read_bytes() == b"lora"  # from the cache, by path
-    assert any(hub_request.startswith("GET /org/flux/resolve/") for hub_request in hub.requests), hub.requests
+    # through the Hugging Face source (paths-info, resolve, then the CDN), not a plain URL download
+    assert any(r.path.startswith("/api/models/org/flux/paths-info/") for r in hub.requests), hub.requests
+    assert any(r.path.startswith("/org/flux/resolve/main/split/flux-mini") for r in hub.requests), hub.requests
 
 
 def test_from_workflow_names_a_file_that_is_not_a_workflow(local_env, tmp_path) -> None:
