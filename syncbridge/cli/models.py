@@ -155,56 +155,34 @@ def _from_workflow(args, ctx) -> int:
 
     from ..errors import ConfigError, Problem
     from ..fsutil import atomic_write_bytes, private_state_dir
-    from ..hashing import sha256_file
-    from ..models.fromworkflow import manifest_text, read_workflows, resolve
-    from ..models.spec import DEFAULT_MODELS_DIR
-    from ..models.workflow import needed
-    from ..store import open_store
+    from ..models.fromworkflow import workflow_models
 
     config = ctx.config()
-    workflows = read_workflows(args.workflows)
-    models = needed((Path(name).name, refs) for name, refs in workflows)
-    models_dir = Path(args.models_dir or config.models.dir or DEFAULT_MODELS_DIR)
-    store = open_store(config.remote, state_dir=config.state_dir)
-    try:
-        resolved, cache_error = resolve(models, models_dir=models_dir, cache_prefix=args.cache_prefix,
-                                        list_keys=lambda prefix: (o.key for o in store.list(prefix)),
-                                        hf_endpoint=config.models.hf_endpoint,
-                                        civitai_endpoint=config.models.civitai_endpoint,
-                                        sha256_of=sha256_file)
-    finally:
-        store.close()
-    if cache_error:
-        ctx.say(f"warning: the bucket cache could not be listed, so it is left out: {cache_error}")
-    for r in resolved:
+    found = workflow_models(config, args.workflows, models_dir=Path(args.models_dir) if args.models_dir else None,
+                            cache_prefix=args.cache_prefix)
+    if found.cache_error:
+        ctx.say(f"warning: the bucket cache could not be listed, so it is left out: {found.cache_error}")
+    for r in found.resolved:
         if args.json:
             ctx.out(json.dumps(r.as_dict()))
         else:
             more = f" (+{len(r.model.wanted_by) - 1} more)" if len(r.model.wanted_by) > 1 else ""
             ctx.out(f"{r.status:<10} {r.model.path}  wanted by {r.model.wanted_by[0]}{more}")
-    unresolved = [r for r in resolved if r.status == "unresolved"]
-    ctx.say(f"{len(workflows)} workflow(s), {len(resolved)} model(s): "
-            + ", ".join(f"{n} {s}" for s in ("present", "cache", "hf", "civitai", "url", "unresolved")
-                        if (n := sum(1 for r in resolved if r.status == s))) if resolved else
-            f"{len(workflows)} workflow(s): no model named")
-    text = manifest_text(resolved, models_dir=models_dir, cache_prefix=args.cache_prefix,
-                         workflows=[name for name, _ in workflows])
+    ctx.say(found.summary())
     if args.write:
         target = Path(args.write)
         if target.exists():
             raise ConfigError([Problem(f"--write {target}", "exists already; name a new file (a manifest "
                                                              "written by hand is never overwritten)")])
-        atomic_write_bytes(target, text.encode("utf-8"), mode=0o644)
+        atomic_write_bytes(target, found.manifest.encode("utf-8"), mode=0o644)
         ctx.say(f"wrote {target}: pull it with `syncbridge models pull {target}` or add it to SYNCBRIDGE_MODELS")
     code = 0
-    if args.pull and any(r.status != "unresolved" for r in resolved):
+    if args.pull and len(found.unresolved) < len(found.resolved):
         manifest = private_state_dir(config.state_dir) / "workflow-models.toml"
-        atomic_write_bytes(manifest, text.encode("utf-8"))
+        atomic_write_bytes(manifest, found.manifest.encode("utf-8"))
         code = _finish(ctx, pull_models(config, [manifest], environ=ctx.environ))
-    if unresolved:
-        for r in unresolved:
-            print(f"[syncbridge] error: no source for {r.model.path}, wanted by {', '.join(r.model.wanted_by)}: "
-                  f"not in {models_dir}, not in the cache, and the workflow gives no URL", file=sys.stderr,
-                  flush=True)
-        return 1
-    return code
+    for r in found.unresolved:
+        print(f"[syncbridge] error: no source for {r.model.path}, wanted by {', '.join(r.model.wanted_by)}: "
+              f"not in the models folder, not in the cache, and the workflow gives no URL", file=sys.stderr,
+              flush=True)
+    return 1 if found.unresolved else code

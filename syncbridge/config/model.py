@@ -85,6 +85,7 @@ class ModelsConfig:
     civitai_api_key: str | None = attrs.field(repr=False)
     civitai_endpoint: str
     cache_timeout: float
+    workflows: tuple[Path, ...] = ()
 
 
 @attrs.frozen

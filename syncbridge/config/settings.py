@@ -170,6 +170,10 @@ SETTINGS: tuple[Setting, ...] = (
     # -- models ---------------------------------------------------------------------
     S("models.manifests", ("SYNCBRIDGE_MODELS",), "paths", (),
       "Model manifests (TOML), ':'-separated in the environment.", sep=":"),
+    S("models.workflows", ("SYNCBRIDGE_WORKFLOWS",), "paths", (),
+      "ComfyUI workflows (files, or folders of *.json), ':'-separated in the environment: `start` also pulls "
+      "every model they name (present, from the cache, or from the workflow's URL), as `models from-workflow` "
+      "resolves them.", sep=":"),
     S("models.dir", ("SYNCBRIDGE_MODELS_DIR",), "path", None,
       "Overrides the manifests' models_dir (default /workspace/ComfyUI/models)."),
     S("models.on_failure", ("SYNCBRIDGE_MODELS_ON_FAILURE",), "choice", "stop",

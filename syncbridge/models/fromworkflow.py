@@ -16,6 +16,7 @@ pull like a hand-written one: cache first, then the URL's source, verified, writ
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -24,9 +25,13 @@ from urllib.parse import urlsplit
 import attrs
 
 from ..errors import ConfigError, Problem, StoreError
-from .workflow import Needed, WorkflowError, refs_of, url_source
+from .spec import DEFAULT_CACHE_PREFIX, DEFAULT_MODELS_DIR
+from .workflow import Needed, WorkflowError, needed, refs_of, url_source
 
-__all__ = ["Resolved", "read_workflows", "resolve", "manifest_text", "STATUSES"]
+__all__ = ["Resolved", "WorkflowModels", "read_workflows", "resolve", "manifest_text", "workflow_models",
+           "write_workflow_manifest", "STATUSES"]
+
+log = logging.getLogger(__name__)
 
 STATUSES = ("present", "cache", "hf", "civitai", "url", "unresolved")
 
@@ -173,3 +178,66 @@ def manifest_text(resolved: Sequence[Resolved], *, models_dir: Path, cache_prefi
         lines.append("")
     return "\n".join(lines) + "\n"
 
+
+@attrs.frozen
+class WorkflowModels:
+    """What :func:`workflow_models` found: the workflows read, each model resolved, the manifest text."""
+
+    workflows: tuple[str, ...]
+    resolved: tuple[Resolved, ...]
+    manifest: str
+    cache_error: str | None
+
+    @property
+    def unresolved(self) -> list[Resolved]:
+        return [r for r in self.resolved if r.status == "unresolved"]
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{n} {s}" for s in STATUSES if (n := sum(1 for r in self.resolved if r.status == s)))
+        return f"{len(self.workflows)} workflow(s), {len(self.resolved)} model(s)" + (f": {counts}" if counts else "")
+
+
+def workflow_models(config: Any, paths: Iterable[str | os.PathLike[str]], *, models_dir: Path | None = None,
+                    cache_prefix: str = DEFAULT_CACHE_PREFIX) -> WorkflowModels:
+    """Read ``paths`` (workflows, or folders of them), resolve every model against this pod and the
+    bucket's cache, and write nothing: the caller decides where the manifest goes.
+
+    Raises:
+        ConfigError: a workflow that cannot be read or is not one, naming the file.
+    """
+    from ..hashing import sha256_file
+    from ..store import open_store
+
+    workflows = read_workflows(paths)
+    models = needed((Path(name).name, refs) for name, refs in workflows)
+    models_dir = Path(models_dir or config.models.dir or DEFAULT_MODELS_DIR)
+    store = open_store(config.remote, state_dir=config.state_dir)
+    try:
+        resolved, cache_error = resolve(models, models_dir=models_dir, cache_prefix=cache_prefix,
+                                        list_keys=lambda prefix: (o.key for o in store.list(prefix)),
+                                        hf_endpoint=config.models.hf_endpoint,
+                                        civitai_endpoint=config.models.civitai_endpoint, sha256_of=sha256_file)
+    finally:
+        store.close()
+    text = manifest_text(resolved, models_dir=models_dir, cache_prefix=cache_prefix,
+                         workflows=[name for name, _ in workflows])
+    return WorkflowModels(tuple(name for name, _ in workflows), tuple(resolved), text, cache_error)
+
+
+def write_workflow_manifest(config: Any) -> Path:
+    """The manifest of every model ``config.models.workflows`` need, written to the state folder (what
+    ``start`` pulls with the manifests); each unresolved model is logged with the node that wants it."""
+    from ..fsutil import atomic_write_bytes, private_state_dir
+
+    found = workflow_models(config, config.models.workflows)
+    log.info("workflows: %s", found.summary(), extra={"event": "models.workflows"})
+    for r in found.unresolved:
+        log.warning("workflows: no source for %s, wanted by %s (not in the models folder, not in the cache, and "
+                    "the workflow gives no URL)", r.model.path, ", ".join(r.model.wanted_by),
+                    extra={"event": "models.workflow_unresolved"})
+    if found.cache_error:
+        log.warning("workflows: the bucket cache could not be listed: %s", found.cache_error,
+                    extra={"event": "models.workflow_cache"})
+    manifest = private_state_dir(config.state_dir) / "workflow-models.toml"
+    atomic_write_bytes(manifest, found.manifest.encode("utf-8"))
+    return manifest

@@ -196,14 +196,28 @@ class Starter:
             self._record("models", "skipped", "off (--no-models or SYNCBRIDGE_START_MODELS=false)", started,
                          show_seconds=False)
             return True
-        if not self.config.models.manifests:
-            self._record("models", "skipped", "no manifest configured (SYNCBRIDGE_MODELS)", started,
-                         show_seconds=False)
+        if not self.config.models.manifests and not self.config.models.workflows:
+            self._record("models", "skipped", "no manifest or workflow configured (SYNCBRIDGE_MODELS, "
+                                              "SYNCBRIDGE_WORKFLOWS)", started, show_seconds=False)
             return True
         from ..models import pull_models
 
+        manifests = list(self.config.models.manifests)
+        if self.config.models.workflows:
+            from ..models.fromworkflow import write_workflow_manifest
+
+            try:
+                manifests.append(write_workflow_manifest(self.config))
+            except SyncBridgeError as exc:  # a workflow that cannot be read: as a failed pull
+                stop = self.options.models_on_failure == "stop"
+                self._record("models", "failed" if stop else "warn", f"{_first_line(exc)}; " + (
+                    "not starting the app (models.on_failure = stop)" if stop else "continuing without the "
+                    "workflows' models (models.on_failure = warn)"), started)
+                if stop:
+                    return False
+
         def fn(cancel: threading.Event) -> Any:
-            return pull_models(self.config, environ=self.environ, tier=self.gpu_tier, cancel=cancel)
+            return pull_models(self.config, manifests, environ=self.environ, tier=self.gpu_tier, cancel=cancel)
 
         value, error, abandoned = self._in_thread("models", fn, stop_when=lambda: self.stop_requested,
                                                   grace=SETUP_CANCEL_GRACE)

@@ -185,3 +185,29 @@ def test_from_workflow_names_a_file_that_is_not_a_workflow(local_env, tmp_path) 
     proc = run_cli(["models", "from-workflow", str(bad), str(broken)], local_env)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"workflow {bad}: not a ComfyUI workflow" in proc.stderr and f"workflow {broken}: is not JSON" in proc.stderr
+
+
+def test_start_pulls_what_the_workflows_need(local_env, tmp_path) -> None:
+    """SYNCBRIDGE_WORKFLOWS: `start` pulls every model the workflows name before the app starts, and says
+    which one no source can supply, with the node that wants it."""
+    import sys
+
+    data = b"unet bytes " * 3000
+    models = tmp_path / "workspace" / "models"
+    (models / "vae").mkdir(parents=True)
+    (models / "vae" / "ae.safetensors").write_bytes(b"vae")
+    with serve_hf() as hub:
+        hub.add("org/flux", {"split/flux-mini.safetensors": data})
+        wf = tmp_path / "workflows"
+        wf.mkdir()
+        _workflow(wf / "flux.json", hub.url)
+        (wf / "index.json").write_text('{"not": "a workflow"}')  # in a folder: skipped
+        env = {**local_env, "HF_ENDPOINT": hub.url, "SYNCBRIDGE_MODELS_DIR": str(models),
+               "SYNCBRIDGE_WORKFLOWS": str(wf)}
+        app = "import os, sys; sys.exit(0 if os.path.exists(sys.argv[1]) else 3)"  # the model is there first
+        target = models / "diffusion_models" / "flux-mini.safetensors"
+        proc = run_cli(["start", "--", sys.executable, "-c", app, str(target)], env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert target.read_bytes() == data
+    assert "workflows: 1 workflow(s), 4 model(s): 1 present, 1 hf, 2 unresolved" in proc.stderr, proc.stderr
+    assert "no source for text_encoders/lost.safetensors, wanted by flux.json: #4 CLIPLoader" in proc.stderr
