@@ -25,14 +25,16 @@ class CivitAI:
     def __init__(self, api_key: str | None = None) -> None:
         self.api_key = api_key
         self.versions: dict[int, tuple[str, bytes]] = {}
+        self.types: dict[int, str] = {}
         self.drop_after: dict[str, int] = {}
         self.corrupt: set[str] = set()
         self.api = LoopbackServer(self._api)
         self.storage = LoopbackServer(self._storage)
         self.url = self.api.url
 
-    def add(self, version_id: int, name: str, data: bytes) -> None:
+    def add(self, version_id: int, name: str, data: bytes, *, model_type: str = "Checkpoint") -> None:
         self.versions[version_id] = (name, data)
+        self.types[version_id] = model_type
 
     def _authorized(self, h) -> bool:
         return self.api_key is None or h.headers.get("Authorization") == f"Bearer {self.api_key}"
@@ -48,7 +50,7 @@ class CivitAI:
                 send_json(h, {"error": f"No model version with id {vid}"}, status=404)
                 return
             name, data = self.versions[vid]
-            send_json(h, {"id": vid, "files": [
+            send_json(h, {"id": vid, "model": {"name": f"model {vid}", "type": self.types[vid]}, "files": [
                 {"name": "notes.txt", "sizeKB": 0.1, "type": "Training Data", "primary": False,
                  "hashes": {"SHA256": "00" * 32}, "downloadUrl": f"{self.url}/api/download/models/{vid}?type=Training"},
                 {"name": name, "sizeKB": len(data) / 1024, "type": "Model", "primary": True,

@@ -66,6 +66,7 @@ LAYERS = {
     "models.layout": IO,
     "models.report": IO,
     "models.fromworkflow": IO,
+    "models.add": IO,
     "fleet.rules": PURE,
     "fleet.lease": IO,
     "fleet.heartbeat": IO,

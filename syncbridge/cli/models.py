@@ -44,6 +44,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_common(q)
     q.set_defaults(func=_list)
 
+    q = msub.add_parser("add", help="add a model to a manifest from a link (Hugging Face, CivitAI, a URL)",
+                        description="Append a [[model]] entry to a manifest from SOURCE: hf:REPO/PATH[@REV], a "
+                                    "Hugging Face resolve/blob URL, a CivitAI model page (?modelVersionId=V) or "
+                                    "download URL, or any http(s) URL. The name, size and sha256 come from the "
+                                    "source's metadata; a plain URL is downloaded into the models folder and "
+                                    "hashed. The manifest keeps its comments and layout; a second entry for the "
+                                    "same path or name is refused. See docs/models.md.")
+    q.add_argument("source", metavar="SOURCE")
+    q.add_argument("--manifest", metavar="FILE", help="the manifest (default: the first of SYNCBRIDGE_MODELS; "
+                                                      "created when missing)")
+    q.add_argument("--dir", metavar="FOLDER", help="the ComfyUI folder: checkpoints, loras, vae, ... (default: "
+                                                   "CivitAI's model type)")
+    q.add_argument("--name", help="the entry's name (default: the file name)")
+    q.add_argument("--no-download", action="store_true", help="a plain URL: enter it without a sha256 "
+                                                              "instead of downloading it to hash it")
+    q.add_argument("--pull", action="store_true", help="pull the model now")
+    add_common(q)
+    q.set_defaults(func=_add)
+
     q = msub.add_parser("from-workflow", help="the models ComfyUI workflows need, and where each comes from",
                         description="Read ComfyUI workflows (UI or API format; a folder: its *.json) and list "
                                     "every model they need, with the nodes that want it: present in the models "
@@ -186,3 +205,52 @@ def _from_workflow(args, ctx) -> int:
               f"not in the models folder, not in the cache, and the workflow gives no URL", file=sys.stderr,
               flush=True)
     return 1 if found.unresolved else code
+
+
+def _add(args, ctx) -> int:
+    from ..errors import ConfigError, Problem
+    from ..models.add import append_entry, describe, parse_source
+    from ..models.sources import default_sources
+    from ..models.spec import DEFAULT_MODELS_DIR
+
+    config = ctx.config()
+    if args.manifest:
+        manifest = Path(args.manifest)
+    elif config.models.manifests:
+        manifest = Path(config.models.manifests[0])
+    else:
+        raise ConfigError([Problem("--manifest", "is needed: SYNCBRIDGE_MODELS names no manifest to add to")])
+    source = parse_source(args.source, hf_endpoint=config.models.hf_endpoint,
+                          civitai_endpoint=config.models.civitai_endpoint)
+    ladder = default_sources(store=None, cache_prefix="models", hf_endpoint=config.models.hf_endpoint,
+                             hf_token=config.models.hf_token, civitai_endpoint=config.models.civitai_endpoint,
+                             civitai_api_key=config.models.civitai_api_key)
+    models_dir = Path(config.models.dir or _settings_of(manifest).get("models_dir") or DEFAULT_MODELS_DIR)
+    added = describe(source, sources={s.name: s for s in ladder}, folder=args.dir, name=args.name,
+                     download_to=None if args.no_download else (lambda path: models_dir / path))
+    append_entry(manifest, added, models_dir=str(config.models.dir) if config.models.dir else None)
+    what = ", ".join(x for x in (f"{added.size} bytes" if added.size is not None else "",
+                                 f"sha256 {added.sha256[:12]}..." if added.sha256 else "no sha256") if x)
+    ctx.out(f"added {added.name}: {added.path} ({what}) to {manifest}")
+    if args.pull:  # this model only, with the manifest's settings
+        import tomlkit
+
+        from ..fsutil import atomic_write_bytes, private_state_dir
+
+        settings = {k: v for k, v in _settings_of(manifest).items() if k in ("models_dir", "cache_prefix")}
+        settings.setdefault("models_dir", str(models_dir))
+        one = private_state_dir(config.state_dir) / "added-model.toml"
+        atomic_write_bytes(one, tomlkit.dumps({"settings": settings, "model": [added.entry()]}).encode("utf-8"))
+        return _finish(ctx, pull_models(config, [one], environ=ctx.environ))
+    return 0
+
+
+def _settings_of(manifest: Path) -> dict:
+    """A manifest's [settings] (empty when it does not exist yet; a broken one is reported on append)."""
+    from ..tomlsrc import TOMLDecodeError, loads
+
+    try:
+        settings = loads(manifest.read_text(encoding="utf-8")).get("settings")
+    except (OSError, UnicodeDecodeError, TOMLDecodeError):
+        return {}
+    return settings if isinstance(settings, dict) else {}

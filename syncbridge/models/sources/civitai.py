@@ -61,7 +61,9 @@ class CivitaiSource(HttpSource):
             raise SourceError(f"civitai: model version {spec.version_id}: HTTP {response.status}", source=self.name,
                               retryable=retryable_status(response.status))
         try:
-            files = json.loads(body)["files"]
+            answer = json.loads(body)
+            files = answer["files"]
+            model_type = (answer.get("model") or {}).get("type") if isinstance(answer.get("model"), dict) else None
             if spec.file is not None:
                 chosen = next((f for f in files if f.get("name") == spec.file), None)
                 if chosen is None:
@@ -82,7 +84,8 @@ class CivitaiSource(HttpSource):
                 from exc
         approx = int(float(size_kb) * 1024) if isinstance(size_kb, (int, float)) else None
         return Offer(self.name, f"version {spec.version_id} ({chosen.get('name')})",
-                     (RemoteFile("", None, sha.lower() if isinstance(sha, str) else None, download, approx),))
+                     (RemoteFile("", None, sha.lower() if isinstance(sha, str) else None, download, approx),),
+                     meta={"type": model_type, "file": chosen.get("name")})
 
     def fetch(self, model: ModelSpec, file: RemoteFile, temp: Path, *, on_bytes: OnBytes,
               cancel: threading.Event | None = None) -> Fetched:
