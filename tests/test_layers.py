@@ -67,6 +67,7 @@ LAYERS = {
     "models.report": IO,
     "models.fromworkflow": IO,
     "models.add": IO,
+    "models.cachetidy": IO,
     "fleet.rules": PURE,
     "fleet.lease": IO,
     "fleet.heartbeat": IO,

@@ -93,6 +93,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("manifests", nargs="*", metavar="MANIFEST")
     add_common(r)
     r.set_defaults(func=_cache_push)
+    r = csub.add_parser("ls", help="the cache's entries, sizes, monthly cost and which manifest uses each",
+                        description="List every object under the cache prefix with its size, its sha256 and the "
+                                    "manifest entries (and SYNCBRIDGE_WORKFLOWS models) that name it; the total and "
+                                    "its monthly storage cost.")
+    r.add_argument("manifests", nargs="*", metavar="MANIFEST")
+    r.add_argument("--price", type=float, default=0.015, metavar="USD",
+                   help="storage price per GB-month (default 0.015, R2's published price)")
+    r.add_argument("--json", action="store_true", help="one JSON object per entry")
+    add_common(r)
+    r.set_defaults(func=_cache_ls)
+    r = csub.add_parser("prune", help="remove the cache entries no manifest names (a dry run unless --apply)",
+                        description="Remove the objects under the cache prefix that no manifest entry (nor "
+                                    "SYNCBRIDGE_WORKFLOWS) names. A dry run unless --apply; an entry another pod is "
+                                    "filling (it holds the fill lease) is always kept. With no manifest at all, "
+                                    "nothing is removed.")
+    r.add_argument("manifests", nargs="*", metavar="MANIFEST")
+    r.add_argument("--apply", action="store_true", help="delete (default: only say what would go)")
+    add_common(r)
+    r.set_defaults(func=_cache_prune)
+    r = csub.add_parser("verify", help="check the cache's objects against the manifests' sizes and sha256",
+                        description="For each manifest entry, check its cache object: present, the size and the "
+                                    "sha256 (its metadata; --deep reads and hashes the object). Exit 1 on any "
+                                    "mismatch or missing object.")
+    r.add_argument("manifests", nargs="*", metavar="MANIFEST")
+    r.add_argument("--deep", action="store_true", help="read every object and hash it")
+    add_common(r)
+    r.set_defaults(func=_cache_verify)
 
 
 def _finish(ctx, report: PullReport) -> int:
@@ -254,3 +281,97 @@ def _settings_of(manifest: Path) -> dict:
     except (OSError, UnicodeDecodeError, TOMLDecodeError):
         return {}
     return settings if isinstance(settings, dict) else {}
+
+
+def _cache_manifests(ctx, names) -> tuple[list, str]:
+    """[(label, Manifest)] of the manifests named (default SYNCBRIDGE_MODELS, plus SYNCBRIDGE_WORKFLOWS'
+    models), and the cache prefix they share (the first's)."""
+    from ..errors import ConfigError, Problem
+    from ..models.fromworkflow import write_workflow_manifest
+    from ..models.manifest import load_manifests
+
+    config = ctx.config()
+    paths = [Path(p) for p in (names or config.models.manifests)]
+    if not names and config.models.workflows:
+        paths.append(write_workflow_manifest(config))
+    loaded = [(p.name, load_manifests([p], models_dir=config.models.dir)) for p in paths]
+    prefixes = {m.cache_prefix.strip("/") for _, m in loaded}
+    if len(prefixes) > 1:
+        raise ConfigError([Problem("manifests", f"use different cache prefixes ({', '.join(sorted(prefixes))}): "
+                                                f"name the manifests of one cache")])
+    return loaded, (prefixes.pop() if prefixes else "models")
+
+
+def _cache_ls(args, ctx) -> int:
+    import json
+
+    from ..models.cachetidy import inventory, monthly_cost
+    from ..store import open_store
+
+    config = ctx.config()
+    manifests, prefix = _cache_manifests(ctx, args.manifests)
+    store = open_store(config.remote, state_dir=config.state_dir)
+    try:
+        entries = inventory(store, manifests, prefix)
+    finally:
+        store.close()
+    for e in entries:
+        if args.json:
+            ctx.out(json.dumps({"key": e.key, "size": e.size, "sha256": e.sha256, "used_by": list(e.used_by)}))
+        else:
+            ctx.out(f"{_human(e.size):>9}  {e.key}  " + (", ".join(e.used_by) if e.used_by else "(unused)"))
+    total = sum(e.size for e in entries)
+    unused = sum(e.size for e in entries if not e.used_by)
+    ctx.say(f"{len(entries)} entries, {_human(total)} (${monthly_cost(total, args.price):.2f}/month at "
+            f"${args.price:g}/GB-month); unused: {_human(unused)} (${monthly_cost(unused, args.price):.2f}/month)")
+    return 0
+
+
+def _cache_prune(args, ctx) -> int:
+    from ..errors import ConfigError, Problem
+    from ..fleet.lease import Leases
+    from ..fleet.rules import lease_key
+    from ..models.cachetidy import inventory, prune
+    from ..store import open_store
+
+    config = ctx.config()
+    manifests, prefix = _cache_manifests(ctx, args.manifests)
+    if not manifests:
+        raise ConfigError([Problem("SYNCBRIDGE_MODELS", "names no manifest: every cache entry would look unused, "
+                                                         "so nothing is pruned (name the manifests)")])
+    store = open_store(config.remote, state_dir=config.state_dir)
+    try:
+        leases = Leases(store, owner=config.pod_id, prefix=config.fleet.prefix)
+
+        def being_filled(key: str) -> str | None:
+            _view, verdict = leases.inspect(lease_key(config.fleet.prefix, "models", key),
+                                            default_ttl=config.fleet.lease_seconds)
+            return (verdict.holder or "?") if verdict.state == "held" else None
+
+        findings = prune(store, inventory(store, manifests, prefix), being_filled=being_filled, apply=args.apply)
+    finally:
+        store.close()
+    for f in findings:
+        ctx.out(f"{f.what:<12} {f.key}  ({f.detail})")
+    gone = [f for f in findings if f.what in ("deleted", "would delete")]
+    ctx.say(f"{len(gone)} unused entr{'y' if len(gone) == 1 else 'ies'} "
+            + ("deleted" if args.apply else "would be deleted (a dry run: --apply deletes)"))
+    return 0
+
+
+def _cache_verify(args, ctx) -> int:
+    from ..models.cachetidy import verify
+    from ..store import open_store
+
+    config = ctx.config()
+    manifests, _prefix = _cache_manifests(ctx, args.manifests)
+    store = open_store(config.remote, state_dir=config.state_dir)
+    try:
+        findings = verify(store, manifests, deep=args.deep)
+    finally:
+        store.close()
+    for f in findings:
+        ctx.out(f"{f.what:<10} {f.key}  ({f.detail})")
+    bad = [f for f in findings if f.what not in ("ok",)]
+    ctx.say(f"{len(findings)} checked, {len(bad)} not ok")
+    return 1 if any(f.what in ("missing", "size", "sha256") for f in bad) else 0
