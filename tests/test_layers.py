@@ -91,6 +91,7 @@ LAYERS = {
     "start.result": ORCH,
     "start.starter": ORCH,
     "start.supervise": ORCH,
+    "start.background": ORCH,
     "demo": ORCH,
     "demo.run": ORCH,
     "demo.app": ORCH,

@@ -116,6 +116,7 @@ class StartConfig:
     final_push: bool
     stop_seconds: float = 4.5
     on_bucket_failure: str = "stop"
+    models_wait: str = "all"
 
 
 @attrs.frozen

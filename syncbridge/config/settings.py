@@ -209,6 +209,11 @@ SETTINGS: tuple[Setting, ...] = (
     S("bisync.on_busy", ("SYNCBRIDGE_BISYNC_ON_BUSY",), "choice", "wait",
       "When another pod holds the prefix's lease: wait for it or skip.", choices=("wait", "skip")),
     # -- start ----------------------------------------------------------------------
+    S("start.models_wait", ("SYNCBRIDGE_MODELS_WAIT",), "choice", "all",
+      "What syncbridge start waits for before the app: all (every model) or required (the models marked "
+      "required = true and those SYNCBRIDGE_WORKFLOWS need; the rest are pulled in the background while the app "
+      "runs, renamed into place only when complete, and stopped with the app, their temp files kept).",
+      choices=("all", "required")),
     S("start.on_bucket_failure", ("SYNCBRIDGE_ON_BUCKET_FAILURE",), "choice", "stop",
       "syncbridge start checks the bucket first (endpoint, credentials, bucket, a put/read/delete probe): stop "
       "(exit with the check's message naming the setting) or warn (run the app anyway; the watcher keeps every "

@@ -168,7 +168,8 @@ def manifest_text(resolved: Sequence[Resolved], *, models_dir: Path, cache_prefi
         while name in names:  # the same file name in two folders
             name, n = f"{base} ({n})", n + 1
         names.add(name)
-        lines += ["[[model]]", f"name = {_toml_string(name)}", f"path = {_toml_string(r.model.path)}"]
+        lines += ["[[model]]", f"name = {_toml_string(name)}", f"path = {_toml_string(r.model.path)}",
+                  "required = true"]  # a workflow needs it: SYNCBRIDGE_MODELS_WAIT=required waits for it
         if r.size is not None:  # present here: what the entry verifies
             lines.append(f"size = {r.size}")
         if r.sha256 is not None:

@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 SETTINGS_KEYS = ("models_dir", "cache_prefix", "write_back", "parallel")
-MODEL_KEYS = ("name", "path", "sha256", "size", "enabled_by", "min_tier", "optional", "write_back", "hf",
+MODEL_KEYS = ("name", "path", "sha256", "size", "enabled_by", "min_tier", "optional", "required", "write_back", "hf",
               "civitai", "url")
 HF_KEYS = ("repo", "file", "revision", "repo_type", "snapshot", "allow")
 CIVITAI_KEYS = ("version_id", "file")
@@ -220,7 +220,7 @@ def _parse(text: str, *, path: str | Path) -> _Parsed:
             problems.append(Problem(at("min_tier"), f"must be one of {', '.join(TIERS)}, got {tier!r}"
                                     + did_you_mean(str(tier), TIERS)))
         flags = {}
-        for flag in ("optional", "write_back"):
+        for flag in ("optional", "required", "write_back"):
             if flag in table:
                 flags[flag] = _flag(table[flag])
                 if flags[flag] is None:
@@ -245,7 +245,7 @@ def _parse(text: str, *, path: str | Path) -> _Parsed:
             continue
         models.append(ModelSpec(
             name=raw_name.strip(), path=rel, sha256=sha.lower() if sha else None, size=size, enabled_by=enabled_by,
-            min_tier=tier, optional=bool(flags.get("optional", False)),
+            min_tier=tier, optional=bool(flags.get("optional", False)), required=bool(flags.get("required", False)),
             write_back=bool(flags["write_back"] if "write_back" in flags else default_write_back), hf=hf,
             civitai=civitai, url=url, origin=origin))
     return _Parsed(file, settings, tuple(models), tuple(partial), tuple(problems))

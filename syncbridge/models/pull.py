@@ -120,6 +120,7 @@ def pull_models(
     cancel: threading.Event | None = None,
     sources: Sequence[Source] | None = None,
     store: Store | None = None,
+    only: Callable[[ModelSpec], bool] | None = None,
 ) -> PullReport:
     """Put every enabled model of the manifests in place, verified.
 
@@ -134,6 +135,8 @@ def pull_models(
         cancel: set to stop downloads (raises :class:`~syncbridge.errors.CancelledError`).
         sources: the ladder (default: cache, Hugging Face, CivitAI, URL).
         store: the bucket (default: opened from ``config.remote`` when first needed).
+        only: pull only the models it accepts (``start`` pulls the ``required`` ones first); the others
+            are left out of the report.
 
     Returns:
         A :class:`PullReport`; ``report.ok`` is false when a required model failed.
@@ -145,6 +148,9 @@ def pull_models(
     started = time.monotonic()
     manifest = _load(config, manifests)
     selection = _select(config, manifest, environ, tier)
+    if only is not None:
+        selection = attrs.evolve(selection, enabled=tuple(m for m in selection.enabled if only(m)),
+                                 skipped=tuple((m, r) for m, r in selection.skipped if only(m)))
     puller = Puller(config, manifest, on_event=on_event, sources=sources, fill_coordinator=fill_coordinator,
                     cancel=cancel, store=store)
     results: dict[str, ModelResult] = {model.name: _skipped(model, reason) for model, reason in selection.skipped}

@@ -71,6 +71,7 @@ class ModelSpec:
     enabled_by: str | None = None
     min_tier: str | None = None
     optional: bool = False
+    required: bool = False  # with SYNCBRIDGE_MODELS_WAIT=required, start waits only for these
     write_back: bool = False
     hf: HfSpec | None = None
     civitai: CivitaiSpec | None = None

@@ -110,6 +110,8 @@ class Starter:
         self._abandoned = False
         self._bucket_failure: Any = None  # the failed check, when on_bucket_failure = warn let start-up go on
         self._drain_result: Any = None
+        self._later: list[Path] | None = None  # manifests whose other models are pulled with the app running
+        self._background: Any = None
 
     # -- signals --------------------------------------------------------------------
     def request_stop(self, signum: int = signal.SIGTERM) -> None:
@@ -216,8 +218,14 @@ class Starter:
                 if stop:
                     return False
 
+        first = self.config.start.models_wait == "required"  # the rest: in the background, with the app
+
         def fn(cancel: threading.Event) -> Any:
-            return pull_models(self.config, manifests, environ=self.environ, tier=self.gpu_tier, cancel=cancel)
+            return pull_models(self.config, manifests, environ=self.environ, tier=self.gpu_tier, cancel=cancel,
+                               only=(lambda model: model.required) if first else None)
+
+        if first:
+            self._later = manifests
 
         value, error, abandoned = self._in_thread("models", fn, stop_when=lambda: self.stop_requested,
                                                   grace=SETUP_CANCEL_GRACE)
@@ -237,7 +245,7 @@ class Starter:
             return not stop
         results = list(getattr(value, "results", ()))
         details = [_model_record(r) for r in results]
-        text = models_line(results)
+        text = models_line(results) + ("; the rest follow in the background" if first else "")
         cache_error = getattr(value, "cache_error", None)
         if cache_error and getattr(value, "ok", True):
             bucket_stop = self.options.on_bucket_failure == "stop"
@@ -256,6 +264,13 @@ class Starter:
                     log.warning("  %s: %s: %s", result.name, source, str(error).removeprefix(f"{source}: "),
                                 extra={"event": "start.models.attempt"})
         return not stop
+
+    def _start_background_pull(self) -> None:
+        if self._later is not None:
+            from .background import BackgroundPull
+
+            self._background = BackgroundPull(self.config, self._later, environ=self.environ,
+                                              tier=self.gpu_tier).start()
 
     def _sync_folders(self, name: str, modes: Sequence[str], *, stop_when: Callable[[], bool],
                       grace: float) -> Step:
@@ -481,13 +496,25 @@ class Starter:
                     log.warning("stop: %s during start-up; the app was not started",
                                 signal_name(self._stop_signal or 15), extra={"event": "start.stop"})
                 elif self.app:
+                    self._start_background_pull()
                     exit_code = self._run_app()
                 else:
+                    self._start_background_pull()
                     watch_failed = self.options.watch and self._watcher is None
                     if self._watcher is not None:
                         self._foreground()
                     if not folders_ok or watch_failed:
                         exit_code = 1
+            if self._background is not None:  # a stop cancels it: its temp files stay for the next start
+                self._background.stop(timeout=min(1.0, self._remaining() or 1.0))
+                if not self._background.done:
+                    self._abandoned = True  # a download that does not stop in time must not hold the exit
+                    log.info("models (background): stopped with the app; partial downloads stay in temp files for "
+                             "the next start", extra={"event": "start.models.background_stopped"})
+                if exit_code == 0 and self._background.failed and self.options.models_on_failure == "stop":
+                    log.error("exit 1: a model pulled in the background failed (models.on_failure = stop)",
+                              extra={"event": "start.models.background_failed"})
+                    exit_code = 1
             drained = self._drain()
             pushed = self._final_push(setup_done)
             if not self.app and exit_code == 0 and not (drained and pushed):
