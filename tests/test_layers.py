@@ -68,6 +68,7 @@ LAYERS = {
     "models.fromworkflow": IO,
     "models.add": IO,
     "models.cachetidy": IO,
+    "models.capture": IO,
     "fleet.rules": PURE,
     "fleet.lease": IO,
     "fleet.heartbeat": IO,

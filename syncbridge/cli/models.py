@@ -63,6 +63,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_common(q)
     q.set_defaults(func=_add)
 
+    q = msub.add_parser("capture", help="put the models on this pod that nothing names in the cache and the profile",
+                        description="Every complete model file in the models folder that no manifest and not the "
+                                    "profile names (not a partial download, not open for writing, unchanged for "
+                                    "SYNCBRIDGE_WATCH_QUIET_SECONDS) is hashed, put in the cache and recorded in the "
+                                    "profile (SYNCBRIDGE_MODELS_PROFILE), which `start` pulls with "
+                                    "SYNCBRIDGE_MODELS_CAPTURE=true. See docs/models.md.")
+    q.add_argument("-n", "--dry-run", action="store_true", help="only list what would be captured")
+    add_common(q)
+    q.set_defaults(func=_capture)
+    q = msub.add_parser("forget", help="take a model out of the profile",
+                        description="Remove PATH (relative to the models folder) from the profile, so pods of the "
+                                    "profile no longer pull it. Its cache entry stays (`models cache prune` removes "
+                                    "what nothing names).")
+    q.add_argument("path", metavar="PATH")
+    add_common(q)
+    q.set_defaults(func=_forget)
+
     q = msub.add_parser("from-workflow", help="the models ComfyUI workflows need, and where each comes from",
                         description="Read ComfyUI workflows (UI or API format; a folder: its *.json) and list "
                                     "every model they need, with the nodes that want it: present in the models "
@@ -375,3 +392,48 @@ def _cache_verify(args, ctx) -> int:
     bad = [f for f in findings if f.what not in ("ok",)]
     ctx.say(f"{len(findings)} checked, {len(bad)} not ok")
     return 1 if any(f.what in ("missing", "size", "sha256") for f in bad) else 0
+
+
+def _capture(args, ctx) -> int:
+    from ..models.capture import Capturer, finished_models, profile_for
+    from ..models.manifest import load_manifests
+    from ..store import open_store
+
+    config = ctx.config()
+    named = set()
+    if config.models.manifests:
+        named = {m.path for m in load_manifests(list(config.models.manifests), models_dir=config.models.dir).models}
+    store = open_store(config.remote, state_dir=config.state_dir)
+    try:
+        profile = profile_for(config, store)
+        named |= set(profile.read()[0])
+        if args.dry_run:
+            for rel, st in finished_models(profile.models_dir, skip=lambda rel, _st: rel in named,
+                                           quiet=config.watch.quiet_seconds):
+                ctx.out(f"would capture {rel} ({_human(st.st_size)})")
+            return 0
+        capturer = Capturer(store, profile, models_dir=profile.models_dir, cache_prefix=profile.cache_prefix,
+                            quiet=config.watch.quiet_seconds, baseline=named)
+        for c in capturer.scan():
+            ctx.out(f"captured {c.path} ({_human(c.size)}, sha256 {c.sha256[:12]}...): cache {c.cache}")
+        ctx.say(f"{len(capturer.captured)} model(s) captured into {profile.key}")
+    finally:
+        store.close()
+    return 0
+
+
+def _forget(args, ctx) -> int:
+    from ..errors import ConfigError, Problem
+    from ..models.capture import profile_for
+    from ..store import open_store
+
+    config = ctx.config()
+    store = open_store(config.remote, state_dir=config.state_dir)
+    try:
+        profile = profile_for(config, store)
+        if not profile.forget(args.path.strip("/")):
+            raise ConfigError([Problem(f"PATH {args.path}", f"is not in the profile {profile.key}")])
+    finally:
+        store.close()
+    ctx.out(f"forgot {args.path}: pods of the profile no longer pull it")
+    return 0

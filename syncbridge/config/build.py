@@ -275,6 +275,9 @@ def build_config(
             bad_prefix = f"must render to a relative key prefix ({exc}), got {prefix!r}"
     if bad_prefix:
         col.add(where_of("watch.prefix"), bad_prefix)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", get("models.profile")):
+        col.add(where_of("models.profile"), f"must be a name of letters, digits, '.', '_' or '-', got "
+                                            f"{get('models.profile')!r}")
     for key in ("watch.public_url", "watch.webhook_url"):
         url = get(key)
         if url is not None and not _is_http_url(url.replace("{key}", "k")):

@@ -86,6 +86,8 @@ class ModelsConfig:
     civitai_endpoint: str
     cache_timeout: float
     workflows: tuple[Path, ...] = ()
+    capture: bool = False
+    profile: str = "default"
 
 
 @attrs.frozen

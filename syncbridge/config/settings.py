@@ -174,6 +174,13 @@ SETTINGS: tuple[Setting, ...] = (
       "ComfyUI workflows (files, or folders of *.json), ':'-separated in the environment: `start` also pulls "
       "every model they name (present, from the cache, or from the workflow's URL), as `models from-workflow` "
       "resolves them.", sep=":"),
+    S("models.capture", ("SYNCBRIDGE_MODELS_CAPTURE",), "bool", False,
+      "syncbridge start captures the model files that arrive in the models folder while it runs (ComfyUI-Manager, "
+      "wget...): once complete they are hashed, put in the cache and recorded in the profile, and the profile's "
+      "models are pulled at the next start."),
+    S("models.profile", ("SYNCBRIDGE_MODELS_PROFILE",), "str", "default",
+      "The profile captured models are recorded in (<fleet.prefix>/profiles/<name>.toml in the bucket): one per "
+      "template or team."),
     S("models.dir", ("SYNCBRIDGE_MODELS_DIR",), "path", None,
       "Overrides the manifests' models_dir (default /workspace/ComfyUI/models)."),
     S("models.on_failure", ("SYNCBRIDGE_MODELS_ON_FAILURE",), "choice", "stop",

@@ -1,4 +1,7 @@
-"""The app first: the models ``start`` did not wait for, pulled in the background while the app runs.
+"""What ``start`` does with models beside the models step: the ones it did not wait for, pulled in the
+background while the app runs; the profile of captured models; the capture itself.
+
+The app first:
 
 With ``SYNCBRIDGE_MODELS_WAIT=required`` the models step pulls only the required models (marked
 ``required = true``, and those ``SYNCBRIDGE_WORKFLOWS`` need), the app starts, and this pulls the rest
@@ -17,7 +20,7 @@ from typing import Any, Mapping, Sequence
 from ..config import Config
 from ..errors import CancelledError, SyncBridgeError
 
-__all__ = ["BackgroundPull"]
+__all__ = ["BackgroundPull", "manifests_for", "profile_manifest_of", "start_capture"]
 
 log = logging.getLogger("syncbridge.start")
 
@@ -76,3 +79,50 @@ class BackgroundPull:
     def stop(self, timeout: float) -> None:
         self.cancel.set()
         self._thread.join(max(0.0, timeout))
+
+
+def manifests_for(config: Config) -> tuple[list[Path], SyncBridgeError | None]:
+    """The manifests the models step pulls: SYNCBRIDGE_MODELS, the profile's (capture on), and what
+    SYNCBRIDGE_WORKFLOWS need; and the problem of a workflow that cannot be read, if any."""
+    manifests = list(config.models.manifests)
+    if config.models.capture:  # the models captured on earlier pods of this profile
+        profile = profile_manifest_of(config)
+        if profile is not None:
+            manifests.append(profile)
+    if config.models.workflows:
+        from ..models.fromworkflow import write_workflow_manifest
+
+        try:
+            manifests.append(write_workflow_manifest(config))
+        except SyncBridgeError as exc:
+            return manifests, exc
+    return manifests, None
+
+
+def profile_manifest_of(config: Config) -> Path | None:
+    """The profile's models as a manifest for the models step (SYNCBRIDGE_MODELS_CAPTURE), or None."""
+    from ..models.capture import profile_manifest
+    from ..store import open_store
+
+    store = open_store(config.remote, state_dir=config.state_dir)
+    try:
+        return profile_manifest(config, store)
+    except SyncBridgeError as exc:
+        log.warning("models: the profile could not be read: %s", exc, extra={"event": "start.profile"})
+        return None
+    finally:
+        store.close()
+
+
+def start_capture(config: Config) -> Any:
+    """SYNCBRIDGE_MODELS_CAPTURE: from now on, a model arriving in the models folder goes to the cache."""
+    from ..models.capture import Capturer, profile_for
+    from ..store import open_store
+
+    store = open_store(config.remote, state_dir=config.state_dir)
+    profile = profile_for(config, store)
+    capturer = Capturer(store, profile, models_dir=profile.models_dir, cache_prefix=profile.cache_prefix,
+                        quiet=config.watch.quiet_seconds).start()
+    log.info("capture: models arriving in %s go to the cache and the profile %s", profile.models_dir, profile.key,
+             extra={"event": "start.capture"})
+    return capturer

@@ -112,6 +112,7 @@ class Starter:
         self._drain_result: Any = None
         self._later: list[Path] | None = None  # manifests whose other models are pulled with the app running
         self._background: Any = None
+        self._capture: Any = None
 
     # -- signals --------------------------------------------------------------------
     def request_stop(self, signum: int = signal.SIGTERM) -> None:
@@ -198,25 +199,25 @@ class Starter:
             self._record("models", "skipped", "off (--no-models or SYNCBRIDGE_START_MODELS=false)", started,
                          show_seconds=False)
             return True
-        if not self.config.models.manifests and not self.config.models.workflows:
+        if not (self.config.models.manifests or self.config.models.workflows or self.config.models.capture):
             self._record("models", "skipped", "no manifest or workflow configured (SYNCBRIDGE_MODELS, "
                                               "SYNCBRIDGE_WORKFLOWS)", started, show_seconds=False)
             return True
         from ..models import pull_models
+        from .background import manifests_for
 
-        manifests = list(self.config.models.manifests)
-        if self.config.models.workflows:
-            from ..models.fromworkflow import write_workflow_manifest
-
-            try:
-                manifests.append(write_workflow_manifest(self.config))
-            except SyncBridgeError as exc:  # a workflow that cannot be read: as a failed pull
-                stop = self.options.models_on_failure == "stop"
-                self._record("models", "failed" if stop else "warn", f"{_first_line(exc)}; " + (
-                    "not starting the app (models.on_failure = stop)" if stop else "continuing without the "
-                    "workflows' models (models.on_failure = warn)"), started)
-                if stop:
-                    return False
+        manifests, problem = manifests_for(self.config)
+        if problem is not None:  # a workflow that cannot be read: as a failed pull
+            stop = self.options.models_on_failure == "stop"
+            self._record("models", "failed" if stop else "warn", f"{_first_line(problem)}; " + (
+                "not starting the app (models.on_failure = stop)" if stop else "continuing without the "
+                "workflows' models (models.on_failure = warn)"), started)
+            if stop:
+                return False
+        if not manifests:
+            self._record("models", "skipped", "nothing to pull yet (no manifest; the profile of captured models "
+                                              "is empty)", started, show_seconds=False)
+            return True
 
         first = self.config.start.models_wait == "required"  # the rest: in the background, with the app
 
@@ -264,6 +265,12 @@ class Starter:
                     log.warning("  %s: %s: %s", result.name, source, str(error).removeprefix(f"{source}: "),
                                 extra={"event": "start.models.attempt"})
         return not stop
+
+    def _start_capture(self) -> None:
+        if self.config.models.capture:
+            from .background import start_capture
+
+            self._capture = start_capture(self.config)
 
     def _start_background_pull(self) -> None:
         if self._later is not None:
@@ -490,6 +497,7 @@ class Starter:
                                  self.clock(), show_seconds=False)
                 if not self.stop_requested:
                     self._start_watcher()
+                    self._start_capture()
                 setup_done = not self.stop_requested
                 if not setup_done:
                     exit_code = 128 + (self._stop_signal or signal.SIGTERM)
@@ -505,6 +513,8 @@ class Starter:
                         self._foreground()
                     if not folders_ok or watch_failed:
                         exit_code = 1
+            if self._capture is not None:  # a file still being written is never captured, at the stop or before
+                self._capture.stop(timeout=0.5)
             if self._background is not None:  # a stop cancels it: its temp files stay for the next start
                 self._background.stop(timeout=min(1.0, self._remaining() or 1.0))
                 if not self._background.done:
