@@ -283,6 +283,7 @@ def _check_private(state: Path) -> list[str]:
     return bad
 
 
+@pytest.mark.slow
 def test_state_directory_is_private_and_holds_no_secret(secret_env, tmp_path):
     """After push, pull, bisync, doctor (and a watcher, when present), every file is 0600, every folder 0700."""
     env = secret_env

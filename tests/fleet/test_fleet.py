@@ -74,6 +74,7 @@ def _pod_config(env: dict[str, str], tmp_path: Path, pod: str, **extra: str):
 
 
 
+@pytest.mark.slow
 def test_heartbeats_and_fleet_status(cond_env, tmp_path: Path) -> None:
     counters = {"uploaded": 0}
     beats = []
@@ -181,6 +182,7 @@ def _fill_in_threads(configs, store_for, key: str, url: str, sha: str, tmp_path:
     return results
 
 
+@pytest.mark.slow
 def test_single_flight_fill_threads(cond_env, tmp_path: Path) -> None:
     data = os.urandom(3 * 1024 * 1024)
     sha = hashlib.sha256(data).hexdigest()

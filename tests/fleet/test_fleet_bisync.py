@@ -67,6 +67,7 @@ def test_busy_prefix_is_skipped_naming_the_holder(moto_env, tmp_path: Path) -> N
         holder.wait()
 
 
+@pytest.mark.slow
 def test_busy_prefix_waits_for_release(moto_env, tmp_path: Path, caplog) -> None:
     key = lease_key(".syncbridge", "bisync", "workflows")
     holder = _hold(_pod(moto_env, tmp_path, "pod-a"), key, 3)
@@ -89,6 +90,7 @@ def test_busy_prefix_waits_for_release(moto_env, tmp_path: Path, caplog) -> None
     assert isinstance(leases.try_acquire(key, purpose="check", ttl=5), Lease)
 
 
+@pytest.mark.slow
 def test_dead_holder_is_taken_over_after_expiry(moto_env, tmp_path: Path) -> None:
     key = lease_key(".syncbridge", "bisync", "workflows")
     holder = _hold(_pod(moto_env, tmp_path, "pod-dead"), key, 600)
@@ -104,6 +106,7 @@ def test_dead_holder_is_taken_over_after_expiry(moto_env, tmp_path: Path) -> Non
     assert time.monotonic() - started >= 2.0  # it waited for the expiry (ttl 6 s, from the bucket's clock)
 
 
+@pytest.mark.slow
 def test_two_pods_bisync_one_prefix_at_once(moto_env, tmp_path: Path) -> None:
     """Both run (one after the other, by the lease) and the prefix ends with both pods' files."""
     configs = [load_config(_pod(moto_env, tmp_path, f"pod-{i}")) for i in range(2)]

@@ -141,6 +141,7 @@ def test_acquire_busy_renew_release(store) -> None:
     assert judge(b.read(key), bucket_now=b.bucket_clock.now(fresh=True), default_ttl=60).holder == "pod-b"
 
 
+@pytest.mark.slow
 def test_steal_only_after_expiry(store) -> None:
     a, b = _leases(store, "pod-a"), _leases(store, "pod-b")
     key = lease_key(".syncbridge", "models", "m1")
@@ -155,6 +156,7 @@ def test_steal_only_after_expiry(store) -> None:
     assert json.loads(store.get_bytes(key)[0])["owner"] == "pod-b"
 
 
+@pytest.mark.slow
 def test_pod_with_clock_ten_minutes_ahead_does_not_steal(store) -> None:
     """Pod b's wall clock is +10 min: a lease renewed 'long ago' by its clock is still live."""
     a = _leases(store, "pod-a")
@@ -198,6 +200,7 @@ def test_threads_racing_exactly_one_wins(store) -> None:
     assert all(r.holder == winners[0].record.owner for r in results if isinstance(r, Verdict))
 
 
+@pytest.mark.slow
 def test_threads_racing_to_take_over_an_expired_lease(store) -> None:
     key = lease_key(".syncbridge", "bisync", "takeover")
     dead = _leases(store, "pod-dead")
@@ -223,6 +226,7 @@ def test_threads_racing_to_take_over_an_expired_lease(store) -> None:
     assert len(winners) == 1 and winners[0].stolen_from == "pod-dead"
 
 
+@pytest.mark.slow
 def test_processes_racing_exactly_one_wins(cond_env, tmp_path: Path) -> None:
     key = lease_key(".syncbridge", "bisync", "proc-race")
     start_at = time.time() + 4.0
@@ -242,6 +246,7 @@ def test_processes_racing_exactly_one_wins(cond_env, tmp_path: Path) -> None:
     assert {d["holder"] for d in docs if not d["won"]} == {winners[0]["pod"]}
 
 
+@pytest.mark.slow
 def test_hold_renews_in_the_background_and_releases(store) -> None:
     a, b = _leases(store, "pod-a"), _leases(store, "pod-b")
     key = lease_key(".syncbridge", "bisync", "hold")
@@ -332,6 +337,7 @@ def test_store_without_conditional_writes_is_refused(rclone_s3, tmp_path: Path, 
     store.close()
 
 
+@pytest.mark.slow
 def test_holder_cut_off_from_the_bucket_stops_before_anyone_takes_over(moto_s3, tmp_path: Path) -> None:
     """Renewals hang (a loopback proxy stalls them): the holder gives up before the lease can be stolen."""
     from ..faultproxy import FaultProxy, Rule

@@ -558,6 +558,7 @@ def test_symlink_out_of_models_dir_is_refused(local_env, tmp_path, files_server)
 # -- warm start ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_warm_start_makes_no_request(moto_s3, tmp_path):
     bucket = new_bucket(moto_s3)
     env = server_env(moto_s3, bucket, tmp_path)

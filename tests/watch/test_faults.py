@@ -215,6 +215,7 @@ def test_connection_resets_mid_upload_of_large_files(rig):
     assert not problems, problems
 
 
+@pytest.mark.slow
 def test_slowdown_and_5xx_are_retried_until_everything_lands(rclone_s3, tmp_path):
     with FaultProxy(rclone_s3.endpoint) as proxy:
         rig = Rig(rclone_s3, tmp_path, proxy, SYNCBRIDGE_HEARTBEAT_SECONDS="30")
@@ -233,6 +234,7 @@ def test_slowdown_and_5xx_are_retried_until_everything_lands(rclone_s3, tmp_path
         assert not rig.differences() and len(rig.objects()) == 10
 
 
+@pytest.mark.slow
 def test_sigterm_with_hung_uploads_exits_within_the_drain_deadline(rclone_s3, tmp_path):
     """A spot pod's 5 s: PUTs that never answer must not hold the process past the deadline."""
     with FaultProxy(rclone_s3.endpoint) as proxy:
@@ -266,6 +268,7 @@ def _journal_pending(rig: Rig) -> int:
     return summary.pending if summary else 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("storm_ends", [False, True], ids=["storm-goes-on", "storm-ends-at-sigterm"])
 def test_sigterm_during_a_retry_storm(rig, tmp_path, storm_ends):
     """SIGTERM while every upload fails: the process exits within the spot budget (5 s), and what it

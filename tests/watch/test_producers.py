@@ -158,6 +158,7 @@ def _check(config: Config, s3: LocalS3, bucket: str, proxy: FaultProxy, expected
 
 # -- the tests ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_every_comfyui_save_node_output_lands(proxied) -> None:
     """One of every kind of output ComfyUI's own save nodes and common custom nodes write, each the way
     its node writes it, with default settings: every one in the bucket (before, .opus, .latent, .glb and
@@ -204,6 +205,7 @@ def test_every_comfyui_save_node_output_lands(proxied) -> None:
     _check(config, s3, bucket, proxy, expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [300_000, 6 * 1024 * 1024], ids=["in-memory", "streamed"])
 def test_ffmpeg_writing_over_seconds_then_rewriting_never_publishes_a_prefix(proxied, size: int) -> None:
     """ffmpeg writes into a date folder it just made (the new folder's scan finds the file half
@@ -225,6 +227,7 @@ def test_ffmpeg_writing_over_seconds_then_rewriting_never_publishes_a_prefix(pro
     _check(config, s3, bucket, proxy, expected, versions={rel: {len(first)}})
 
 
+@pytest.mark.slow
 def test_a_file_found_half_written_by_a_new_folders_scan_waits_for_its_close(proxied) -> None:
     """The torn object seen with the real ComfyUI: a 100 KB file written into a folder made a moment
     before, found by the folder's scan after its first 64 KiB. Never stored at 64 KiB."""
@@ -248,6 +251,7 @@ def test_a_file_found_half_written_by_a_new_folders_scan_waits_for_its_close(pro
     _check(config, s3, bucket, proxy, expected)
 
 
+@pytest.mark.slow
 def test_a_file_above_the_multipart_threshold_is_stored_once_whole(proxied) -> None:
     """A large output goes up in parts; the parts become an object only once, for the whole file."""
     s3, bucket, proxy, env = proxied

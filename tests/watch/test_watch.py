@@ -136,6 +136,7 @@ def test_every_file_lands_with_identical_bytes(backend: dict[str, str], tmp_path
     journal.close()
 
 
+@pytest.mark.slow
 def test_rewritten_files_end_with_the_newest_content(backend: dict[str, str]) -> None:
     config = _config(backend)
     out = config.watch.dir
@@ -161,6 +162,7 @@ def test_rewritten_files_end_with_the_newest_content(backend: dict[str, str]) ->
     assert stats.collisions == 0 and stats.failed == 0
 
 
+@pytest.mark.slow
 def test_someone_elses_object_is_never_overwritten(backend: dict[str, str], caplog) -> None:
     config = _config(backend)
     out = config.watch.dir

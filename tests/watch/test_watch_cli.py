@@ -105,6 +105,7 @@ def test_sigterm_drains_or_journals_never_loses(rclone_s3, tmp_path: Path) -> No
         assert summary is not None and summary.pending >= len(missing)
 
 
+@pytest.mark.slow
 def test_sigterm_with_the_store_down_records_everything_then_the_next_start_pushes_it(
         rclone_s3, tmp_path: Path) -> None:
     env = server_env(rclone_s3, new_bucket(rclone_s3), tmp_path)
@@ -142,6 +143,7 @@ def test_sigterm_with_the_store_down_records_everything_then_the_next_start_push
     assert _status(env)["pending"] == 0
 
 
+@pytest.mark.slow
 def test_kill_9_and_restart_pushes_pending_and_reuploads_nothing(rclone_s3, tmp_path: Path) -> None:
     bucket = new_bucket(rclone_s3)
     env = server_env(rclone_s3, bucket, tmp_path)
