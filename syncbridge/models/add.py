@@ -15,7 +15,7 @@ import os
 import re
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import attrs
 
@@ -75,6 +75,12 @@ def parse_source(text: str, *, hf_endpoint: str = "https://huggingface.co",
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise _problem(f"SOURCE {text!r}", "is not hf:REPO/PATH[@REV], a Hugging Face or CivitAI URL, or an "
                                            "http(s) URL")
+    secret = [name for name, _ in parse_qsl(parts.query, keep_blank_values=True)
+              if re.search(r"token|key|secret|signature|password|auth|credential", name, re.IGNORECASE)]
+    if secret or parts.password:
+        what = f"its {', '.join(sorted(set(secret)))} parameter" if secret else "a password"
+        raise _problem("SOURCE", f"a URL with {what} would put a credential in the manifest: pass the link without "
+                                 f"it (HF_TOKEN and CIVITAI_API_KEY reach their sources on their own)")
     hf_hosts = tuple({"huggingface.co", (urlsplit(hf_endpoint).hostname or "").lower()} - {""})
     civitai_hosts = tuple({"civitai.com", (urlsplit(civitai_endpoint).hostname or "").lower()} - {""})
     source = url_source(text, hf_hosts=hf_hosts, civitai_hosts=civitai_hosts)

@@ -35,11 +35,18 @@ def test_every_source_form(text, source) -> None:
     ("org/vae", "is not hf:REPO/PATH"),
     ("https://huggingface.co/org/vae", "not a file's"),
     ("https://civitai.com/models/4201", "without a version"),
+    ("https://civitai.com/api/download/models/1?token=abc123", "token parameter would put a credential"),
+    ("https://example.org/m.bin?X-Amz-Signature=deadbeef&x=1", "X-Amz-Signature parameter"),
+    ("https://user:hunter2@example.org/m.bin", "a password would put a credential"),
 ])
 def test_a_source_that_is_none_of_them_is_named(text, says) -> None:
     with pytest.raises(ConfigError, match=says) as caught:
         parse_source(text)
-    assert text in str(caught.value)
+    message = str(caught.value)
+    if "credential" in says:  # the URL itself is not repeated: it holds the secret
+        assert "abc123" not in message and "hunter2" not in message and "deadbeef" not in message
+    else:
+        assert text in message
 
 
 MANIFEST = """# our team's models
