@@ -36,7 +36,7 @@ def test_every_source_form(text, source) -> None:
     ("https://huggingface.co/org/vae", "not a file's"),
     ("https://civitai.com/models/4201", "without a version"),
     ("https://civitai.com/api/download/models/1?token=abc123", "token parameter would put a credential"),
-    ("https://example.org/m.bin?X-Amz-Signature=deadbeef&x=1", "X-Amz-Signature parameter"),
+    ("https://example.org/m.bin?X-Amz-Signature=deadbeef&x=1", "X-Amz-Signature parameter would put a credential"),
     ("https://user:hunter2@example.org/m.bin", "a password would put a credential"),
 ])
 def test_a_source_that_is_none_of_them_is_named(text, says) -> None:
