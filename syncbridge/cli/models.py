@@ -15,8 +15,8 @@ from ..system import free_bytes
 
 def register(sub: argparse._SubParsersAction) -> None:
 
-    p = sub.add_parser("models", help="pull models (cache first, then Hugging Face, CivitAI, URL), list them, "
-                                      "fill the cache",
+    p = sub.add_parser("models", help="pull models (cache first, then Hugging Face, CivitAI, URL); add them from "
+                                      "links, workflows or this pod; tidy the cache",
                        description="Model warm-start from manifests (TOML). Every manifest key, source and "
                                    "setting is in docs/models.md.")
     add_common(p)
@@ -98,7 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_common(q)
     q.set_defaults(func=_from_workflow)
 
-    q = msub.add_parser("cache", help="fill the R2 cache from local models",
+    q = msub.add_parser("cache", help="the bucket's model cache: push, ls, prune, verify",
                         description="Manage the models cache in the bucket.")
     add_common(q)
     csub = q.add_subparsers(dest="cache_command", metavar="ACTION")
