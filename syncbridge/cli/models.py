@@ -103,40 +103,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_common(q)
     csub = q.add_subparsers(dest="cache_command", metavar="ACTION")
     csub.required = True
-    r = csub.add_parser("push", help="push every present, verified model to <cache_prefix>/<path>",
-                        description="Push every enabled model that is present and verified locally to the cache "
-                                    "(<cache_prefix>/<path>, sha256 in metadata) with conditional puts "
-                                    "(If-None-Match: *): an object already there is verified, never overwritten.")
-    r.add_argument("manifests", nargs="*", metavar="MANIFEST")
-    add_common(r)
-    r.set_defaults(func=_cache_push)
-    r = csub.add_parser("ls", help="the cache's entries, sizes, monthly cost and which manifest uses each",
-                        description="List every object under the cache prefix with its size, its sha256 and the "
-                                    "manifest entries (and SYNCBRIDGE_WORKFLOWS models) that name it; the total and "
-                                    "its monthly storage cost.")
-    r.add_argument("manifests", nargs="*", metavar="MANIFEST")
+    _cache_action(csub, "push", _cache_push, "push every present, verified model to <cache_prefix>/<path>",
+                  "Push every enabled model that is present and verified locally to the cache (<cache_prefix>/<path>, "
+                  "sha256 in metadata) with conditional puts (If-None-Match: *): an object already there is "
+                  "verified, never overwritten.")
+    r = _cache_action(csub, "ls", _cache_ls, "the cache's entries, sizes, monthly cost and which manifest uses each",
+                      "List every object under the cache prefix with its size, its sha256 and the manifest entries "
+                      "(and SYNCBRIDGE_WORKFLOWS models) that name it; the total and its monthly storage cost.")
     r.add_argument("--price", type=float, default=0.015, metavar="USD",
                    help="storage price per GB-month (default 0.015, R2's published price)")
     r.add_argument("--json", action="store_true", help="one JSON object per entry")
-    add_common(r)
-    r.set_defaults(func=_cache_ls)
-    r = csub.add_parser("prune", help="remove the cache entries no manifest names (a dry run unless --apply)",
-                        description="Remove the objects under the cache prefix that no manifest entry (nor "
-                                    "SYNCBRIDGE_WORKFLOWS) names. A dry run unless --apply; an entry another pod is "
-                                    "filling (it holds the fill lease) is always kept. With no manifest at all, "
-                                    "nothing is removed.")
-    r.add_argument("manifests", nargs="*", metavar="MANIFEST")
+    r = _cache_action(csub, "prune", _cache_prune, "remove the cache entries no manifest names (a dry run unless "
+                                                   "--apply)",
+                      "Remove the objects under the cache prefix that no manifest entry (nor SYNCBRIDGE_WORKFLOWS) "
+                      "names. A dry run unless --apply; an entry another pod is filling (it holds the fill lease) is "
+                      "always kept. With no manifest at all, nothing is removed.")
     r.add_argument("--apply", action="store_true", help="delete (default: only say what would go)")
-    add_common(r)
-    r.set_defaults(func=_cache_prune)
-    r = csub.add_parser("verify", help="check the cache's objects against the manifests' sizes and sha256",
-                        description="For each manifest entry, check its cache object: present, the size and the "
-                                    "sha256 (its metadata; --deep reads and hashes the object). Exit 1 on any "
-                                    "mismatch or missing object.")
-    r.add_argument("manifests", nargs="*", metavar="MANIFEST")
+    r = _cache_action(csub, "verify", _cache_verify, "check the cache's objects against the manifests' sizes and "
+                                                     "sha256",
+                      "For each manifest entry, check its cache object: present, the size and the sha256 (its "
+                      "metadata; --deep reads and hashes the object). Exit 1 on any mismatch or missing object.")
     r.add_argument("--deep", action="store_true", help="read every object and hash it")
+
+
+def _cache_action(csub: argparse._SubParsersAction, name: str, func, help: str, description: str
+                  ) -> argparse.ArgumentParser:
+    """A ``models cache`` action: its MANIFEST arguments and the common options."""
+    r = csub.add_parser(name, help=help, description=description)
+    r.add_argument("manifests", nargs="*", metavar="MANIFEST")
     add_common(r)
-    r.set_defaults(func=_cache_verify)
+    r.set_defaults(func=func)
+    return r
 
 
 def _finish(ctx, report: PullReport) -> int:
