@@ -27,8 +27,8 @@ directly.
 reports each figure's median (outputs kept: the least of any run; the replaced design runs once).
 Without ``inotifywait`` the replaced design is skipped with a message when ``--before`` is given (an
 error otherwise). A smoke run:
-``--before REV --files 100`` (with fewer, outputs found by a scan of a new subfolder are left in the
-journal by the drain on either side: docs/benchmarks.md).
+``--before REV --files 100`` (``--files 20`` shows the drain fix of 0.3 against an older revision:
+outputs found by a scan of a new subfolder were left in the journal; docs/benchmarks.md).
 """
 
 from __future__ import annotations
