@@ -140,6 +140,11 @@ def _status(args: argparse.Namespace, ctx) -> int:
                                                              "updated_at", "left_out", "left_out_examples",
                                                              "recent")}
     report["running"] = running
+    from ..start.background import read_models_status
+
+    models = read_models_status(config.state_dir)
+    if models:
+        report["models"] = models
     report["journal"] = {"path": str(journal_path(config.state_dir)),
                          "pending": summary.pending if summary else 0, "failed": summary.failed if summary else 0,
                          "done": summary.done if summary else 0,
@@ -177,4 +182,25 @@ def _status(args: argparse.Namespace, ctx) -> int:
             _left_out_line(ctx, last)
     for failure in report["journal"]["failures"][:5]:
         ctx.out(f"failed:       {failure['path']} -> {failure['key']}: {failure['error']}")
+    _models_lines(ctx, report.get("models") or {})
     return 0
+
+
+def _models_lines(ctx, models: dict) -> None:
+    """The last start's background pull (SYNCBRIDGE_MODELS_WAIT=required) and capture."""
+    background = models.get("background")
+    if background:
+        state = background.get("state")
+        what = background.get("line") or ""
+        if state == "pulling":
+            what = f"pulling for {_age(time.time() - float(background.get('started_at') or time.time()))}"
+        elif state == "stopped":
+            what = "stopped with the app; the next start goes on where it stopped"
+        elif state == "failed" and background.get("error"):
+            what = background["error"]
+        ctx.out(f"models (background): {state}" + (f": {what}" if what else ""))
+    capture = models.get("capture")
+    if capture:
+        captured = capture.get("captured") or []
+        ctx.out(f"capture:      {len(captured)} model(s) into {capture.get('profile')}"
+                + (f" (last {capture['last']})" if capture.get("last") else ""))

@@ -157,7 +157,9 @@ class Capturer:
     """Captures what arrives in ``models_dir`` after it starts (what was there is its baseline)."""
 
     def __init__(self, store: Store, profile: Profile, *, models_dir: Path, cache_prefix: str, quiet: float = 2.0,
-                 interval: float = 2.0, baseline: Iterable[str] | None = None) -> None:
+                 interval: float = 2.0, baseline: Iterable[str] | None = None,
+                 on_capture: Callable[[Captured], Any] | None = None) -> None:
+        self.on_capture = on_capture
         self.store = store
         self.profile = profile
         self.models_dir = models_dir
@@ -192,6 +194,8 @@ class Capturer:
             log.info("capture: %s (%d bytes) is in the cache and the profile %s", rel, size, self.profile.key,
                      extra={"event": "models.captured", "path": rel})
             out.append(captured)
+            if self.on_capture is not None:
+                self.on_capture(captured)
         self.captured += out
         return out
 

@@ -12,15 +12,49 @@ the next start.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..config import Config
 from ..errors import CancelledError, SyncBridgeError
 
-__all__ = ["BackgroundPull", "manifests_for", "profile_manifest_of", "start_capture"]
+__all__ = ["BackgroundPull", "ModelsStatus", "manifests_for", "profile_manifest_of", "start_capture",
+           "read_models_status"]
+
+STATUS_NAME = "models.json"  # in <state>/start/: what `syncbridge status` shows of the background pull and capture
+
+
+def read_models_status(state_dir: Path) -> dict[str, Any] | None:
+    """The last ``start``'s background pull and capture, as :class:`ModelsStatus` wrote them (None: none)."""
+    try:
+        doc = json.loads((state_dir / "start" / STATUS_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+class ModelsStatus:
+    """``<state>/start/models.json``: one section per activity, rewritten whole (atomically) on each change."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self._doc: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def update(self, section: str, **fields: Any) -> None:
+        from ..fsutil import atomic_write_bytes, private_state_dir
+
+        with self._lock:
+            self._doc.setdefault(section, {}).update(fields, updated_at=time.time())
+            data = json.dumps(self._doc, sort_keys=True).encode("utf-8")
+            try:
+                atomic_write_bytes(private_state_dir(self.state_dir, "start") / STATUS_NAME, data)
+            except OSError as exc:  # a status file must never stop a pull or a capture
+                log.debug("models status: %s", exc, extra={"event": "start.models.status"})
 
 log = logging.getLogger("syncbridge.start")
 
@@ -28,7 +62,9 @@ log = logging.getLogger("syncbridge.start")
 class BackgroundPull:
     """``pull_models`` of the models that are not required, in a thread; :meth:`stop` cancels and waits."""
 
-    def __init__(self, config: Config, manifests: Sequence[Path], *, environ: Mapping[str, str], tier: str) -> None:
+    def __init__(self, config: Config, manifests: Sequence[Path], *, environ: Mapping[str, str], tier: str,
+                 status: ModelsStatus | None = None) -> None:
+        self.status = status or ModelsStatus(config.state_dir)
         self.config = config
         self.manifests = list(manifests)
         self.environ = environ
@@ -41,6 +77,7 @@ class BackgroundPull:
     def start(self) -> "BackgroundPull":
         log.info("models: the rest are pulled in the background while the app runs", extra={"event":
                                                                                            "start.models.background"})
+        self.status.update("background", state="pulling", started_at=time.time())
         self._thread.start()
         return self
 
@@ -52,15 +89,22 @@ class BackgroundPull:
                                       cancel=self.cancel, only=lambda model: not model.required)
         except CancelledError as exc:
             self.error = exc
+            self.status.update("background", state="stopped")
             log.info("models (background): stopped with the app; partial downloads stay in temp files for the "
                      "next start", extra={"event": "start.models.background_stopped"})
             return
         except (SyncBridgeError, OSError) as exc:
             self.error = exc
+            self.status.update("background", state="failed", error=str(exc))
             log.error("models (background): %s", exc, extra={"event": "start.models.background_failed"})
             return
         from .result import models_line
 
+        results = self.report.results
+        self.status.update("background", state="done" if self.report.ok else "failed", line=models_line(results),
+                           pulled=sum(1 for r in results if r.status == "pulled"),
+                           present=sum(1 for r in results if r.status == "present"),
+                           failed=[r.name for r in results if r.status in ("failed", "optional_failed")])
         level = logging.INFO if self.report.ok else logging.ERROR
         log.log(level, "models (background): %s", models_line(self.report.results),
                 extra={"event": "start.models.background_done"})
@@ -121,8 +165,16 @@ def start_capture(config: Config) -> Any:
 
     store = open_store(config.remote, state_dir=config.state_dir)
     profile = profile_for(config, store)
+    status = ModelsStatus(config.state_dir)
+    status.update("capture", profile=profile.key, models_dir=str(profile.models_dir), captured=[])
+    captured: list[str] = []
+
+    def said(item: Any) -> None:
+        captured.append(item.path)
+        status.update("capture", captured=list(captured), last=item.path)
+
     capturer = Capturer(store, profile, models_dir=profile.models_dir, cache_prefix=profile.cache_prefix,
-                        quiet=config.watch.quiet_seconds).start()
+                        quiet=config.watch.quiet_seconds, on_capture=said).start()
     log.info("capture: models arriving in %s go to the cache and the profile %s", profile.models_dir, profile.key,
              extra={"event": "start.capture"})
     return capturer

@@ -4,6 +4,7 @@ with them. Partial downloads and files still being written are never captured.""
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +88,8 @@ def test_a_model_downloaded_on_one_pod_is_pulled_on_the_next(local_env, tmp_path
     first = run_cli(["start", "--", sys.executable, "-c", APP, str(models), str(store_dir)], env)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "capture: loras/manager.safetensors" in first.stderr
+    status = run_cli(["status", "--json"], env, check=True)
+    assert json.loads(status.stdout)["models"]["capture"]["captured"] == ["loras/manager.safetensors"]
     store = _store(env)
     try:
         assert store.head("models/loras/half.safetensors") is None  # open for writing: never captured

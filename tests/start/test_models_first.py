@@ -4,6 +4,7 @@ runs, each only when complete; a stop cancels them within the budget and keeps t
 from __future__ import annotations
 
 import hashlib
+import json
 import signal
 import subprocess
 import sys
@@ -56,6 +57,10 @@ def test_the_app_starts_before_the_models_it_does_not_need_first(local_env, tmp_
         hashlib.sha256(big).digest()
     assert "the rest follow in the background" in proc.stderr
     assert "models (background): 1 pulled" in proc.stderr, proc.stderr
+    status = run_cli(["status", "--json"], env, check=True)
+    background = json.loads(status.stdout)["models"]["background"]
+    assert background["state"] == "done" and background["pulled"] == 1 and background["failed"] == []
+    assert "models (background): done: 1 pulled" in run_cli(["status"], env, check=True).stdout
 
 
 def test_a_stop_cancels_the_background_pull_and_keeps_its_temp_file(local_env, tmp_path) -> None:
@@ -82,3 +87,5 @@ def test_a_stop_cancels_the_background_pull_and_keeps_its_temp_file(local_env, t
     assert not (models / "diffusion_models/big.safetensors").exists()  # never a partial file at its name
     assert list((models / "diffusion_models").glob(".*")), "the resumable temp file was kept"
     assert "stopped with the app" in err, err
+    background = json.loads(run_cli(["status", "--json"], env, check=True).stdout)["models"]["background"]
+    assert background["state"] in ("pulling", "stopped")  # abandoned at the exit, or cancelled in time
