@@ -211,3 +211,25 @@ def test_start_pulls_what_the_workflows_need(local_env, tmp_path) -> None:
     assert target.read_bytes() == data
     assert "workflows: 1 workflow(s), 4 model(s): 1 present, 1 hf, 2 unresolved" in proc.stderr, proc.stderr
     assert "no source for text_encoders/lost.safetensors, wanted by flux.json: #4 CLIPLoader" in proc.stderr
+
+
+def test_a_real_template_is_pulled_with_its_urls_served_by_the_loopback_hub(local_env, tmp_path) -> None:
+    """One of ComfyUI's own templates, as shipped: its huggingface.co URLs go to the Hugging Face source, which
+    HF_ENDPOINT points at the loopback hub holding (small stand-ins for) those very repos and files."""
+    from syncbridge.models.workflow import needed as merge
+
+    template = next(p for p in _template_files() if p.name == "flux_schnell_full_text_to_image.json")
+    models = merge([(template.name, refs_of(json.loads(template.read_text())))])
+    assert len(models) >= 3 and all(m.url and m.url.startswith("https://huggingface.co/") for m in models)
+    with serve_hf() as hub:
+        expected = {}
+        for m in models:
+            source = url_source(m.url)["hf"]
+            data = f"{m.path} stand-in".encode() * 100
+            hub.add(source["repo"], {source["file"]: data})
+            expected[m.path] = data
+        env = {**local_env, "HF_ENDPOINT": hub.url, "SYNCBRIDGE_MODELS_DIR": str(tmp_path / "models")}
+        proc = run_cli(["models", "from-workflow", str(template), "--pull"], env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for path, data in expected.items():
+        assert (tmp_path / "models" / path).read_bytes() == data, path
