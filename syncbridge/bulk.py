@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import attrs
 
 from .fmt import human_bytes as _human
-from .config import Config
+from .config import Config, Folder
 from .errors import RcloneError, StoreError, SyncBridgeError, UnsafePathError
 from .fleet import bisync_lease
 from .fsutil import private_state_dir
@@ -31,7 +31,7 @@ from .rclone import Rclone
 from .rclone.argv import Progress, bisync_argv, copy_argv, remote_path
 from .store import S3Store, check_endpoint, open_store
 
-__all__ = ["TransferSummary", "push", "pull", "bisync", "BisyncError", "bisync_workdir"]
+__all__ = ["TransferSummary", "push", "pull", "bisync", "sync_folder", "BisyncError", "bisync_workdir"]
 
 log = logging.getLogger(__name__)
 
@@ -480,3 +480,14 @@ def _record_state_dir(config: Config, src: Path, key: str) -> None:
                     extra={"event": "bisync.state_marker"})
     finally:
         store.close()
+
+
+def sync_folder(config: Config, folder: Folder, *, cancel: threading.Event | None = None) -> TransferSummary:
+    """One configured folder (``SYNCBRIDGE_FOLDERS`` or ``[[folder]]``) the way its mode says: pull, push or bisync."""
+    if folder.mode == "pull":
+        return pull(config, folder.prefix, folder.local, include=folder.include, exclude=folder.exclude,
+                    cancel=cancel)
+    if folder.mode == "push":
+        return push(config, folder.local, folder.prefix, include=folder.include, exclude=folder.exclude,
+                    cancel=cancel)
+    return bisync(config, folder.local, folder.prefix, include=folder.include, exclude=folder.exclude, cancel=cancel)

@@ -124,6 +124,15 @@ class BackgroundPull:
         self.cancel.set()
         self._thread.join(max(0.0, timeout))
 
+    def finish(self, timeout: float) -> bool:
+        """Stop (the app has ended); True when a download did not stop in time (it must not hold the exit)."""
+        self.stop(timeout)
+        if self.done:
+            return False
+        log.info("models (background): stopped with the app; partial downloads stay in temp files for the next "
+                 "start", extra={"event": "start.models.background_stopped"})
+        return True
+
 
 def manifests_for(config: Config) -> tuple[list[Path], SyncBridgeError | None]:
     """The manifests the models step pulls: SYNCBRIDGE_MODELS, the profile's (capture on), and what

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from pathlib import Path
@@ -13,8 +14,10 @@ from ..bulk import TransferSummary
 from ..config import Config, Folder
 from ..fmt import human_bytes as _human
 
-__all__ = ["Step", "StartOptions", "StartResult", "exit_status", "models_line", "outer_start_pid", "signal_name",
-           "START_PID_ENV"]
+log = logging.getLogger("syncbridge.start")
+
+__all__ = ["Step", "StartOptions", "StartResult", "ModelsVerdict", "exit_status", "models_line", "outer_start_pid",
+           "signal_name", "judge_models", "log_failed_attempts", "START_PID_ENV"]
 
 # Set in the app's environment: a `syncbridge start` inside it (a template's start.sh run by
 # an image whose entrypoint is already `syncbridge start --`) runs its app directly instead
@@ -210,3 +213,43 @@ def _summary_part(folder: Folder, op: str, summary: TransferSummary) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+@attrs.frozen
+class ModelsVerdict:
+    """What the models step's pull means for start-up: the step's record, and whether to go on."""
+
+    status: str  # ok, warn, failed
+    text: str
+    details: tuple[dict[str, Any], ...]
+    go_on: bool
+
+
+def judge_models(report: Any, *, background: bool, models_on_failure: str, on_bucket_failure: str) -> ModelsVerdict:
+    """The models step's verdict on a :class:`~syncbridge.models.PullReport` (``background``: the models that
+    are not required follow while the app runs)."""
+    results = list(getattr(report, "results", ()))
+    details = tuple(_model_record(r) for r in results)
+    text = models_line(results) + ("; the rest follow in the background" if background else "")
+    cache_error = getattr(report, "cache_error", None)
+    if cache_error and getattr(report, "ok", True):
+        stop = on_bucket_failure == "stop"
+        return ModelsVerdict("failed" if stop else "warn",
+                             f"{text}; but the bucket cache refused access: {cache_error}; "
+                             + ("not starting the app (SYNCBRIDGE_ON_BUCKET_FAILURE=stop)" if stop
+                                else "continuing (SYNCBRIDGE_ON_BUCKET_FAILURE=warn)"), details, not stop)
+    if getattr(report, "ok", True):
+        return ModelsVerdict("ok", text, details, True)
+    stop = models_on_failure == "stop"
+    consequence = ("not starting the app (models.on_failure = stop)" if stop
+                   else "continuing (models.on_failure = warn)")
+    return ModelsVerdict("failed" if stop else "warn", f"{text}; {consequence}", details, not stop)
+
+
+def log_failed_attempts(report: Any) -> None:
+    """Each failed model's attempts, a line per source, under the step's line."""
+    for result in getattr(report, "results", ()):
+        if str(result.status) in ("failed", "optional_failed"):
+            for source, error in getattr(result, "attempts", ()) or ():
+                log.warning("  %s: %s: %s", result.name, source, str(error).removeprefix(f"{source}: "),
+                            extra={"event": "start.models.attempt"})

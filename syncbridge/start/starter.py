@@ -56,15 +56,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ..bulk import TransferSummary, bisync, pull, push
+from ..bulk import TransferSummary, sync_folder
 from ..config import Config, Folder
 from ..errors import SyncBridgeError
 from ..fsutil import make_output_dir
 from ..keys import render_prefix
 from ..system import detect_gpu_tier, detect_storage_mode
 from .supervise import POLL_SECONDS, forward_signals, run_cancellable
-from .result import (START_PID_ENV, Step, StartOptions, StartResult, _first_line, _model_record, _summary_part,
-                     exit_status, models_line, signal_name)
+from .result import (START_PID_ENV, Step, StartOptions, StartResult, _first_line, _summary_part, exit_status,
+                     judge_models, log_failed_attempts, signal_name)
 
 __all__ = ["Starter", "forward_signals", "run_start"]
 
@@ -244,27 +244,12 @@ class Starter:
             for extra in str(error).splitlines()[1:]:
                 log.warning("  %s", extra.strip(), extra={"event": "start.models.detail"})
             return not stop
-        results = list(getattr(value, "results", ()))
-        details = [_model_record(r) for r in results]
-        text = models_line(results) + ("; the rest follow in the background" if first else "")
-        cache_error = getattr(value, "cache_error", None)
-        if cache_error and getattr(value, "ok", True):
-            bucket_stop = self.options.on_bucket_failure == "stop"
-            self._record("models", "failed" if bucket_stop else "warn",
-                         f"{text}; but the bucket cache refused access: {cache_error}; "
-                         + ("not starting the app (SYNCBRIDGE_ON_BUCKET_FAILURE=stop)" if bucket_stop
-                            else "continuing (SYNCBRIDGE_ON_BUCKET_FAILURE=warn)"), started, details=details)
-            return not bucket_stop
-        if getattr(value, "ok", True):
-            self._record("models", "ok", text, started, details=details)
-            return True
-        self._record("models", "failed" if stop else "warn", f"{text}; {consequence}", started, details=details)
-        for result in results:
-            if str(result.status) in ("failed", "optional_failed"):
-                for source, error in getattr(result, "attempts", ()) or ():
-                    log.warning("  %s: %s: %s", result.name, source, str(error).removeprefix(f"{source}: "),
-                                extra={"event": "start.models.attempt"})
-        return not stop
+        verdict = judge_models(value, background=first, models_on_failure=self.options.models_on_failure,
+                               on_bucket_failure=self.options.on_bucket_failure)
+        self._record("models", verdict.status, verdict.text, started, details=verdict.details)
+        if verdict.status != "ok":
+            log_failed_attempts(value)
+        return verdict.go_on
 
     def _start_capture(self) -> None:
         if self.config.models.capture:
@@ -295,16 +280,9 @@ class Starter:
                 failed = True
                 break
             op = folder.mode
-            if op == "pull":
-                def fn(cancel: threading.Event, f: Folder = folder) -> TransferSummary:
-                    return pull(self.config, f.prefix, f.local, include=f.include, exclude=f.exclude, cancel=cancel)
-            elif op == "push":
-                def fn(cancel: threading.Event, f: Folder = folder) -> TransferSummary:
-                    return push(self.config, f.local, f.prefix, include=f.include, exclude=f.exclude, cancel=cancel)
-            else:
-                def fn(cancel: threading.Event, f: Folder = folder) -> TransferSummary:
-                    return bisync(self.config, f.local, f.prefix, include=f.include, exclude=f.exclude,
-                                  cancel=cancel)
+
+            def fn(cancel: threading.Event, f: Folder = folder) -> TransferSummary:
+                return sync_folder(self.config, f, cancel=cancel)
             if op == "push" and not folder.local.exists():
                 parts.append(f"push {folder.local}: nothing there")
                 continue
@@ -516,11 +494,7 @@ class Starter:
             if self._capture is not None:  # a file still being written is never captured, at the stop or before
                 self._capture.stop(timeout=0.5)
             if self._background is not None:  # a stop cancels it: its temp files stay for the next start
-                self._background.stop(timeout=min(1.0, self._remaining() or 1.0))
-                if not self._background.done:
-                    self._abandoned = True  # a download that does not stop in time must not hold the exit
-                    log.info("models (background): stopped with the app; partial downloads stay in temp files for "
-                             "the next start", extra={"event": "start.models.background_stopped"})
+                self._abandoned |= self._background.finish(min(1.0, self._remaining() or 1.0))
                 if exit_code == 0 and self._background.failed and self.options.models_on_failure == "stop":
                     log.error("exit 1: a model pulled in the background failed (models.on_failure = stop)",
                               extra={"event": "start.models.background_failed"})
