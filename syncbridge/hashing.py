@@ -69,7 +69,7 @@ class HashingWriter:
 
     def __init__(self, fh: BinaryIO, algorithm: str = "sha256", *, on_bytes: OnBytes | None = None) -> None:
         self.fh = fh
-        self.digest = hashlib.new(algorithm, usedforsecurity=False) if algorithm == "md5" else hashlib.new(algorithm)
+        self.digest = new_digest(algorithm)
         self.size = 0
         self.on_bytes = on_bytes
 

@@ -7,6 +7,7 @@ The configuration and the model manifests both report every problem with ``file:
 * :class:`Lines`: every header and key of a text indexed in one pass, so a manifest of a thousand
   models asks for a thousand lines in linear time; :func:`line_of` is the one-off question.
 * :func:`did_you_mean`: ``"; did you mean 'x'?"`` or ``""``.
+* :func:`value`: a value as TOML source, for the files syncbridge writes.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-__all__ = ["loads", "TOMLDecodeError", "error_line", "Lines", "line_of", "did_you_mean"]
+__all__ = ["loads", "TOMLDecodeError", "error_line", "Lines", "line_of", "did_you_mean", "value"]
 
 TOMLDecodeError = tomllib.TOMLDecodeError
 
@@ -118,3 +119,17 @@ class Lines:
 def line_of(text: str, section: str | None, key: str | None, *, index: int | None = None) -> int | None:
     """Best-effort line number of a table or key in a TOML text (see :meth:`Lines.of`)."""
     return Lines(text).of(section, key, index=index)
+
+
+def value(item: Any) -> str:
+    """``item`` (a string, a whole number, a boolean, or a table of those) as TOML source, for files
+    syncbridge writes (generated manifests, profiles): a JSON string is a valid TOML basic string."""
+    import json
+
+    if isinstance(item, bool):
+        return "true" if item else "false"
+    if isinstance(item, int):
+        return str(item)
+    if isinstance(item, dict):
+        return "{ " + ", ".join(f"{k} = {value(v)}" for k, v in item.items()) + " }"
+    return json.dumps(str(item), ensure_ascii=False)

@@ -85,3 +85,12 @@ def test_loads_and_the_line_of_a_syntax_error() -> None:
         loads("a = 1\nb = = 2\n")
     assert error_line(caught.value) == 2
     assert error_line(ValueError("no line here")) is None
+
+
+def test_value_writes_what_loads_reads_back() -> None:
+    from syncbridge.tomlsrc import value
+
+    doc = {"s": 'quote " and \\ and \u00e9 and\nnewline', "n": 42, "b": True,
+           "t": {"repo": "org/m", "version_id": 7, "flag": False}}
+    text = "\n".join(f"{k} = {value(v)}" for k, v in doc.items())
+    assert loads(text) == doc

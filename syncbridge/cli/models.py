@@ -393,6 +393,7 @@ def _cache_verify(args, ctx) -> int:
 
 def _capture(args, ctx) -> int:
     from ..models.capture import Capturer, finished_models, profile_for
+    from ..models.localstate import HashCache
     from ..models.manifest import load_manifests
     from ..store import open_store
 
@@ -410,7 +411,7 @@ def _capture(args, ctx) -> int:
                 ctx.out(f"would capture {rel} ({_human(st.st_size)})")
             return 0
         capturer = Capturer(store, profile, models_dir=profile.models_dir, cache_prefix=profile.cache_prefix,
-                            quiet=config.watch.quiet_seconds, baseline=named)
+                            quiet=config.watch.quiet_seconds, baseline=named, hashes=HashCache.of(config.state_dir))
         for c in capturer.scan():
             ctx.out(f"captured {c.path} ({_human(c.size)}, sha256 {c.sha256[:12]}...): cache {c.cache}")
         ctx.say(f"{len(capturer.captured)} model(s) captured into {profile.key}")

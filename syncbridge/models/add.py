@@ -23,7 +23,7 @@ from ..errors import ConfigError, Problem
 from ..fsutil import atomic_write_bytes, temp_beside
 from .source import OnBytes
 from .spec import CivitaiSpec, HfSpec, ModelSpec
-from .workflow import url_source
+from .workflow import source_hosts, url_source
 
 __all__ = ["Added", "CIVITAI_FOLDERS", "parse_source", "describe", "append_entry"]
 
@@ -81,14 +81,12 @@ def parse_source(text: str, *, hf_endpoint: str = "https://huggingface.co",
         what = f"its {', '.join(sorted(set(secret)))} parameter" if secret else "a password"
         raise _problem("SOURCE", f"a URL with {what} would put a credential in the manifest: pass the link without "
                                  f"it (HF_TOKEN and CIVITAI_API_KEY reach their sources on their own)")
-    hf_hosts = tuple({"huggingface.co", (urlsplit(hf_endpoint).hostname or "").lower()} - {""})
-    civitai_hosts = tuple({"civitai.com", (urlsplit(civitai_endpoint).hostname or "").lower()} - {""})
-    source = url_source(text, hf_hosts=hf_hosts, civitai_hosts=civitai_hosts)
+    source = url_source(text, hf_endpoint=hf_endpoint, civitai_endpoint=civitai_endpoint)
     host = parts.hostname.lower()
-    if "url" in source and host in hf_hosts:
+    if "url" in source and host in source_hosts(hf_endpoint, "huggingface.co"):
         raise _problem(f"SOURCE {text!r}", "is a Hugging Face URL but not a file's: use its resolve/ or blob/ "
                                            "link, or hf:REPO/PATH")
-    if "url" in source and host in civitai_hosts:
+    if "url" in source and host in source_hosts(civitai_endpoint, "civitai.com"):
         raise _problem(f"SOURCE {text!r}", "is a CivitAI page without a version: open the version and copy the "
                                            "link with ?modelVersionId=, or its download link")
     return source

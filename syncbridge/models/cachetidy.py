@@ -10,11 +10,12 @@
 
 from __future__ import annotations
 
-import hashlib
+import os
 from typing import Callable, Iterable, Sequence
 
 import attrs
 
+from ..hashing import HashingWriter
 from ..store import ObjectInfo, Store
 from .cacheentry import entry_sha256
 from .source import cache_key
@@ -97,15 +98,10 @@ def prune(store: Store, entries: Iterable[CacheEntry], *, being_filled: Callable
 
 
 def _read_sha256(store: Store, key: str) -> str:
-    digest = hashlib.sha256()
-
-    class _Sink:
-        def write(self, data: bytes) -> int:
-            digest.update(data)
-            return len(data)
-
-    store.download_to(key, _Sink())  # type: ignore[arg-type]
-    return digest.hexdigest()
+    with open(os.devnull, "wb") as sink:
+        writer = HashingWriter(sink)
+        store.download_to(key, writer)  # type: ignore[arg-type]
+    return writer.hexdigest()
 
 
 def verify(store: Store, manifests: Sequence[tuple[str, Manifest]], *, deep: bool = False) -> list[Finding]:

@@ -26,7 +26,7 @@ from ..errors import ConfigError, PreconditionFailedError, Problem
 from ..fsutil import open_for_writing
 from ..hashing import sha256_file
 from ..store import Store
-from ..tomlsrc import TOMLDecodeError, loads
+from ..tomlsrc import TOMLDecodeError, loads, value as toml_value
 from .cacheentry import publish
 from .source import cache_key
 
@@ -44,12 +44,6 @@ ATTEMPTS = 8  # rewrites of the profile when other pods write it at the same mom
 
 def profile_key(fleet_prefix: str, name: str) -> str:
     return f"{fleet_prefix.strip('/')}/profiles/{name}.toml"
-
-
-def _toml_value(value: Any) -> str:
-    import json
-
-    return str(value) if isinstance(value, int) and not isinstance(value, bool) else json.dumps(value)
 
 
 class Profile:
@@ -75,11 +69,11 @@ class Profile:
 
     def text(self, entries: Mapping[str, Mapping[str, Any]]) -> str:
         lines = [f"# Captured by syncbridge ({self.key}): models that arrived on pods of this profile.",
-                 "[settings]", f"models_dir = {_toml_value(str(self.models_dir))}",
-                 f"cache_prefix = {_toml_value(self.cache_prefix)}", ""]
+                 "[settings]", f"models_dir = {toml_value(str(self.models_dir))}",
+                 f"cache_prefix = {toml_value(self.cache_prefix)}", ""]
         for path in sorted(entries):
             lines.append("[[model]]")
-            lines += [f"{k} = {_toml_value(v)}" for k, v in entries[path].items()]
+            lines += [f"{k} = {toml_value(v)}" for k, v in entries[path].items()]
             lines.append("")
         return "\n".join(lines)
 
@@ -158,8 +152,9 @@ class Capturer:
 
     def __init__(self, store: Store, profile: Profile, *, models_dir: Path, cache_prefix: str, quiet: float = 2.0,
                  interval: float = 2.0, baseline: Iterable[str] | None = None,
-                 on_capture: Callable[[Captured], Any] | None = None) -> None:
+                 on_capture: Callable[[Captured], Any] | None = None, hashes: Any = None) -> None:
         self.on_capture = on_capture
+        self.hashes = hashes  # a HashCache: a captured file is not hashed again by the next pull here
         self.store = store
         self.profile = profile
         self.models_dir = models_dir
@@ -182,6 +177,9 @@ class Capturer:
             size, sha = sha256_file(self.models_dir / rel)
             if (size, os.stat(self.models_dir / rel).st_mtime_ns) != (st.st_size, st.st_mtime_ns):
                 continue  # changed while hashed: the next scan takes it
+            if self.hashes is not None:  # the profile's sha256 is this one: the file is verified against it
+                self.hashes.put(self.models_dir / rel, sha, verified="sha256", st=st)
+                self.hashes.save()
             key = cache_key(self.cache_prefix, rel)
             outcome = publish(self.store, key, self.models_dir / rel, sha)
             self.seen[rel] = (st.st_size, st.st_mtime_ns)

@@ -34,6 +34,11 @@ class HashCache:
     "present" on a warm start even when the manifest gives no sha256.
     """
 
+    @classmethod
+    def of(cls, state_dir: Path) -> "HashCache":
+        """The pod's one cache of local hashes (pulls, workflows and capture share it)."""
+        return cls(state_dir / "models" / "hashes.json")
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()

@@ -73,7 +73,7 @@ class Puller:
         # Always an event: an interrupt (Ctrl-C) in the caller's thread stops every download thread.
         self.cancel = cancel if cancel is not None else threading.Event()
         self._coordinator = fill_coordinator
-        self.hashes = HashCache(config.state_dir / "models" / "hashes.json")
+        self.hashes = HashCache.of(config.state_dir)
         self.local = LocalState(self.hashes)
         self.fetcher = Fetcher(self.models_dir, self.hashes, on_bytes=lambda m, n: self.emit("bytes", m, bytes=n),
                                cancel=self.cancel)

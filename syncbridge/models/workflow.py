@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlsplit
 
 import attrs
 
-__all__ = ["ModelRef", "Needed", "LOADERS", "WorkflowError", "refs_of", "needed", "url_source"]
+__all__ = ["ModelRef", "Needed", "LOADERS", "WorkflowError", "refs_of", "needed", "url_source", "source_hosts"]
 
 # Core loaders: class -> (model input, its folder under models/) in widget order. The first input
 # of CheckpointLoader is its config (a yaml in models/configs).
@@ -200,13 +200,21 @@ _HF_PATH = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/(?:resolve|blob)/(?P<rev>[^/]+)/
 _CIVITAI_DOWNLOAD = re.compile(r"^/api/download/models/(?P<version>\d+)/?$")
 
 
-def url_source(url: str, *, hf_hosts: Sequence[str] = ("huggingface.co",),
-               civitai_hosts: Sequence[str] = ("civitai.com",)) -> dict[str, Any]:
+def source_hosts(endpoint: str, public: str) -> tuple[str, ...]:
+    """The hosts whose URLs go through a source: its public host and the one of its endpoint setting
+    (``HF_ENDPOINT``, ``SYNCBRIDGE_CIVITAI_ENDPOINT``)."""
+    return tuple(dict.fromkeys(h for h in (public, (urlsplit(endpoint).hostname or "").lower()) if h))
+
+
+def url_source(url: str, *, hf_endpoint: str = "https://huggingface.co",
+               civitai_endpoint: str = "https://civitai.com") -> dict[str, Any]:
     """The manifest source of a download URL: ``{"hf": {repo, file, revision}}`` for a Hugging Face
     ``resolve``/``blob`` URL, ``{"civitai": {"version_id": V}}`` for a CivitAI download URL (or a model
     page with ``?modelVersionId=V``), else ``{"url": url}``. Through the Hugging Face and CivitAI
     sources, ``HF_TOKEN``, ``CIVITAI_API_KEY`` and the bucket cache apply to it.
     """
+    hf_hosts = source_hosts(hf_endpoint, "huggingface.co")
+    civitai_hosts = source_hosts(civitai_endpoint, "civitai.com")
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
     if host in hf_hosts or any(host.endswith("." + h) for h in hf_hosts):

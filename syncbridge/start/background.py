@@ -182,8 +182,11 @@ def start_capture(config: Config) -> Any:
         captured.append(item.path)
         status.update("capture", captured=list(captured), last=item.path)
 
+    from ..models.localstate import HashCache
+
     capturer = Capturer(store, profile, models_dir=profile.models_dir, cache_prefix=profile.cache_prefix,
-                        quiet=config.watch.quiet_seconds, on_capture=said).start()
+                        quiet=config.watch.quiet_seconds, on_capture=said,
+                        hashes=HashCache.of(config.state_dir)).start()
     log.info("capture: models arriving in %s go to the cache and the profile %s", profile.models_dir, profile.key,
              extra={"event": "start.capture"})
     return capturer

@@ -46,6 +46,9 @@ def test_capture_once_takes_complete_files_only_and_forget_takes_one_back(local_
     finally:
         writer.communicate(b"", timeout=10)
     assert "captured loras/ink.safetensors" in done.stdout and "open.safetensors" not in done.stdout
+    hashes = json.loads((tmp_path / "state" / "models" / "hashes.json").read_text())  # not hashed again here
+    assert hashes[str(models / "loras" / "ink.safetensors")][2:] == [hashlib.sha256(b"ink" * 1000).hexdigest(),
+                                                                       "sha256"]
     store = _store(env)
     try:
         info = store.head("models/loras/ink.safetensors")

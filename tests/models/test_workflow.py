@@ -82,7 +82,7 @@ def test_what_is_not_a_workflow_is_said(doc) -> None:
     ("https://example.org/m.safetensors", {"url": "https://example.org/m.safetensors"}),
 ])
 def test_a_url_goes_through_its_own_source(url, source) -> None:
-    assert url_source(url, hf_hosts=("huggingface.co", "127.0.0.1")) == source
+    assert url_source(url, hf_endpoint="http://127.0.0.1:9") == source
 
 
 def _template_files() -> list[Path]:
@@ -172,6 +172,9 @@ def test_from_workflow_resolves_each_model_writes_a_manifest_and_pulls(local_env
     target = models / "diffusion_models" / "flux-mini.safetensors"
     assert hashlib.sha256(target.read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest()
     assert (models / "loras" / "cached.safetensors").read_bytes() == b"lora"  # from the cache, by path
+    # the present model was hashed into the pod's hash cache: the next start reads it, not the file
+    hashes = json.loads((tmp_path / "state" / "models" / "hashes.json").read_text())
+    assert hashes[str(models / "vae" / "ae.safetensors")][2] == hashlib.sha256(b"vae").hexdigest()
     # through the Hugging Face source (paths-info, resolve, then the CDN), not a plain URL download
     assert any(r.path.startswith("/api/models/org/flux/paths-info/") for r in hub.requests), hub.requests
     assert any(r.path.startswith("/org/flux/resolve/main/split/flux-mini") for r in hub.requests), hub.requests
