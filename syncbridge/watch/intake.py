@@ -185,12 +185,18 @@ class Intake:
             if self.selected(rel):
                 self._mark_ready(rel, trust_owner=True, now=now, closed=True)
         elif action is Action.CREATED:
-            # A new hard link to a finished file (os.link(tmp, final)) has no close event.
+            # A new hard link to a finished file (os.link(tmp, final)) has no close event. When the
+            # temp name is already gone by the time we look (link count back to 1), a file that has
+            # bytes at its creation event is taken as found by a scan: pushed once nothing writes it
+            # (it used to be dropped, and never pushed, when its new folder's scan ran before the link).
             if not self._never.excluded(rel):
                 with contextlib.suppress(OSError):
                     st = os.lstat(self.directory / rel)
-                    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and self.selected(rel):
-                        self._mark_ready(rel, trust_owner=True, now=now, closed=True)
+                    if stat.S_ISREG(st.st_mode) and self.selected(rel):
+                        if st.st_nlink > 1:
+                            self._mark_ready(rel, trust_owner=True, now=now, closed=True)
+                        elif st.st_size > 0:
+                            self._mark_ready(rel, trust_owner=True, now=now, closed=False)
         elif action is Action.GONE:
             if not self._never.excluded(rel) and self._users(rel):
                 self._mark_gone(rel)

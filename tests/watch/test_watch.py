@@ -351,6 +351,23 @@ def test_a_file_in_a_new_folder_just_before_the_stop_is_pushed(tmp_path: Path, l
         assert got.get(f"outputs/job{round_}/top.png") == b"top %d" % round_
 
 
+def test_hard_links_whose_temp_name_is_gone_at_the_event_are_pushed(tmp_path: Path, local_env: dict[str, str]) -> None:
+    """os.link(tmp, final) then os.unlink(tmp): the final name gets a creation event and no close. By the
+    time the event is read the link count may be 1 again; such a file used to be dropped without a word."""
+    config = _config(local_env)
+    out = config.watch.dir
+    (out / "links").mkdir(parents=True)
+    with OutputWatcher(config) as watcher:
+        _wait_for(lambda: watcher.stats().catch_up_done, 10, "the start-up scan")
+        for i in range(30):
+            tmp = out / "links" / f".{i}.tmp"
+            tmp.write_bytes(b"linked %d" % i)
+            os.link(tmp, out / "links" / f"{i}.png")
+            os.unlink(tmp)
+        _wait_for(lambda: len(_objects(config)) == 30, 20, "every linked file in the bucket")
+    assert _objects(config) == {f"outputs/links/{i}.png": b"linked %d" % i for i in range(30)}
+
+
 def test_a_file_a_process_still_writes_at_the_stop_stays_in_the_journal(tmp_path: Path,
                                                                          local_env: dict[str, str]) -> None:
     """The other side of that rule: a file another process still has open is not pushed as a prefix of
