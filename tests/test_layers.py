@@ -35,6 +35,8 @@ LAYERS = {
     "rclone.argv": PURE,
     "watch.events": PURE,
     "watch.scheduler": PURE,
+    "statuspage.page": PURE,
+    "statuspage.html": PURE,
     # I/O adapters
     "fsutil": IO,
     "config": IO,  # load_config: reads the TOML file and the host's facts
@@ -93,6 +95,11 @@ LAYERS = {
     "start.starter": ORCH,
     "start.supervise": ORCH,
     "start.background": ORCH,
+    "start.live": ORCH,
+    "start.statuspage": ORCH,
+    "statuspage": ORCH,
+    "statuspage.report": ORCH,
+    "statuspage.server": ORCH,
     "demo": ORCH,
     "demo.run": ORCH,
     "demo.app": ORCH,

@@ -10,8 +10,7 @@ import time
 from typing import Any
 
 from .common import add_common
-from ..watch.journal import read_summary
-from ..watch import journal_path, read_status, run_watch
+from ..watch import run_watch
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -116,40 +115,10 @@ def _status(args: argparse.Namespace, ctx) -> int:
 
         return status_command(args, ctx)
     config = ctx.config()
-    status = read_status(config.state_dir)
-    summary = read_summary(journal_path(config.state_dir))
-    now = time.time()
-    running = bool(status and status.get("running"))
-    if running:
-        report = {k: status.get(k) for k in ("pid", "state", "directory", "prefix", "store", "pending", "in_flight",
-                                             "oldest_pending_age", "uploaded", "skipped", "failed", "retries",
-                                             "collisions", "bytes_uploaded", "last_latency", "p95_latency",
-                                             "started_at", "updated_at", "watches", "unwatched", "catch_up_done",
-                                             "last_error", "left_out", "left_out_examples", "recent",
-                                             "waiting_to_finish")}
-        if report["oldest_pending_age"] is not None and status.get("updated_at"):
-            report["oldest_pending_age"] += max(0.0, now - float(status["updated_at"]))
-    else:
-        oldest = summary.oldest_pending if summary else None
-        report = {"pid": None, "state": "not running", "pending": summary.pending if summary else 0,
-                  "failed": summary.failed if summary else 0,
-                  "oldest_pending_age": None if oldest is None else max(0.0, now - oldest)}
-        if status:  # the last run's figures
-            report["last_run"] = {k: status.get(k) for k in ("directory", "prefix", "uploaded", "failed", "retries",
-                                                             "last_latency", "p95_latency", "started_at",
-                                                             "updated_at", "left_out", "left_out_examples",
-                                                             "recent")}
-    report["running"] = running
-    from ..start.background import read_models_status
+    from ..statuspage.report import status_report
 
-    models = read_models_status(config.state_dir)
-    if models:
-        report["models"] = models
-    report["journal"] = {"path": str(journal_path(config.state_dir)),
-                         "pending": summary.pending if summary else 0, "failed": summary.failed if summary else 0,
-                         "done": summary.done if summary else 0,
-                         "failures": [{"path": p, "key": k, "error": e} for p, k, e in
-                                      (summary.failures if summary else ())]}
+    report = status_report(config)
+    running = report["running"]
     if args.json:
         ctx.out(json.dumps(report, sort_keys=True))
         return 0

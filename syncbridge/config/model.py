@@ -119,6 +119,11 @@ class StartConfig:
     stop_seconds: float = 4.5
     on_bucket_failure: str = "stop"
     models_wait: str = "all"
+    status_port: int | None = None
+    status_bind: str = "auto"
+    status_token: str | None = attrs.field(default=None, repr=False)
+    status_on_app_port: bool = False
+    app_port: int | None = None
 
 
 @attrs.frozen
@@ -152,4 +157,5 @@ class Config:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Every secret value in this configuration, for redaction."""
-        return tuple(s for s in (*self.remote.secrets, self.models.hf_token, self.models.civitai_api_key) if s)
+        return tuple(s for s in (*self.remote.secrets, self.models.hf_token, self.models.civitai_api_key,
+                                  self.start.status_token) if s)

@@ -233,6 +233,23 @@ SETTINGS: tuple[Setting, ...] = (
     S("start.stop_seconds", ("SYNCBRIDGE_STOP_SECONDS",), "float", 4.5,
       "syncbridge start: on SIGTERM, the whole shutdown (app exit, watcher drain, final push) is bounded by "
       "this many seconds (a spot pod is killed 5 s after SIGTERM).", minimum=0),
+    S("start.status_port", ("SYNCBRIDGE_STATUS_PORT",), "int", None,
+      "syncbridge start serves a status page (/), /status.json (what `status --json` prints) and /metrics "
+      "(Prometheus) on this port, read-only, from its own thread. Unset: off. Templates use 8189.",
+      minimum=1, maximum=65535),
+    S("start.status_bind", ("SYNCBRIDGE_STATUS_BIND",), "str", "auto",
+      "Address the status page listens on. auto: 0.0.0.0 inside a container (RUNPOD_POD_ID set, /.dockerenv or "
+      "/run/.containerenv present; RunPod's HTTP proxy needs it), else 127.0.0.1."),
+    S("start.status_token", ("SYNCBRIDGE_STATUS_TOKEN",), "secret", None,
+      "When set, the status page answers 401 unless the request carries it: Authorization: Bearer TOKEN, or "
+      "?token=TOKEN once (the answer sets an HttpOnly cookie). A RunPod proxy URL is reachable by anyone."),
+    S("start.status_on_app_port", ("SYNCBRIDGE_STATUS_ON_APP_PORT",), "bool", False,
+      "Until the app starts, serve the status page on the app's port too (start.app_port, else --port or "
+      "--listen HOST:PORT in the app's command), released just before the app is started, so the app's proxy "
+      "link shows the start-up instead of an error."),
+    S("start.app_port", ("SYNCBRIDGE_APP_PORT",), "int", None,
+      "The app's port for start.status_on_app_port (default: read from --port/--listen in the app's command, "
+      "else 8188).", minimum=1, maximum=65535),
     S("start.folders_spec", ("SYNCBRIDGE_FOLDERS",), "list", (),
       "Folders for start, as MODE:LOCAL=PREFIX entries separated by ';' (MODE: pull, push or bisync). "
       "In TOML use [[folder]] tables instead.", sep=";"),

@@ -63,12 +63,13 @@ class BackgroundPull:
     """``pull_models`` of the models that are not required, in a thread; :meth:`stop` cancels and waits."""
 
     def __init__(self, config: Config, manifests: Sequence[Path], *, environ: Mapping[str, str], tier: str,
-                 status: ModelsStatus | None = None) -> None:
+                 status: ModelsStatus | None = None, on_event: Any = None) -> None:
         self.status = status or ModelsStatus(config.state_dir)
         self.config = config
         self.manifests = list(manifests)
         self.environ = environ
         self.tier = tier
+        self.on_event = on_event  # progress (ModelEvent), for the start's status file
         self.cancel = threading.Event()
         self.report: Any = None
         self.error: BaseException | None = None
@@ -86,7 +87,8 @@ class BackgroundPull:
 
         try:
             self.report = pull_models(self.config, self.manifests, environ=self.environ, tier=self.tier,
-                                      cancel=self.cancel, only=lambda model: not model.required)
+                                      cancel=self.cancel, only=lambda model: not model.required,
+                                      on_event=self.on_event)
         except CancelledError as exc:
             self.error = exc
             self.status.update("background", state="stopped")

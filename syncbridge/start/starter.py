@@ -113,6 +113,12 @@ class Starter:
         self._later: list[Path] | None = None  # manifests whose other models are pulled with the app running
         self._background: Any = None
         self._capture: Any = None
+        from .live import StartStatus
+
+        self.status = StartStatus(config.state_dir)  # for `syncbridge status` and the status page
+        self._page: Any = None  # the status page's server (SYNCBRIDGE_STATUS_PORT)
+        self._app_port_listener: Any = None  # the page on the app's port until the app starts
+        self._app_port: int | None = None
 
     # -- signals --------------------------------------------------------------------
     def request_stop(self, signum: int = signal.SIGTERM) -> None:
@@ -147,6 +153,7 @@ class Starter:
         line = f"{name.replace('_', ' ')}: {text}" + (f" ({seconds:.1f}s)" if show_seconds else "")
         step = Step(name, status, line, seconds, tuple(details))
         self.steps.append(step)
+        self.status.step(step.as_dict())
         level = {"failed": logging.ERROR, "warn": logging.WARNING}.get(status, logging.INFO)
         log.log(level, line, extra={"event": f"start.{name}"})
         return step
@@ -223,7 +230,8 @@ class Starter:
 
         def fn(cancel: threading.Event) -> Any:
             return pull_models(self.config, manifests, environ=self.environ, tier=self.gpu_tier, cancel=cancel,
-                               only=(lambda model: model.required) if first else None)
+                               only=(lambda model: model.required) if first else None,
+                               on_event=self.status.on_model_event)
 
         if first:
             self._later = manifests
@@ -262,7 +270,7 @@ class Starter:
             from .background import BackgroundPull
 
             self._background = BackgroundPull(self.config, self._later, environ=self.environ,
-                                              tier=self.gpu_tier).start()
+                                              tier=self.gpu_tier, on_event=self.status.on_model_event).start()
 
     def _sync_folders(self, name: str, modes: Sequence[str], *, stop_when: Callable[[], bool],
                       grace: float) -> Step:
@@ -343,6 +351,7 @@ class Starter:
         env["SYNCBRIDGE_GPU_TIER"] = self.gpu_tier
         env[START_PID_ENV] = str(os.getpid())
         shown = shlex.join(self.app)
+        self._release_app_port()
         try:
             # Own session and process group: signals reach the app (and its children) only
             # through us, once each, and a terminal's Ctrl-C is not delivered twice.
@@ -353,6 +362,11 @@ class Starter:
             return code
         self._app_pgid = proc.pid
         log.info("app: started %s (pid %d)", shown, proc.pid, extra={"event": "start.app.started"})
+        self.status.app(state="running", pid=proc.pid, started_at=time.time())
+        if self._app_port is not None:
+            from .statuspage import watch_app_port
+
+            watch_app_port(proc, self._app_port, self.status)
         if self._stop_signal is not None:
             # A signal that arrived between the check in run() and the pgid store.
             self.request_stop(self._stop_signal)
@@ -379,6 +393,7 @@ class Starter:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
         self._app_done = True
+        self.status.app(state="exited", returncode=returncode)
         if self._stop_signal is not None and not reported_stop:
             log.info("stop: %s received, forwarded to the app (pid %d); shutdown budget %gs",
                      signal_name(self._stop_signal), proc.pid, self.options.stop_seconds,
@@ -453,11 +468,27 @@ class Starter:
         log.info("stop: %s received; draining (budget %.1fs)", signal_name(self._stop_signal or 15),
                  self.options.stop_seconds, extra={"event": "start.stop"})
 
+    # -- the status page --------------------------------------------------------------
+    def _serve_status_page(self) -> None:
+        from .statuspage import serve_status_page
+
+        self._page, self._app_port_listener = serve_status_page(self.config, self.app, self.environ, self.status)
+        self._app_port = None if self._app_port_listener is None else self._app_port_listener.port
+
+    def _release_app_port(self) -> None:
+        listener, self._app_port_listener = self._app_port_listener, None
+        if listener is not None:
+            from .statuspage import release_app_port
+
+            release_app_port(listener, self.status)
+
     # -- the run --------------------------------------------------------------------
     def run(self) -> StartResult:
         """Run every step; see the module docstring. A step's :class:`SyncBridgeError` is logged, not raised."""
         exit_code = 0
         setup_done = False
+        self.status.start_beating()
+        self._serve_status_page()
         try:
             self._system()
             if not self._bucket():
@@ -518,6 +549,10 @@ class Starter:
                     self._watcher.stop(drain_seconds=0)
             if self._heartbeat is not None:
                 self._heartbeat.stop(timeout=0.5)
+            self._release_app_port()
+            if self._page is not None:
+                self._page.close()
+        self.status.finish(exit_code)
         shutdown = None if self._stop_at is None else self.clock() - self._stop_at
         tail = f" (shutdown took {shutdown:.1f}s of {self.options.stop_seconds:g}s)" if shutdown is not None else ""
         log.info("exit: %d%s", exit_code, tail, extra={"event": "start.exit"})

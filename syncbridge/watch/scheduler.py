@@ -23,6 +23,7 @@ While the store is failing (retryable errors in a row) one upload at a time prob
 
 from __future__ import annotations
 
+import bisect
 import collections
 import enum
 import heapq
@@ -52,6 +53,8 @@ OUTAGE_LOG_SECONDS = 10.0  # "upload failed, retrying" is logged at most this of
 RECENT_PUTS_KEPT = 4096
 LATENCY_WINDOW = 512
 RECENT_OUTPUTS = 20  # the last outputs shown in status --json
+# Upper bounds (seconds) of the push latency histogram served at /metrics by the status page.
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 QUIET_MTIME_FUTURE = 86400 * 365  # an mtime this far back is another machine's clock, not an old file
 
 
@@ -176,6 +179,8 @@ class Schedule:
         self.last_latency: float | None = None
         self.last_error: str | None = None
         self.recent: collections.deque[Any] = collections.deque(maxlen=RECENT_OUTPUTS)
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket since start, the last one +Inf
+        self.latency_sum = 0.0
 
     # -- intake ------------------------------------------------------------------------------------
 
@@ -335,6 +340,8 @@ class Schedule:
         self.latencies.append(output.latency)
         self.last_latency = output.latency
         self.recent.append(output)
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, output.latency)] += 1
+        self.latency_sum += output.latency
 
     def _store_fails(self, item: Item, detail: Any, now: float, notes: list[Note]) -> None:
         self.counters["retries"] += 1
@@ -379,6 +386,7 @@ class Schedule:
             self._wait(item, now + (min(delay, DRAIN_WAIT_MAX) if self.draining else delay), why="retry")
         elif outcome is Outcome.FATAL:
             self.failed[item.rel] = item
+            self.counters["failures"] += 1
             item.not_before = now + self.fatal_retry_seconds
             self._push_heap(item)
 

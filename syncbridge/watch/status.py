@@ -84,12 +84,17 @@ class WatchStats:
     left_out_examples: tuple[str, ...] = ()  # the latest few of them
     recent: tuple[PushedOutput, ...] = ()  # the last outputs pushed, newest last
     waiting_to_finish: int = 0  # files found by a scan, waiting for their close or to be quiet
+    p50_latency: float | None = None
+    latency_counts: tuple[int, ...] = ()  # pushes per latency bucket since start (scheduler.LATENCY_BUCKETS, +Inf)
+    latency_sum: float = 0.0  # seconds, over every push since start
+    failures_total: int = 0  # files that failed fatally since start (``failed`` is those failing now)
 
     def to_dict(self) -> dict[str, Any]:
         data = attrs.asdict(self, recurse=False)
         data["unwatched"] = list(self.unwatched)
         data["left_out_examples"] = list(self.left_out_examples)
         data["recent"] = [o.to_dict() for o in self.recent]
+        data["latency_counts"] = list(self.latency_counts)
         return data
 
     def fingerprint(self) -> tuple[Any, ...]:

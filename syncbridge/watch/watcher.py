@@ -344,6 +344,8 @@ class OutputWatcher:
             left_out_examples = self._intake.left_out_examples()
             recent = tuple(schedule.recent)
             unfinished = schedule.waiting_to_finish
+            latency_counts = tuple(schedule.latency_counts)
+            latency_sum = schedule.latency_sum
         tree = self._intake.tree
         now = time.time()
         return WatchStats(
@@ -358,7 +360,9 @@ class OutputWatcher:
             watches=tree.watch_count if tree is not None else 0,
             unwatched=tree.unwatched_snapshot() if tree is not None else (),
             catch_up_done=self._intake.catch_up_done, last_error=last_error, left_out=left_out,
-            left_out_examples=left_out_examples, recent=recent, waiting_to_finish=unfinished)
+            left_out_examples=left_out_examples, recent=recent, waiting_to_finish=unfinished,
+            p50_latency=percentile(latencies, 0.5), latency_counts=latency_counts, latency_sum=latency_sum,
+            failures_total=counters.get("failures", 0))
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until every file known so far is pushed (True) or ``timeout`` seconds pass (False).
