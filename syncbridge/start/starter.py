@@ -366,7 +366,9 @@ class Starter:
         if self._app_port is not None:
             from .statuspage import watch_app_port
 
-            watch_app_port(proc, self._app_port, self.status)
+            port_watch = watch_app_port(proc, self._app_port, self.status)
+        else:
+            port_watch = None
         if self._stop_signal is not None:
             # A signal that arrived between the check in run() and the pgid store.
             self.request_stop(self._stop_signal)
@@ -394,6 +396,8 @@ class Starter:
                     os.killpg(proc.pid, signal.SIGKILL)
         self._app_done = True
         self.status.app(state="exited", returncode=returncode)
+        if port_watch is not None:  # its verdict (listened, or exited without) before the drain's lines
+            port_watch.join(1.0)
         if self._stop_signal is not None and not reported_stop:
             log.info("stop: %s received, forwarded to the app (pid %d); shutdown budget %gs",
                      signal_name(self._stop_signal), proc.pid, self.options.stop_seconds,
