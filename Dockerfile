@@ -88,9 +88,11 @@ ENV R2_ENDPOINT="" \
     SYNCBRIDGE_MODELS_ON_FAILURE="warn" \
     SYNCBRIDGE_WATCH_PREFIX="outputs/{pod_id}" \
     SYNCBRIDGE_DRAIN_SECONDS="4" \
-    SYNCBRIDGE_STOP_SECONDS="4.5"
+    SYNCBRIDGE_STOP_SECONDS="4.5" \
+    SYNCBRIDGE_STATUS_PORT="8189"
 
-EXPOSE 8188 8888 22
+# 8189: syncbridge's status page (start-up steps, model progress, pushed outputs; /metrics).
+EXPOSE 8188 8189 8888 22
 # syncbridge start pulls the models and folders, starts the output watcher, runs ComfyUI as
 # its child and, on the pod's SIGTERM, stops it, drains and pushes within the 5 s before
 # SIGKILL. A RunPod "Container Start Command" replaces CMD: the app syncbridge runs.
