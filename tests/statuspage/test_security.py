@@ -163,3 +163,16 @@ def test_no_secret_presigned_link_or_outside_path_in_any_response(pod) -> None:
         assert outside not in flat, outside
     assert str(pod["out"]) in flat  # the output folder itself is shown
     assert doc["journal"]["path"].startswith("\u2026/")
+
+
+def test_status_json_is_what_status_json_prints(pod) -> None:
+    from ..conftest import run_cli
+
+    page = json.loads(get(pod["port"], "/status.json", pod["auth"])[2])
+    cli = json.loads(run_cli(["status", "--json"], pod["env"], check=True).stdout)
+    assert set(page) - {"page", "fleet"} == set(cli)
+    for key in ("running", "uploaded", "pending", "failed", "directory", "prefix", "bytes_uploaded"):
+        assert page[key] == cli[key], key
+    assert [o["key"] for o in page["recent"]] == [o["key"] for o in cli["recent"]]
+    assert [s["name"] for s in page["start"]["steps"]] == [s["name"] for s in cli["start"]["steps"]]
+    assert page["journal"]["done"] == cli["journal"]["done"]
