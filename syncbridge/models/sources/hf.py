@@ -20,6 +20,19 @@ from ..source import Fetched, NotAvailable, Offer, OnBytes, RemoteFile, Source, 
 
 __all__ = ["HfSource"]
 
+# huggingface_hub reads the body in pieces of ``constants.DOWNLOAD_CHUNK_SIZE`` (10 MiB in 2.x) and
+# calls the progress hook once per piece: a 6 MiB model on a slow link showed no progress at all
+# until it was done, and a cancel (SIGTERM on a spot pod: 5 s to live) waited for the next 10 MiB.
+# The constant is read at each download, so it is lowered (never raised) for the downloads here.
+PROGRESS_PIECE = 1 << 20
+
+
+def _finer_pieces() -> None:
+    from huggingface_hub import constants
+
+    if getattr(constants, "DOWNLOAD_CHUNK_SIZE", 0) > PROGRESS_PIECE:
+        constants.DOWNLOAD_CHUNK_SIZE = PROGRESS_PIECE
+
 
 def _hf_progress_class(on_bytes: OnBytes, cancel: threading.Event | None = None):
     from huggingface_hub.utils import tqdm as hf_tqdm
@@ -133,6 +146,7 @@ class HfSource(Source):
         # the target keeps all of that on the target's file system.
         staging = temp.with_name(temp.name + ".d")
         check_cancel(cancel)
+        _finer_pieces()
         try:
             path = hf_hub_download(
                 spec.repo, file.ref, revision=spec.revision, repo_type=spec.repo_type, local_dir=staging,
