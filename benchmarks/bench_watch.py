@@ -151,10 +151,31 @@ class Contender:
         self.state = workdir / name / "state"
         self.proc: subprocess.Popen | None = None
         self.wan: WanProxy | None = None  # --rtt-ms: this contender's own emulated link (its own counters)
+        self.front = None  # a keep-alive (and TLS) end in front of the server: the test suite's FaultProxy
         if LINK["front"] is not None:
-            self.wan = WanProxy(LINK["front"], one_way=LINK["one_way"], idle_close=LINK["idle_close"],
+            upstream = server.endpoint
+            if LINK["proxy"]:
+                from tests.faultproxy import FaultProxy
+                self.front = FaultProxy(server.endpoint, tls=LINK["tls"])
+                self.front.start()
+                upstream = self.front.endpoint
+            self.wan = WanProxy(upstream, one_way=LINK["one_way"], idle_close=LINK["idle_close"],
                                 bandwidth=LINK["bandwidth"])
             self.wan.start()
+
+    def counts(self) -> dict:
+        """The link's counters; behind TLS, the requests as the TLS end counted them."""
+        counts = self.wan.counts() if self.wan is not None else {}
+        if self.front is not None:
+            counts["requests"] = self.front.count("request")
+        return counts
+
+    def reset_counts(self) -> None:
+        if self.wan is not None:
+            self.wan.reset()
+        if self.front is not None:
+            with self.front._lock:
+                self.front._counts.clear()
 
     @property
     def endpoint(self) -> str:
@@ -219,12 +240,15 @@ class Contender:
             os.killpg(self.proc.pid, signal.SIGKILL)
         if self.wan is not None:
             self.wan.stop()
+        if self.front is not None:
+            self.front.stop()
 
 
 WEBHOOK_URL: list[str] = [""]
 results_floor: list[float] = [0.0]
 # --rtt-ms: what each contender's WanProxy relays to (the server, or the TLS proxy in front of it)
-LINK: dict = {"front": None, "one_way": 0.0, "idle_close": None, "bandwidth": None, "ca_file": None}
+LINK: dict = {"front": None, "one_way": 0.0, "idle_close": None, "bandwidth": None, "ca_file": None, "tls": None,
+              "proxy": False}
 TREES: dict[str, Tree] = {"after": current_tree()}
 WEBHOOK_POSTS = [0, 0]  # requests, outputs
 
@@ -466,15 +490,15 @@ def main() -> int:
                                          else serve_rclone_s3(work / "server"))
             client = s3_client(server)
             if args.rtt_ms or args.idle_close or args.bandwidth_mbit or args.tls:
-                front = server.endpoint
+                # moto closes every connection after one answer; the fault proxy in front of it keeps the
+                # client's connection alive (as R2 does) and terminates TLS with --tls.
+                LINK["proxy"] = args.tls or args.server == "moto"
                 if args.tls:
-                    from tests.faultproxy import FaultProxy
                     from tests.store.test_tls import make_tls
                     (work / "tls").mkdir()
-                    ca_file, context = make_tls(work / "tls")
-                    front = stack.enter_context(FaultProxy(server.endpoint, tls=context)).endpoint
+                    ca_file, LINK["tls"] = make_tls(work / "tls")
                     LINK["ca_file"] = str(ca_file)
-                LINK.update(front=front, one_way=args.rtt_ms / 2000, idle_close=args.idle_close,
+                LINK.update(front=server.endpoint, one_way=args.rtt_ms / 2000, idle_close=args.idle_close,
                             bandwidth=args.bandwidth_mbit * 1e6 / 8 if args.bandwidth_mbit else None)
                 floor = transfer_floor(client, server, args.rtt_ms / 2000)
                 results_floor[0] = floor
@@ -513,16 +537,12 @@ def main() -> int:
                     for c in others:
                         results[c.name]["idle_before"] = measure_idle(c, 3.0)
                     for c in others:
-                        if c.wan is not None:
-                            c.wan.reset()
+                        c.reset_counts()
                     lat = measure_latency_interleaved(others, client, files=args.latency_files)
                     for c in others:
                         results[c.name]["latency"] = lat[c.name]
                         if c.wan is not None:
-                            counts = c.wan.counts()
-                            if args.tls:  # the WAN proxy sees ciphertext: the TLS end counted the requests
-                                counts["requests"] = None
-                            results[c.name]["latency"]["counts"] = counts
+                            results[c.name]["latency"]["counts"] = c.counts()
                     print(f"   latency {lat}", file=sys.stderr, flush=True)
                     if args.idle_first:
                         first = measure_first_after_idle(others, client, idle=args.idle_first)

@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import math
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, Callable, Iterator, Mapping
 
@@ -69,24 +70,35 @@ def make_s3_client(remote: RemoteConfig, *, max_pool_connections: int = 10, max_
     )
     # botocore asks every PUT with a body to wait for "100 Continue" first: one more round trip per
     # output on a real link, and a full second against a server that never sends it (R2's local
-    # emulator). Like the Go SDK rclone uses, only bodies past EXPECT_CONTINUE_MIN ask. (The header
-    # is not signed, so it can go after signing.)
-    client.meta.events.register("before-send.s3", _drop_small_expect)
+    # emulator). Like the Go SDK rclone uses, only bodies of at least remote.expect_continue_min
+    # (SYNCBRIDGE_EXPECT_CONTINUE_MIN) ask. (The header is not signed, so it can go after signing.)
+    expect = _ExpectBelow(remote.expect_continue_min)
+    client.meta.events.register("before-send.s3", expect)
+    client._syncbridge_expect = expect  # S3Store.warm reads when it last sent
     return client
 
 
-EXPECT_CONTINUE_MIN = 2 * 1024 * 1024
+EXPECT_CONTINUE_MIN = 2 * 1024 * 1024  # the setting's default
 
 
-def _drop_small_expect(request: Any, **_kwargs: Any) -> None:
-    headers = request.headers
-    if "Expect" in headers:
-        try:
-            length = int(headers.get("Content-Length") or 0)
-        except ValueError:
-            return
-        if length < EXPECT_CONTINUE_MIN:
-            del headers["Expect"]
+class _ExpectBelow:
+    """A ``before-send`` handler: drops ``Expect: 100-continue`` from bodies smaller than ``minimum``
+    and notes when the client last sent anything (for :meth:`S3Store.warm`)."""
+
+    def __init__(self, minimum: int) -> None:
+        self.minimum = minimum
+        self.last_sent = time.monotonic()
+
+    def __call__(self, request: Any, **_kwargs: Any) -> None:
+        self.last_sent = time.monotonic()
+        headers = request.headers
+        if "Expect" in headers:
+            try:
+                length = int(headers.get("Content-Length") or 0)
+            except ValueError:
+                return
+            if length < self.minimum:
+                del headers["Expect"]
 
 
 def _parse_timestamp(value: Any) -> dt.datetime:
@@ -350,6 +362,55 @@ class S3Store(Store):
 
     def delete(self, key: str) -> None:
         self._call("delete", key, self.client.delete_object, Key=key)
+
+    def warm(self, *, idle_after: float | None = None) -> bool:
+        """Have a connected idle connection to the endpoint wait in the client's pool, so the next
+        request does not pay TCP and TLS handshakes (round trips of their own on a real link).
+
+        Best effort (it never raises): the connection on top of the pool (the next one a request
+        takes) is left alone when it is connected; when the server or an edge has closed it, or
+        when the client has sent nothing for ``idle_after`` seconds (re-opened before an edge's
+        idle timeout closes it), it is replaced by a freshly connected one. No request is sent.
+
+        Returns:
+            Whether a connection was opened.
+        """
+        expect = self._expect
+        now = time.monotonic()
+        stale = idle_after is not None and expect is not None and now - expect.last_sent >= idle_after
+        try:
+            session = self.client._endpoint.http_session
+            url = self.client.meta.endpoint_url
+            manager = session._get_connection_manager(url, session._proxy_config.proxy_url_for(url))
+            pool = manager.connection_from_url(url)
+            waiting = pool.pool.queue if pool.pool is not None else []
+            top = waiting[-1] if waiting else None
+            if not stale and top is not None and getattr(top, "is_connected", False):
+                return False  # ready: a look, no syscall beyond a poll
+            conn = pool._get_conn()
+        except Exception as exc:  # noqa: BLE001 - another urllib3 or botocore: the requests connect themselves
+            log.debug("cannot warm a connection to %s: %s", self.description, exc)
+            return False
+        try:
+            if stale or not getattr(conn, "is_connected", False):
+                conn.close()
+                session._setup_ssl_cert(conn, url, session._verify)
+                conn.connect()
+                if expect is not None:
+                    expect.last_sent = time.monotonic()
+                return True
+            return False
+        except Exception as exc:  # noqa: BLE001 - unreachable now: the upload will say so
+            log.debug("cannot warm a connection to %s: %s", self.description, exc)
+            with contextlib.suppress(Exception):
+                conn.close()
+            return False
+        finally:
+            pool._put_conn(conn)
+
+    @property
+    def _expect(self) -> "_ExpectBelow | None":
+        return getattr(self.client, "_syncbridge_expect", None)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

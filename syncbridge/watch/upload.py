@@ -279,6 +279,13 @@ class Uploader:
         return PushedOutput(rel, key, size, md5, info.content_type or content_type(rel), latency, time.time(), url,
                             presigned)
 
+    def probe(self) -> None:
+        """Find out now whether the store enforces conditional writes (its three requests are then
+        not on the first output's path). An unreachable store is asked again at the first upload."""
+        if self._conditional is None:
+            with contextlib.suppress(StoreError):
+                self._conditional_writes()
+
     def _conditional_writes(self) -> bool:
         if self._conditional is None:
             with self._conditional_lock:
