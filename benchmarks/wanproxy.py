@@ -281,7 +281,10 @@ class WanProxy:
         wire_free = 0.0  # when the (capped) link has finished sending what came before
         try:
             while True:
-                data = await reader.read(_CHUNK)
+                try:
+                    data = await reader.read(_CHUNK)
+                except (ConnectionError, OSError):
+                    data = b""  # a reset: passed on as a close
                 now = time.monotonic()
                 state["last"] = now
                 if upstream and data:
@@ -310,9 +313,12 @@ class WanProxy:
                     if writer.can_write_eof():
                         writer.write_eof()
                 return
-            writer.write(data)
+            try:
+                writer.write(data)
+                await writer.drain()
+            except (ConnectionError, OSError, RuntimeError):
+                return  # the other end is gone
             state["last"] = time.monotonic()
-            await writer.drain()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -168,7 +168,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("watch.batch_delay", ("SYNCBRIDGE_BATCH_DELAY",), "float", 0.0,
       "Seconds to gather events after the first one before uploading (deadline fixed at the first event).",
       minimum=0),
-    S("watch.keep_warm_seconds", ("SYNCBRIDGE_WATCH_KEEP_WARM",), "float", 40.0,
+    S("watch.keep_warm_seconds", ("SYNCBRIDGE_WATCH_KEEP_WARM_SECONDS",), "float", 40.0,
       "While idle, the watcher re-opens its connection to the store once it is this old, and opens one when a "
       "file is created in the folder, so an output's upload does not wait for TCP and TLS handshakes (edges "
       "close connections idle for 60 s or more; no request is sent, nothing is billed). 0 = off.", minimum=0),
