@@ -194,6 +194,8 @@ class Contender:
         env["R2_ENDPOINT"] = self.endpoint
         if LINK["ca_file"]:
             env["SYNCBRIDGE_CA_BUNDLE"] = env["AWS_CA_BUNDLE"] = LINK["ca_file"]
+        if self.name.startswith("syncbridge"):
+            env.update(EXTRA_ENV)
         if self.name == "syncbridge-1req":
             env["SYNCBRIDGE_WATCH_CONDITIONAL"] = "on"
         if self.name == "syncbridge-webhook":
@@ -246,6 +248,7 @@ class Contender:
 
 WEBHOOK_URL: list[str] = [""]
 results_floor: list[float] = [0.0]
+EXTRA_ENV: dict[str, str] = {}  # --env: settings for every syncbridge contender
 # --rtt-ms: what each contender's WanProxy relays to (the server, or the TLS proxy in front of it)
 LINK: dict = {"front": None, "one_way": 0.0, "idle_close": None, "bandwidth": None, "ca_file": None, "tls": None,
               "proxy": False}
@@ -374,8 +377,9 @@ def measure_latency_interleaved(contenders: list[Contender], client, *, files: i
         time.sleep(max(0.0, 0.2 - (time.monotonic() - round_start)))
     out = {}
     for name, values in found.items():
+        first = values[0] if values else None  # the first output since the start
         values.sort()
-        out[name] = {"p50": statistics.median(values) if values else None,
+        out[name] = {"first": first, "p50": statistics.median(values) if values else None,
                      "p95": values[max(0, int(0.95 * len(values)) - 1)] if values else None, "lost": lost[name]}
     return out
 
@@ -465,7 +469,15 @@ def main() -> int:
     parser.add_argument("--idle-first", type=float, default=0, metavar="SECONDS",
                         help="after the latency run, stay idle this long, then time the first output (0: skip)")
     parser.add_argument("--no-burst", action="store_true", help="skip the bursts and the idle figures")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for every syncbridge contender (repeatable), e.g. "
+                        "SYNCBRIDGE_HEARTBEAT_SECONDS=0")
     args = parser.parse_args()
+    for item in args.env:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith(("SYNCBRIDGE_", "R2_")):
+            parser.error(f"--env wants NAME=VALUE with a SYNCBRIDGE_ name, got {item!r}")
+        EXTRA_ENV[name] = value
     names = args.only or ["replaced", "reference", "syncbridge", "syncbridge-1req"]
     if args.webhook and "syncbridge-webhook" not in names:
         names.append("syncbridge-webhook")
@@ -593,7 +605,8 @@ def main() -> int:
     if LINK["front"]:
         n = args.latency_files
         row("latency: requests per output", lambda r: fmt(r["latency"]["counts"]["requests"] / n, digits=2))
-        row("latency: connections opened", lambda r: fmt(r["latency"]["counts"]["connections"]))
+        row("latency: connections opened", lambda r: fmt(r["latency"]["counts"].get("connections", 0)))
+        row("first output after start (s)", lambda r: fmt(r["latency"]["first"]))
         floor = results_floor[0]
         row("latency p50 / floor", lambda r: fmt(r["latency"]["p50"] / floor, digits=2))
         row("latency p95 / floor", lambda r: fmt(r["latency"]["p95"] / floor, digits=2))
@@ -660,16 +673,28 @@ def main() -> int:
 
 
 def transfer_floor(client, server, one_way: float, samples: int = 15) -> float:
-    """One way plus the median of direct PUTs of a 100 KB body (no proxy, no 100-continue): the
-    least any pusher can take from a close to a visible object over the emulated link."""
+    """One way plus the median PUT of a 100 KB body (no 100-continue) on a warm connection through the
+    same hops as the contenders minus the delay (the fault proxy in front of moto, when there is
+    one): the least any pusher can take from a close to a visible object over the emulated link."""
     payload = os.urandom(100 * 1024)
     server.create_bucket("bench-floor")
-    times = []
-    for i in range(samples):
-        t0 = time.monotonic()
-        client.put_object(Bucket="bench-floor", Key=f"floor/{i}", Body=payload)
-        times.append(time.monotonic() - t0)
-    return one_way + statistics.median(times)
+    with contextlib.ExitStack() as stack:
+        endpoint = server.endpoint
+        if LINK["proxy"]:
+            from tests.faultproxy import FaultProxy
+            endpoint = stack.enter_context(FaultProxy(server.endpoint)).endpoint
+        put = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=server.access_key,
+                           aws_secret_access_key=server.secret_key, region_name="us-east-1",
+                           config=BotoConfig(request_checksum_calculation="when_required",
+                                             response_checksum_validation="when_required",
+                                             s3={"addressing_style": "path"}))
+        times = []
+        for i in range(samples + 1):
+            t0 = time.monotonic()
+            put.put_object(Bucket="bench-floor", Key=f"floor/{i}", Body=payload)  # bytes: no 100-continue
+            times.append(time.monotonic() - t0)
+        put.close()
+    return one_way + statistics.median(times[1:])
 
 
 def measure_first_after_idle(contenders: list, client, *, idle: float) -> dict:
