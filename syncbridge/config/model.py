@@ -128,6 +128,7 @@ class FleetConfig:
     heartbeat_seconds: float
     lease_seconds: float
     prefix: str
+    fill_lease_min_bytes: int = 8 * 1024 * 1024
 
 
 @attrs.frozen

@@ -251,6 +251,11 @@ SETTINGS: tuple[Setting, ...] = (
       "Lifetime of a lease (bisync, model fill) before another pod may take it over.", minimum=1),
     S("fleet.prefix", ("SYNCBRIDGE_FLEET_PREFIX",), "str", ".syncbridge",
       "Key prefix for heartbeats and leases."),
+    S("fleet.fill_lease_min_bytes", ("SYNCBRIDGE_FILL_LEASE_MIN_BYTES",), "int", 8 * 1024 * 1024,
+      "A model missing from the cache is filled under a lease (one pod downloads, the others wait) only when "
+      "its manifest size is at least this; a smaller one (or one of unknown size: always leased) is fetched "
+      "by each pod that wants it, which costs less than the lease's round trips (docs/benchmarks.md). "
+      "0: every model.", minimum=0),
 )
 del S
 
