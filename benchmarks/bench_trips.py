@@ -11,7 +11,7 @@ its own bucket, folders and state:
 * ``cold``: empty cache, empty folder, ``write_back = true``: upstream, then into the cache;
 * ``hit``: a second pod (empty folder and state) pulls the same models from the cache;
 * ``warm``: the second pod again, with its models present and verified (no request expected);
-* ``lease wait``: two pods pull new models at once; the upstream server is slowed so that one pod
+* ``two pods at once``: two pods pull new models at once; the upstream server is slowed so that one pod
   fills (under the lease) while the other waits and then copies from the cache.
 
 ``python benchmarks/bench_trips.py --rtt-ms 50 [--models 4] [--size-kb 512] [--before REV]``
@@ -164,9 +164,9 @@ def run_tree(tree: Tree, work: Path, server, upstream_root: Path, upstream: str,
         time.sleep(0.3)  # the first pod takes the leases
         procs.append(fourth.pull(paths[1]))
         for proc in procs:
-            finish(proc, f"{tree.label} lease wait")
+            finish(proc, f"{tree.label} two pods")
         SLOW["seconds"] = 0.0
-        results["lease wait (both pods)"] = {"seconds": time.monotonic() - started,
+        results["two pods at once"] = {"seconds": time.monotonic() - started,
                                              "requests": counter.take(f"{tree.label} lease" if args.trace else "")}
     return results
 
@@ -205,7 +205,7 @@ def main() -> int:
         for t in trees:
             r = results[t.label][label]
             total = sum(r["requests"].values())
-            per = total / (2 * n if label.startswith("lease") else n)
+            per = total / (2 * n if label.startswith("two pods") else n)
             cells += f"{per:>18.2f}{r['seconds']:>10.2f}"
         if len(trees) > 1:
             cells += f"{results['after'][label]['seconds'] / results['before'][label]['seconds']:>18.2f}"
