@@ -103,6 +103,19 @@ class _ExpectBelow:
                 del headers["Expect"]
 
 
+def _quiet(pool: Any) -> bool:
+    """Whether the connection on top of ``pool`` is connected with nothing to read: a look that takes
+    nothing out of the pool (a request taking it at that moment finds it as it was)."""
+    from urllib3.util.wait import wait_for_read
+
+    try:
+        conn = pool.pool.queue[-1]
+        sock = conn.sock if conn is not None else None
+        return sock is not None and not wait_for_read(sock, timeout=0.0)
+    except (AttributeError, IndexError, OSError, ValueError):
+        return False
+
+
 def _usable(conn: Any) -> bool:
     """Whether an idle pooled connection can carry the next request: connected, and nothing to read
     but what TLS sends unasked. A TLS 1.3 server sends session tickets a round trip after the
@@ -419,6 +432,8 @@ class S3Store(Store):
         pool = self._pool()
         if pool is None or pool.pool is None:
             return False
+        if not stale and _quiet(pool):
+            return False  # the next request's connection is there and nothing came on it: taken from no one
         with self._warming:
             try:
                 conn = pool.pool.get(block=False)  # the top: what the next request takes (the pool is LIFO)
