@@ -148,6 +148,9 @@ class Contender:
         self.name, self.server, self.bucket = name, server, bucket
         self.dir = workdir / name / "out"
         self.dir.mkdir(parents=True)
+        # The latency files' folder exists before the watcher starts, as ComfyUI's output folder does: a
+        # file in a brand-new folder is found by that folder's scan and waits to be seen finished.
+        (self.dir / "lat").mkdir()
         self.state = workdir / name / "state"
         self.proc: subprocess.Popen | None = None
         self.wan: WanProxy | None = None  # --rtt-ms: this contender's own emulated link (its own counters)
@@ -196,6 +199,8 @@ class Contender:
             env["SYNCBRIDGE_CA_BUNDLE"] = env["AWS_CA_BUNDLE"] = LINK["ca_file"]
         if self.name.startswith("syncbridge"):
             env.update(EXTRA_ENV)
+            if self.name != "syncbridge-before":
+                env.update(AFTER_ENV)
         if self.name == "syncbridge-1req":
             env["SYNCBRIDGE_WATCH_CONDITIONAL"] = "on"
         if self.name == "syncbridge-webhook":
@@ -249,6 +254,7 @@ class Contender:
 WEBHOOK_URL: list[str] = [""]
 results_floor: list[float] = [0.0, 0.0]  # one way + a direct PUT: p50, p95
 EXTRA_ENV: dict[str, str] = {}  # --env: settings for every syncbridge contender
+AFTER_ENV: dict[str, str] = {}  # --env-after: settings the before revision may not know
 # --rtt-ms: what each contender's WanProxy relays to (the server, or the TLS proxy in front of it)
 LINK: dict = {"front": None, "one_way": 0.0, "idle_close": None, "bandwidth": None, "ca_file": None, "tls": None,
               "proxy": False}
@@ -472,12 +478,15 @@ def main() -> int:
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for every syncbridge contender (repeatable), e.g. "
                         "SYNCBRIDGE_HEARTBEAT_SECONDS=0")
+    parser.add_argument("--env-after", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the syncbridge contenders of this checkout only (not --before's)")
     args = parser.parse_args()
-    for item in args.env:
-        name, sep, value = item.partition("=")
-        if not sep or not name.startswith(("SYNCBRIDGE_", "R2_")):
-            parser.error(f"--env wants NAME=VALUE with a SYNCBRIDGE_ name, got {item!r}")
-        EXTRA_ENV[name] = value
+    for items, into in ((args.env, EXTRA_ENV), (args.env_after, AFTER_ENV)):
+        for item in items:
+            name, sep, value = item.partition("=")
+            if not sep or not name.startswith(("SYNCBRIDGE_", "R2_")):
+                parser.error(f"--env wants NAME=VALUE with a SYNCBRIDGE_ name, got {item!r}")
+            into[name] = value
     names = args.only or ["replaced", "reference", "syncbridge", "syncbridge-1req"]
     if args.webhook and "syncbridge-webhook" not in names:
         names.append("syncbridge-webhook")
@@ -710,7 +719,7 @@ def measure_first_after_idle(contenders: list, client, *, idle: float) -> dict:
     out = {}
     payload = os.urandom(100 * 1024)
     for c in contenders:
-        rel = f"idle/first_{int(idle)}.png"
+        rel = f"lat/first_after_idle_{int(idle)}.png"
         path = c.dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as fh:

@@ -502,8 +502,12 @@ class OutputWatcher:
             uploader.probe()
             if not keep:
                 return
+            # A look soon after the start reads the TLS session tickets the first connection got, while
+            # no upload can want that connection at the same moment.
+            wait = min(1.0, keep / 4)
             while not self._stop_event.is_set():
-                self._warm_wanted.wait(timeout=max(0.05, keep / 4))
+                self._warm_wanted.wait(timeout=max(0.05, wait))
+                wait = keep / 4
                 self._warm_wanted.clear()
                 if self._stop_event.is_set():
                     return
