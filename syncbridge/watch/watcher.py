@@ -511,7 +511,10 @@ class OutputWatcher:
                 self._warm_wanted.clear()
                 if self._stop_event.is_set():
                     return
-                store.warm(idle_after=keep)
+                with self._lock:
+                    busy = bool(self._schedule.inflight)
+                if not busy:  # uploads running: their connections are warm, and a burst needs no more
+                    store.warm(idle_after=keep)
         except Exception:  # noqa: BLE001 - only a speed-up: uploads connect by themselves
             log.debug("the connection warmer stopped", exc_info=True, extra={"event": "watch.warmer_failed"})
 
