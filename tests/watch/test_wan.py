@@ -115,3 +115,26 @@ def test_a_burst_with_rewrites_and_503s_over_a_50ms_link_lands_whole_and_in_orde
             assert row.etag == objects[row.key] == hashlib.md5(path.read_bytes()).hexdigest(), rel
     finally:
         journal.close()
+
+
+def test_a_rewrite_is_one_conditional_put_and_keeps_an_object_someone_else_put_there(moto_s3, tmp_path):
+    with FaultProxy(moto_s3.endpoint) as proxy:
+        rig = Rig(moto_s3, tmp_path, proxy)
+        with watch.OutputWatcher(rig.config, directory=rig.out, prefix=PREFIX) as watcher:
+            write_file(rig.out / "v.png", b"first" * 100)
+            assert watcher.wait_idle(20)
+            first_etag = rig.objects()[f"{PREFIX}/v.png"]
+            mark = len(proxy.seen())
+            write_file(rig.out / "v.png", b"second" * 100)  # our own object: replaced
+            assert watcher.wait_idle(20)
+            assert wait_for(lambda: len(proxy.seen()) > mark, 5)
+            rewrite = [s for s in proxy.seen()[mark:] if s.path.endswith("/v.png")]
+            # someone else replaces it; our next rewrite must not clobber theirs
+            rig.store.put_bytes(f"{PREFIX}/v.png", b"theirs")
+            write_file(rig.out / "v.png", b"third" * 100)
+            assert watcher.wait_idle(20)
+        objects = rig.objects()
+    assert [(s.method, s.headers.get("if-match")) for s in rewrite] == [("PUT", f'"{first_etag}"')]
+    assert objects[f"{PREFIX}/v.png"] == hashlib.md5(b"theirs").hexdigest()
+    siblings = [k for k in objects if k.startswith(f"{PREFIX}/v.~")]
+    assert len(siblings) == 1 and objects[siblings[0]] == hashlib.md5(b"third" * 100).hexdigest()
