@@ -138,3 +138,23 @@ def test_a_rewrite_is_one_conditional_put_and_keeps_an_object_someone_else_put_t
     assert objects[f"{PREFIX}/v.png"] == hashlib.md5(b"theirs").hexdigest()
     siblings = [k for k in objects if k.startswith(f"{PREFIX}/v.~")]
     assert len(siblings) == 1 and objects[siblings[0]] == hashlib.md5(b"third" * 100).hexdigest()
+
+
+def test_the_server_down_during_a_burst_over_a_50ms_link(wan_rig):
+    """The fault proxy behind the delaying link stops listening and drops its connections for 3 s in a
+    200-file burst: every file arrives afterwards (the warm connection the watcher kept is gone too)."""
+    rig = wan_rig
+    rng = random.Random(7)
+    with watch.OutputWatcher(rig.config, directory=rig.out, prefix=PREFIX) as watcher:
+        for i in range(200):
+            if i == 40:
+                rig.proxy.outage(3.0)
+            write_file(rig.out / f"batch{i % 10}" / f"img_{i:05d}_.png", rng.randbytes(rng.randint(200, 4000)))
+        assert rig.proxy.count("outage") == 1
+        assert wait_for(lambda: rig.proxy.listening, 15)
+        assert watcher.wait_idle(120), watcher.stats()
+        stats = watcher.stats()
+    problems = rig.wait_converged(10)
+    assert not problems, problems[:10]
+    assert len(rig.objects()) == 200
+    assert stats.retries > 0
