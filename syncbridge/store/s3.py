@@ -13,7 +13,6 @@ import datetime as dt
 import logging
 import math
 import os
-import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -122,6 +121,8 @@ def _usable(conn: Any) -> bool:
     handshake; unread, they make the socket readable, which urllib3 takes for a closed connection
     (it would drop a connection made ready before any request and connect again). They are read
     here; data or an EOF on an idle connection still means the server closed it."""
+    import ssl
+
     from urllib3.util.wait import wait_for_read
 
     sock = getattr(conn, "sock", None)
