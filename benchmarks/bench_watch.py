@@ -43,6 +43,7 @@ The replaced design is stopped when its process tree passes ``--baseline-rss-cap
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -59,10 +60,13 @@ from botocore.config import Config as BotoConfig
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 from revision import Tree, announce, before_tree, current_tree  # noqa: E402
+from wanproxy import WanProxy  # noqa: E402
 
 from syncbridge.demo.localserver import serve_rclone_s3  # noqa: E402
+from tests.servers import serve_moto  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -144,19 +148,59 @@ class Contender:
         self.name, self.server, self.bucket = name, server, bucket
         self.dir = workdir / name / "out"
         self.dir.mkdir(parents=True)
+        # The latency files' folder exists before the watcher starts, as ComfyUI's output folder does: a
+        # file in a brand-new folder is found by that folder's scan and waits to be seen finished.
+        (self.dir / "lat").mkdir()
         self.state = workdir / name / "state"
         self.proc: subprocess.Popen | None = None
+        self.wan: WanProxy | None = None  # --rtt-ms: this contender's own emulated link (its own counters)
+        self.front = None  # a keep-alive (and TLS) end in front of the server: the test suite's FaultProxy
+        if LINK["front"] is not None:
+            upstream = server.endpoint
+            if LINK["proxy"]:
+                from tests.faultproxy import FaultProxy
+                self.front = FaultProxy(server.endpoint, tls=LINK["tls"])
+                self.front.start()
+                upstream = self.front.endpoint
+            self.wan = WanProxy(upstream, one_way=LINK["one_way"], idle_close=LINK["idle_close"],
+                                bandwidth=LINK["bandwidth"])
+            self.wan.start()
+
+    def counts(self) -> dict:
+        """The link's counters; behind TLS, the requests as the TLS end counted them."""
+        counts = self.wan.counts() if self.wan is not None else {}
+        if self.front is not None:
+            counts["requests"] = self.front.count("request")
+        return counts
+
+    def reset_counts(self) -> None:
+        if self.wan is not None:
+            self.wan.reset()
+        if self.front is not None:
+            with self.front._lock:
+                self.front._counts.clear()
+
+    @property
+    def endpoint(self) -> str:
+        return self.wan.endpoint if self.wan is not None else self.server.endpoint
 
     def key(self, rel: str) -> str:
         return os.path.basename(rel) if self.name == "replaced" else f"outputs/{rel}"
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "SYNCBRIDGE_", "RCLONE_"))}
-        env.update(BENCH_ENDPOINT=self.server.endpoint, BENCH_KEY=self.server.access_key,
+        env.update(BENCH_ENDPOINT=self.endpoint, BENCH_KEY=self.server.access_key,
                    BENCH_SECRET=self.server.secret_key, BENCH_BUCKET=self.bucket,
                    **self.server.environ(self.bucket), SYNCBRIDGE_STATE_DIR=str(self.state),
                    SYNCBRIDGE_WORKSPACE=str(self.state.parent), SYNCBRIDGE_POD_ID="bench",
                    SYNCBRIDGE_LOG_LEVEL="warning")
+        env["R2_ENDPOINT"] = self.endpoint
+        if LINK["ca_file"]:
+            env["SYNCBRIDGE_CA_BUNDLE"] = env["AWS_CA_BUNDLE"] = LINK["ca_file"]
+        if self.name.startswith("syncbridge"):
+            env.update(EXTRA_ENV)
+            if self.name != "syncbridge-before":
+                env.update(AFTER_ENV)
         if self.name == "syncbridge-1req":
             env["SYNCBRIDGE_WATCH_CONDITIONAL"] = "on"
         if self.name == "syncbridge-webhook":
@@ -201,9 +245,19 @@ class Contender:
         # the replaced design leaves uploaders behind: reap the whole group
         with _suppress():
             os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.wan is not None:
+            self.wan.stop()
+        if self.front is not None:
+            self.front.stop()
 
 
 WEBHOOK_URL: list[str] = [""]
+results_floor: list[float] = [0.0, 0.0]  # one way + a direct PUT: p50, p95
+EXTRA_ENV: dict[str, str] = {}  # --env: settings for every syncbridge contender
+AFTER_ENV: dict[str, str] = {}  # --env-after: settings the before revision may not know
+# --rtt-ms: what each contender's WanProxy relays to (the server, or the TLS proxy in front of it)
+LINK: dict = {"front": None, "one_way": 0.0, "idle_close": None, "bandwidth": None, "ca_file": None, "tls": None,
+              "proxy": False}
 TREES: dict[str, Tree] = {"after": current_tree()}
 WEBHOOK_POSTS = [0, 0]  # requests, outputs
 
@@ -329,8 +383,9 @@ def measure_latency_interleaved(contenders: list[Contender], client, *, files: i
         time.sleep(max(0.0, 0.2 - (time.monotonic() - round_start)))
     out = {}
     for name, values in found.items():
+        first = values[0] if values else None  # the first output since the start
         values.sort()
-        out[name] = {"p50": statistics.median(values) if values else None,
+        out[name] = {"first": first, "p50": statistics.median(values) if values else None,
                      "p95": values[max(0, int(0.95 * len(values)) - 1)] if values else None, "lost": lost[name]}
     return out
 
@@ -408,7 +463,30 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3, help="bursts per contender (the median counts; default 3)")
     parser.add_argument("--baseline-rss-cap", type=float, default=3000, help="MB; stop the replaced design beyond")
     parser.add_argument("--baseline-timeout", type=float, default=90, help="seconds for the replaced design's burst")
+    parser.add_argument("--rtt-ms", type=float, default=0, help="emulated round trip between each contender and the "
+                        "server (benchmarks/wanproxy.py; 0: direct). Requests per output are printed beside times")
+    parser.add_argument("--idle-close", type=float, default=None, metavar="SECONDS",
+                        help="the emulated link closes connections idle this long (an edge's keep-alive limit)")
+    parser.add_argument("--bandwidth-mbit", type=float, default=None, help="emulated link's cap per direction")
+    parser.add_argument("--tls", action="store_true", help="https to the server (a private CA, the test suite's TLS "
+                        "proxy in front of it), so new connections pay TLS handshakes")
+    parser.add_argument("--server", choices=["rclone", "moto"], default="rclone",
+                        help="the S3 server (moto enforces If-None-Match, as R2 does: one request per new output)")
+    parser.add_argument("--idle-first", type=float, default=0, metavar="SECONDS",
+                        help="after the latency run, stay idle this long, then time the first output (0: skip)")
+    parser.add_argument("--no-burst", action="store_true", help="skip the bursts and the idle figures")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for every syncbridge contender (repeatable), e.g. "
+                        "SYNCBRIDGE_HEARTBEAT_SECONDS=0")
+    parser.add_argument("--env-after", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the syncbridge contenders of this checkout only (not --before's)")
     args = parser.parse_args()
+    for items, into in ((args.env, EXTRA_ENV), (args.env_after, AFTER_ENV)):
+        for item in items:
+            name, sep, value = item.partition("=")
+            if not sep or not name.startswith(("SYNCBRIDGE_", "R2_")):
+                parser.error(f"--env wants NAME=VALUE with a SYNCBRIDGE_ name, got {item!r}")
+            into[name] = value
     names = args.only or ["replaced", "reference", "syncbridge", "syncbridge-1req"]
     if args.webhook and "syncbridge-webhook" not in names:
         names.append("syncbridge-webhook")
@@ -428,8 +506,27 @@ def main() -> int:
                 parser.error("syncbridge-before needs --before REV")
             TREES["before"] = before_tree(args.before, work)
             announce([TREES["after"], TREES["before"]], args.before)
-        with serve_rclone_s3(work / "server") as server:
+        with contextlib.ExitStack() as stack:
+            server = stack.enter_context(serve_moto(log_file=work / "moto.log") if args.server == "moto"
+                                         else serve_rclone_s3(work / "server"))
             client = s3_client(server)
+            if args.rtt_ms or args.idle_close or args.bandwidth_mbit or args.tls:
+                # moto closes every connection after one answer; the fault proxy in front of it keeps the
+                # client's connection alive (as R2 does) and terminates TLS with --tls.
+                LINK["proxy"] = args.tls or args.server == "moto"
+                if args.tls:
+                    from tests.store.test_tls import make_tls
+                    (work / "tls").mkdir()
+                    ca_file, LINK["tls"] = make_tls(work / "tls")
+                    LINK["ca_file"] = str(ca_file)
+                LINK.update(front=server.endpoint, one_way=args.rtt_ms / 2000, idle_close=args.idle_close,
+                            bandwidth=args.bandwidth_mbit * 1e6 / 8 if args.bandwidth_mbit else None)
+                floor, floor95 = transfer_floor(client, server, args.rtt_ms / 2000)
+                results_floor[:] = [floor, floor95]
+                print(f"   emulated link: rtt {args.rtt_ms:g} ms{', TLS' if args.tls else ''}"
+                      f"{f', idle close {args.idle_close:g} s' if args.idle_close else ''}; floor (one way + a "
+                      f"direct PUT of 100 KB) p50 {floor * 1000:.1f} ms, p95 {floor95 * 1000:.1f} ms",
+                      file=sys.stderr, flush=True)
             if "replaced" in names:
                 # Alone, first: it takes the machine over and would distort the others' figures.
                 server.create_bucket("bench-replaced")
@@ -461,30 +558,42 @@ def main() -> int:
                 if others:
                     for c in others:
                         results[c.name]["idle_before"] = measure_idle(c, 3.0)
+                    for c in others:
+                        c.reset_counts()
                     lat = measure_latency_interleaved(others, client, files=args.latency_files)
                     for c in others:
                         results[c.name]["latency"] = lat[c.name]
+                        if c.wan is not None:
+                            results[c.name]["latency"]["counts"] = c.counts()
                     print(f"   latency {lat}", file=sys.stderr, flush=True)
+                    if args.idle_first:
+                        first = measure_first_after_idle(others, client, idle=args.idle_first)
+                        for c in others:
+                            results[c.name]["first"] = first[c.name]
+                        print(f"   first after {args.idle_first:g} s idle {first}", file=sys.stderr, flush=True)
                     bursts: dict[str, list[dict]] = {c.name: [] for c in others}
-                    for r in range(args.reps):
+                    for r in range(0 if args.no_burst else args.reps):
                         order = others[r % len(others):] + others[:r % len(others)]
                         for c in order:
                             b = measure_burst(c, client, files=args.files, timeout=120, rss_cap=None, tag=f"burst{r}")
                             print(f"   {c.name} burst {r}: {b}", file=sys.stderr, flush=True)
                             bursts[c.name].append(b)
-                    for c in others:
+                    for c in others if not args.no_burst else ():
                         runs = bursts[c.name]
                         best = sorted(runs, key=lambda b: b["seconds"] or 1e9)[len(runs) // 2]  # the median run
                         best = dict(best, peak_rss_mb=max(b["peak_rss_mb"] for b in runs),
                                     procs=max(b["procs"] for b in runs), lost=sum(b["lost"] for b in runs))
                         results[c.name]["burst"] = best
-                    for c in others:
+                    for c in others if not args.no_burst else ():
                         results[c.name]["idle"] = measure_idle(c)
             finally:
                 for c in others:
                     c.stop()
     print()
-    print(f"output push benchmark: loopback rclone serve s3, {os.cpu_count()} CPUs, "
+    link = (f", emulated link rtt {args.rtt_ms:g} ms{' TLS' if args.tls else ''}"
+            f"{f' idle-close {args.idle_close:g} s' if args.idle_close else ''}" if LINK["front"] else "")
+    print(f"output push benchmark: loopback {'moto' if args.server == 'moto' else 'rclone serve s3'}{link}, "
+          f"{os.cpu_count()} CPUs, "
           f"{args.latency_files} x 100 KB every 200 ms, burst {args.files} x 50 KB in nested folders "
           f"(median of {args.reps}; reference and syncbridge interleaved)")
     col = max(16, *(len(n) + 2 for n in results))
@@ -503,6 +612,19 @@ def main() -> int:
     row("latency p50 (s)", lambda r: fmt(r["latency"]["p50"]))
     row("latency p95 (s)", lambda r: fmt(r["latency"]["p95"]))
     row("latency files lost", lambda r: fmt(r["latency"]["lost"]))
+    if LINK["front"]:
+        n = args.latency_files
+        row("latency: requests per output", lambda r: fmt(r["latency"]["counts"]["requests"] / n, digits=2))
+        row("latency: connections opened", lambda r: fmt(r["latency"]["counts"].get("connections", 0)))
+        row("first output after start (s)", lambda r: fmt(r["latency"]["first"]))
+        floor, floor95 = results_floor
+        row("latency p50 / floor p50", lambda r: fmt(r["latency"]["p50"] / floor, digits=2))
+        row("latency p95 / floor p50", lambda r: fmt(r["latency"]["p95"] / floor, digits=2))
+        row("latency p95 / floor p95", lambda r: fmt(r["latency"]["p95"] / floor95, digits=2))
+    if args.idle_first:
+        row(f"first after {args.idle_first:g} s idle (s)", lambda r: fmt(r["first"]["seconds"]))
+        row("first after idle / warm p50", lambda r: fmt(r["first"]["seconds"] / r["latency"]["p50"], digits=2))
+        row("first after idle: new connections", lambda r: fmt(r["first"]["connections"]))
     row("burst: all in bucket (s)", lambda r: fmt(r["burst"]["seconds"], digits=2) if r["burst"]["seconds"]
         else ("killed" if r["burst"]["killed"] else "never"))
     row("burst: processes (peak)", lambda r: fmt(r["burst"]["procs"]))
@@ -523,7 +645,7 @@ def main() -> int:
         print(f"webhook receiver: {WEBHOOK_POSTS[0]} POSTs carrying {WEBHOOK_POSTS[1]} outputs")
     ok = True
     for name in ("syncbridge", "syncbridge-1req"):
-        if name in results and "reference" in results:
+        if name in results and "reference" in results and not args.no_burst:
             ok &= _checks(name, results[name], results["reference"])
     pairs = [("syncbridge-webhook", "syncbridge", 1.3, "webhook on vs off"),
              ("syncbridge", "syncbridge-before", 1.3, "after vs before")]
@@ -537,10 +659,81 @@ def main() -> int:
                 ok &= passed
                 print(f"  {'PASS' if passed else 'FAIL'}  latency {q} {name} / {base}: "
                       f"{'-' if ratio is None else f'{ratio:.2f}'} (limit {limit})")
-            a, b = results[name]["burst"]["seconds"], results[base]["burst"]["seconds"]
+            a, b = (results[name].get("burst", {}).get("seconds"), results[base].get("burst", {}).get("seconds"))
             if a and b:
                 print(f"        burst seconds {name} / {base}: {a / b:.2f}")
+    if LINK["front"]:
+        limit = 1.3
+        print(f"\nagainst the floor (one way {args.rtt_ms / 2:g} ms + a direct PUT through the same hops: "
+              f"p50 {results_floor[0] * 1000:.1f} ms, p95 {results_floor[1] * 1000:.1f} ms; each quantile against "
+              f"the floor's own):")
+        for name in results:
+            if not name.startswith("syncbridge"):
+                continue
+            for i, q in enumerate(("p50", "p95")):
+                value = results[name]["latency"][q]
+                ratio = value / results_floor[i] if value else None
+                passed = ratio is not None and ratio <= limit
+                print(f"  {'PASS' if passed else 'FAIL'}  latency {q} {name} / floor: "
+                      f"{'-' if ratio is None else f'{ratio:.2f}'} (limit {limit})")
+            if "first" in results[name]:
+                value, warm = results[name]["first"]["seconds"], results[name]["latency"]["p50"]
+                ratio = value / warm if value and warm else None
+                passed = ratio is not None and ratio <= 1.5
+                print(f"  {'PASS' if passed else 'FAIL'}  first output after {args.idle_first:g} s idle / warm p50, "
+                      f"{name}: {'-' if ratio is None else f'{ratio:.2f}'} (limit 1.5)")
     return 0 if ok else 1
+
+
+def transfer_floor(client, server, one_way: float, samples: int = 40) -> tuple[float, float]:
+    """One way plus the median PUT of a 100 KB body (no 100-continue) on a warm connection through the
+    same hops as the contenders minus the delay (the fault proxy in front of moto, when there is
+    one): the least any pusher can take from a close to a visible object over the emulated link."""
+    payload = os.urandom(100 * 1024)
+    server.create_bucket("bench-floor")
+    with contextlib.ExitStack() as stack:
+        endpoint = server.endpoint
+        if LINK["proxy"]:
+            from tests.faultproxy import FaultProxy
+            endpoint = stack.enter_context(FaultProxy(server.endpoint)).endpoint
+        put = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=server.access_key,
+                           aws_secret_access_key=server.secret_key, region_name="us-east-1",
+                           config=BotoConfig(request_checksum_calculation="when_required",
+                                             response_checksum_validation="when_required",
+                                             s3={"addressing_style": "path"}))
+        times = []
+        for i in range(samples + 1):
+            t0 = time.monotonic()
+            put.put_object(Bucket="bench-floor", Key=f"floor/{i}", Body=payload)  # bytes: no 100-continue
+            times.append(time.monotonic() - t0)
+            time.sleep(0.05)
+        put.close()
+    times = sorted(times[1:])
+    return one_way + statistics.median(times), one_way + times[max(0, int(0.95 * len(times)) - 1)]
+
+
+def measure_first_after_idle(contenders: list, client, *, idle: float) -> dict:
+    """Stay idle ``idle`` seconds, then, for each contender in turn, write one 100 KB file and time
+    it from close to visible; also count the connections its link opened after the close."""
+    time.sleep(idle)
+    out = {}
+    payload = os.urandom(100 * 1024)
+    for c in contenders:
+        rel = f"lat/first_after_idle_{int(idle)}.png"
+        path = c.dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as fh:
+            fh.write(payload)
+        closed = time.monotonic()
+        seconds = None
+        while time.monotonic() - closed < 30:
+            if head_ok(client, c.bucket, c.key(rel)):
+                seconds = time.monotonic() - closed
+                break
+            time.sleep(0.001)
+        out[c.name] = {"seconds": seconds,
+                       "connections": c.wan.opened_since(closed) if c.wan is not None else None}
+    return out
 
 
 def _checks(name: str, sb: dict, ref: dict) -> bool:

@@ -144,6 +144,7 @@ class Seen:
     action: str | None
     status: int | None
     length: int | None = None  # the request's Content-Length (the size of a PUT's body)
+    headers: dict | None = None  # the request's headers as sent (lower-case names), for relayed requests
 
 
 def s3_error_body(code: str, resource: str, request_id: str) -> bytes:
@@ -409,9 +410,9 @@ class FaultProxy:
         return None
 
     def _record(self, method: str, path: str, query: str, action: str | None, status: int | None,
-                length: int | None = None) -> None:
+                length: int | None = None, headers: dict | None = None) -> None:
         with self._lock:
-            self._seen.append(Seen(time.monotonic(), method, path, query, action, status, length))
+            self._seen.append(Seen(time.monotonic(), method, path, query, action, status, length, headers))
             if len(self._seen) > 200_000:
                 del self._seen[:100_000]
 
@@ -453,6 +454,7 @@ class FaultProxy:
         self._count("request")
         client_close = (head.get("Connection") or "").lower() == "close"
         expect = (head.get("Expect") or "").lower() == "100-continue"
+        sent = {k.lower(): v for k, v in head.headers}
 
         if rule is not None and rule.action == "refuse":
             self._record(method, path, query, "refuse", None)
@@ -502,7 +504,7 @@ class FaultProxy:
             self._writers.discard(up_writer)
             if not up_writer.is_closing():
                 up_writer.close()
-        self._record(method, path, query, rule.action if rule else None, status, length)
+        self._record(method, path, query, rule.action if rule else None, status, length, sent)
         return keep and not client_close
 
     async def _relay_request_body(self, head: _Head, reader: asyncio.StreamReader, up: asyncio.StreamWriter,

@@ -298,6 +298,7 @@ def build_config(
             region=region,
             local_root=get("remote.local_bucket_dir") or Path(state_dir) / "buckets",
             ca_bundle=Path(get("remote.ca_bundle")) if endpoint and get("remote.ca_bundle") else None,
+            expect_continue_min=get("remote.expect_continue_min"),
         ),
         state_dir=Path(state_dir),
         workspace=workspace,

@@ -27,6 +27,7 @@ class RemoteConfig:
     region: str
     local_root: Path
     ca_bundle: Path | None = None  # CA certificates to trust for the endpoint (None: the public CAs)
+    expect_continue_min: int = 2 * 1024 * 1024  # bodies this large ask for "100 Continue" first
 
     @property
     def is_local(self) -> bool:
@@ -72,6 +73,7 @@ class WatchConfig:
     public_url: str | None = None
     webhook_url: str | None = attrs.field(default=None, repr=False)
     presign_seconds: int = 0
+    keep_warm_seconds: float = 40.0
 
 
 @attrs.frozen
@@ -131,6 +133,7 @@ class FleetConfig:
     heartbeat_seconds: float
     lease_seconds: float
     prefix: str
+    fill_lease_min_bytes: int = 8 * 1024 * 1024
 
 
 @attrs.frozen

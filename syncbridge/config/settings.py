@@ -101,6 +101,10 @@ SETTINGS: tuple[Setting, ...] = (
     S("remote.ca_bundle", ("SYNCBRIDGE_CA_BUNDLE", "AWS_CA_BUNDLE"), "path", None,
       "PEM file of the CA certificates to trust for an https endpoint behind a private CA (a self-hosted "
       "MinIO, say); used by boto3, rclone and the model downloads alike. Default: the public CAs."),
+    S("remote.expect_continue_min", ("SYNCBRIDGE_EXPECT_CONTINUE_MIN",), "int", 2 * 1024 * 1024,
+      "Uploads with a body of at least this many bytes ask the server for \"100 Continue\" before sending it "
+      "(Expect: 100-continue, as the Go SDK rclone uses does above 2 MiB); smaller ones go with their headers, "
+      "one round trip sooner. 0: every body asks.", minimum=0),
     S("remote.local_bucket_dir", ("SYNCBRIDGE_LOCAL_BUCKET_DIR",), "path", None,
       "Folder holding the embedded local bucket(s) when no endpoint is set (default <state_dir>/buckets)."),
     # -- general --------------------------------------------------------------------
@@ -164,6 +168,10 @@ SETTINGS: tuple[Setting, ...] = (
     S("watch.batch_delay", ("SYNCBRIDGE_BATCH_DELAY",), "float", 0.0,
       "Seconds to gather events after the first one before uploading (deadline fixed at the first event).",
       minimum=0),
+    S("watch.keep_warm_seconds", ("SYNCBRIDGE_WATCH_KEEP_WARM_SECONDS",), "float", 40.0,
+      "While idle, the watcher re-opens its connection to the store once it is this old, and opens one when a "
+      "file is created in the folder, so an output's upload does not wait for TCP and TLS handshakes (edges "
+      "close connections idle for 60 s or more; no request is sent, nothing is billed). 0 = off.", minimum=0),
     S("watch.conditional", ("SYNCBRIDGE_WATCH_CONDITIONAL",), "choice", "auto",
       "Use If-None-Match on first uploads: auto (probe the store once), on, off.", choices=("auto", "on", "off"),
       deprecated=("SYNCBRIDGE_CONDITIONAL_PUT",)),
@@ -260,6 +268,11 @@ SETTINGS: tuple[Setting, ...] = (
       "Lifetime of a lease (bisync, model fill) before another pod may take it over.", minimum=1),
     S("fleet.prefix", ("SYNCBRIDGE_FLEET_PREFIX",), "str", ".syncbridge",
       "Key prefix for heartbeats and leases."),
+    S("fleet.fill_lease_min_bytes", ("SYNCBRIDGE_FILL_LEASE_MIN_BYTES",), "int", 8 * 1024 * 1024,
+      "A model missing from the cache is filled under a lease (one pod downloads, the others wait) only when "
+      "its manifest size is at least this; a smaller one (or one of unknown size: always leased) is fetched "
+      "by each pod that wants it, which costs less than the lease's round trips (docs/benchmarks.md). "
+      "0: every model.", minimum=0),
 )
 del S
 

@@ -106,6 +106,7 @@ class Lease:
     etag: str
     sent_at: float  # our monotonic clock when the last successful write was sent
     stolen_from: str = ""
+    created: bool = False  # no lease object was there: nobody has held this lease before us
 
 
 def _not_found(exc: StoreError) -> bool:
@@ -200,7 +201,7 @@ class Leases:
         else:
             log.info("lease.acquired", extra={"event": "lease.acquired", "key": key, "owner": self.owner,
                                               "purpose": purpose})
-            return Lease(key, record, info.etag, sent)
+            return Lease(key, record, info.etag, sent, created=True)
         view, verdict = self.inspect(key, default_ttl=ttl)
         if view is None:
             # Released by deletion between our create and our read: next attempt creates it.

@@ -190,8 +190,11 @@ class CacheFill:
         held.start()
         outcome = "failed: interrupted"
         try:
-            # The previous filler may have published between our last look and our lease.
-            value = try_cache()
+            # The previous filler may have published between our last look and our lease. A lease we
+            # created had no previous holder (a released lease stays as a record), so there is none:
+            # one round trip less per cold model. (A pod publishing without the lease, a capture say,
+            # costs at worst one duplicate download; the conditional put keeps its entry.)
+            value = None if lease.created else try_cache()
             if value is not None:
                 outcome = "done"
                 return FillResult(key, "cached", value, waited_seconds=waited)
@@ -264,6 +267,11 @@ class ModelFillCoordinator:
 
     def fill(self, model: Any, *, cache_key: str, go_upstream: Callable[[], Any],
              try_cache: Callable[[], Any]) -> Any:
+        size = getattr(model, "size", None)
+        if size is not None and size < self.config.fleet.fill_lease_min_bytes:
+            # The lease costs about four round trips per model (and a store probe per run); a model this
+            # small costs less to download twice than that, should another pod want it at the same time.
+            return go_upstream()
         coordinated = self._setup()
         if coordinated is None:
             return go_upstream()

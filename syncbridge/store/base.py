@@ -158,6 +158,10 @@ class Store:
                     self.delete(key)
         return self._conditional
 
+    def warm(self, *, idle_after: float | None = None) -> bool:
+        """Have a connection ready for the next request (see :meth:`S3Store.warm`); no-op by default."""
+        return False
+
     def close(self) -> None:
         pass
 

@@ -13,6 +13,8 @@ import datetime as dt
 import logging
 import math
 import os
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, Callable, Iterator, Mapping
 
@@ -69,24 +71,79 @@ def make_s3_client(remote: RemoteConfig, *, max_pool_connections: int = 10, max_
     )
     # botocore asks every PUT with a body to wait for "100 Continue" first: one more round trip per
     # output on a real link, and a full second against a server that never sends it (R2's local
-    # emulator). Like the Go SDK rclone uses, only bodies past EXPECT_CONTINUE_MIN ask. (The header
-    # is not signed, so it can go after signing.)
-    client.meta.events.register("before-send.s3", _drop_small_expect)
+    # emulator). Like the Go SDK rclone uses, only bodies of at least remote.expect_continue_min
+    # (SYNCBRIDGE_EXPECT_CONTINUE_MIN) ask. (The header is not signed, so it can go after signing.)
+    expect = _ExpectBelow(remote.expect_continue_min)
+    client.meta.events.register("before-send.s3", expect)
+    client._syncbridge_expect = expect  # S3Store.warm reads when it last sent
     return client
 
 
-EXPECT_CONTINUE_MIN = 2 * 1024 * 1024
+EXPECT_CONTINUE_MIN = 2 * 1024 * 1024  # the setting's default
 
 
-def _drop_small_expect(request: Any, **_kwargs: Any) -> None:
-    headers = request.headers
-    if "Expect" in headers:
-        try:
-            length = int(headers.get("Content-Length") or 0)
-        except ValueError:
-            return
-        if length < EXPECT_CONTINUE_MIN:
-            del headers["Expect"]
+class _ExpectBelow:
+    """A ``before-send`` handler: drops ``Expect: 100-continue`` from bodies smaller than ``minimum``
+    and notes when the client last sent anything (for :meth:`S3Store.warm`)."""
+
+    def __init__(self, minimum: int) -> None:
+        self.minimum = minimum
+        self.last_sent = time.monotonic()
+
+    def __call__(self, request: Any, **_kwargs: Any) -> None:
+        self.last_sent = time.monotonic()
+        headers = request.headers
+        if "Expect" in headers:
+            try:
+                length = int(headers.get("Content-Length") or 0)
+            except ValueError:
+                return
+            if length < self.minimum:
+                del headers["Expect"]
+
+
+def _quiet(pool: Any) -> bool:
+    """Whether the connection on top of ``pool`` is connected with nothing to read: a look that takes
+    nothing out of the pool (a request taking it at that moment finds it as it was)."""
+    from urllib3.util.wait import wait_for_read
+
+    try:
+        conn = pool.pool.queue[-1]
+        sock = conn.sock if conn is not None else None
+        return sock is not None and not wait_for_read(sock, timeout=0.0)
+    except (AttributeError, IndexError, OSError, ValueError):
+        return False
+
+
+def _usable(conn: Any) -> bool:
+    """Whether an idle pooled connection can carry the next request: connected, and nothing to read
+    but what TLS sends unasked. A TLS 1.3 server sends session tickets a round trip after the
+    handshake; unread, they make the socket readable, which urllib3 takes for a closed connection
+    (it would drop a connection made ready before any request and connect again). They are read
+    here; data or an EOF on an idle connection still means the server closed it."""
+    import ssl
+
+    from urllib3.util.wait import wait_for_read
+
+    sock = getattr(conn, "sock", None)
+    if sock is None:
+        return False
+    if not wait_for_read(sock, timeout=0.0):
+        return True
+    if not isinstance(sock, ssl.SSLSocket):
+        return False
+    timeout = sock.gettimeout()
+    try:
+        sock.setblocking(False)
+        sock.recv(1)  # b"": closed; a byte: an answer nobody asked for
+        return False
+    except ssl.SSLWantReadError:
+        return True  # only TLS records (tickets), now read
+    except OSError:
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(timeout)
 
 
 def _parse_timestamp(value: Any) -> dt.datetime:
@@ -181,10 +238,14 @@ class S3Store(Store):
         self.multipart_threshold = multipart_threshold
         self.client = make_s3_client(remote, max_pool_connections=max_pool_connections, max_attempts=max_attempts,
                                      connect_timeout=connect_timeout, read_timeout=read_timeout)
+        self._warming = threading.Lock()
+        self._pool_ref: Any = None
+        self._pool()  # before the first connection, so every one tolerates session tickets
 
     def _call(self, action: str, key: str | None, fn, **kwargs):
         from botocore import exceptions as bexc
 
+        self._await_warm()
         try:
             return fn(Bucket=self.bucket, **kwargs)
         except (bexc.BotoCoreError, bexc.ClientError, OSError) as exc:
@@ -193,6 +254,7 @@ class S3Store(Store):
     def head(self, key: str) -> ObjectInfo | None:
         from botocore import exceptions as bexc
 
+        self._await_warm()
         try:
             r = self.client.head_object(Bucket=self.bucket, Key=key)
         except bexc.ClientError as exc:
@@ -350,6 +412,81 @@ class S3Store(Store):
 
     def delete(self, key: str) -> None:
         self._call("delete", key, self.client.delete_object, Key=key)
+
+    def warm(self, *, idle_after: float | None = None) -> bool:
+        """Have a connected idle connection to the endpoint wait in the client's pool, so the next
+        request does not pay TCP and TLS handshakes (round trips of their own on a real link).
+
+        Best effort (it never raises): the connection on top of the pool (the next one a request
+        takes) is left alone when it is still usable; when the server or an edge has closed it, or
+        when the client has sent nothing for ``idle_after`` seconds (re-opened before an edge's
+        idle timeout closes it), it is replaced by a freshly connected one. No request is sent. A
+        request that comes while it connects waits for that connection instead of making its own.
+
+        Returns:
+            Whether a connection was opened.
+        """
+        import queue
+
+        expect = self._expect
+        stale = idle_after is not None and expect is not None and time.monotonic() - expect.last_sent >= idle_after
+        pool = self._pool()
+        if pool is None or pool.pool is None:
+            return False
+        if not stale and _quiet(pool):
+            return False  # the next request's connection is there and nothing came on it: taken from no one
+        with self._warming:
+            try:
+                conn = pool.pool.get(block=False)  # the top: what the next request takes (the pool is LIFO)
+            except queue.Empty:
+                return False  # every connection is in use: none is idle
+            try:
+                if conn is not None and not stale and conn.is_connected:
+                    return False
+                if conn is None:
+                    conn = pool._new_conn()
+                else:
+                    conn.close()
+                session = self.client._endpoint.http_session
+                session._setup_ssl_cert(conn, self.client.meta.endpoint_url, session._verify)
+                conn.connect()
+                if expect is not None:
+                    expect.last_sent = time.monotonic()
+                return True
+            except Exception as exc:  # noqa: BLE001 - unreachable now: the upload will say so
+                log.debug("cannot warm a connection to %s: %s", self.description, exc)
+                with contextlib.suppress(Exception):
+                    conn.close()  # type: ignore[union-attr]
+                return False
+            finally:
+                pool._put_conn(conn)
+
+    def _pool(self) -> Any:
+        """The client's urllib3 pool for the endpoint (None if this botocore/urllib3 hides it), its
+        connections made to tolerate TLS session tickets (:func:`_usable`)."""
+        if self._pool_ref is None:
+            try:
+                session = self.client._endpoint.http_session
+                url = self.client.meta.endpoint_url
+                manager = session._get_connection_manager(url, session._proxy_config.proxy_url_for(url))
+                pool = manager.connection_from_url(url)
+                base = pool.ConnectionCls
+                pool.ConnectionCls = type(base.__name__, (base,), {"is_connected": property(_usable)})
+                self._pool_ref = pool
+            except Exception as exc:  # noqa: BLE001 - another urllib3 or botocore: requests connect themselves
+                log.debug("no connection pool to warm for %s: %s", self.description, exc)
+                self._pool_ref = False
+        return self._pool_ref or None
+
+    def _await_warm(self) -> None:
+        """A connection being made ready: wait for it (less than making one of our own would take)."""
+        if self._warming.locked():
+            with self._warming:
+                pass
+
+    @property
+    def _expect(self) -> "_ExpectBelow | None":
+        return getattr(self.client, "_syncbridge_expect", None)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

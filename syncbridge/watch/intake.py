@@ -79,6 +79,7 @@ class Intake:
         self.tree: TreeWatcher | None = None
         self.journal: Journal | None = None
         self.on_catch_up: Callable[[], None] = lambda: None  # after the first catch-up scan (the heap trim)
+        self.on_created: Callable[[], None] = lambda: None  # a file was created (the connection warmer)
         self._last_rescan = self._last_fallback = 0.0
 
     def open(self, journal: Journal) -> TreeWatcher:
@@ -185,6 +186,7 @@ class Intake:
             if self.selected(rel):
                 self._mark_ready(rel, trust_owner=True, now=now, closed=True)
         elif action is Action.CREATED:
+            self.on_created()  # its upload at close should find a connection ready
             # A new hard link to a finished file (os.link(tmp, final)) has no close event. When the
             # temp name is already gone by the time we look (link count back to 1), a file that has
             # bytes at its creation event is taken as found by a scan: pushed once nothing writes it

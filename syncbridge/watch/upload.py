@@ -10,8 +10,9 @@
    uploaded before (its journal holds the ETag) is overwritten only if the object is still the
    one we put there; any other existing object with different content is kept, and the file
    goes to a sibling key (``name.~<md5 prefix>.ext``, logged and journalled). First uploads use
-   ``If-None-Match: *`` where the store enforces it, else HEAD before PUT. An identical object
-   already there is adopted (nothing sent).
+   ``If-None-Match: *`` where the store enforces it, and rewrites of a small file ``If-Match:
+   <our ETag>`` (one request each), else HEAD before PUT. An identical object already there is
+   adopted (nothing sent).
 3. Small files are read whole first (one consistent read); large ones are streamed and the
    upload is abandoned if the file changes under it. ``lstat`` after: a file changed during
    the upload is uploaded again, so the bucket never keeps a torn or stale version as the
@@ -279,6 +280,13 @@ class Uploader:
         return PushedOutput(rel, key, size, md5, info.content_type or content_type(rel), latency, time.time(), url,
                             presigned)
 
+    def probe(self) -> None:
+        """Find out now whether the store enforces conditional writes (its three requests are then
+        not on the first output's path). An unreachable store is asked again at the first upload."""
+        if self._conditional is None:
+            with contextlib.suppress(StoreError):
+                self._conditional_writes()
+
     def _conditional_writes(self) -> bool:
         if self._conditional is None:
             with self._conditional_lock:
@@ -321,7 +329,20 @@ class Uploader:
                 return store.put_bytes(target, data, metadata=meta, headers=headers, **kwargs)
             return store.put_file(path, target, metadata=meta, headers=headers, unchanged=unchanged, **kwargs)
         for attempt in range(KEY_ATTEMPTS):
-            if owned_etag is not None:
+            if owned_etag is not None and data is not None and self._conditional_writes():
+                # A rewrite of our own object in one request: replaced only if it is still the one we put.
+                try:
+                    return key, put(key, if_match=owned_etag), True
+                except PreconditionFailedError:
+                    remote = store.head(key)  # another's now, or gone (R2 answers 412 for a missing key too)
+                except StoreError as exc:
+                    if exc.status != 404 and exc.code not in ("NoSuchKey", "NotFound", "404"):
+                        raise
+                    remote = None  # gone (AWS and moto answer 404)
+                if remote is None:
+                    owned_etag = None  # deleted in between: a first upload again
+                    continue
+            elif owned_etag is not None:
                 remote = store.head(key)
                 if remote is None or remote.etag == owned_etag:
                     return key, put(key), True

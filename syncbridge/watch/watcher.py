@@ -106,6 +106,8 @@ class OutputWatcher:
         self._prefix = ""
         self.origin = config.pod_id
         self._heartbeat: Heartbeat | None = None
+        self._warm_wanted = threading.Event()
+        self._intake.on_created = self._warm_wanted.set
 
     @property
     def fatal_retry_seconds(self) -> float:
@@ -205,6 +207,7 @@ class OutputWatcher:
         targets = [("reader", self._intake.reader_loop), ("scanner", self._intake.scanner_loop),
                    ("dispatcher", self._dispatch_loop), ("maintainer", self._maintain_loop)]
         targets += [(f"upload-{i}", self._worker_loop) for i in range(workers)]
+        targets += [("warmer", self._warm_loop)]
         for name, target in targets:
             # Daemon threads: an upload stuck past the drain deadline must not keep the process alive.
             thread = threading.Thread(target=target, name=f"syncbridge-watch-{name}", daemon=True)
@@ -265,6 +268,7 @@ class OutputWatcher:
         with self._cond:
             self._state = "draining"
         self._stop_event.set()
+        self._warm_wanted.set()
         if self._intake.tree is not None:
             self._intake.tree.wake()
         # The reader first: the new folders among its last events queue scans, and files made
@@ -489,6 +493,34 @@ class OutputWatcher:
                 self._write_status()
             except Exception:  # noqa: BLE001
                 log.exception("watch maintenance failed", extra={"event": "watch.maintenance_failed"})
+
+    def _warm_loop(self) -> None:
+        """Keep round trips off an output's path: probe the store for conditional writes now rather
+        than at the first upload, then keep a connection ready: re-opened when the store has had no
+        request for ``watch.keep_warm_seconds`` (before an edge closes it for idling), and made
+        ready when a file is created (its upload at close then skips the TCP and TLS handshakes)."""
+        uploader, store = self._uploader, self._store
+        assert uploader is not None and store is not None
+        keep = self.settings.keep_warm_seconds
+        try:
+            uploader.probe()
+            if not keep:
+                return
+            # A look soon after the start reads the TLS session tickets the first connection got, while
+            # no upload can want that connection at the same moment.
+            wait = min(1.0, keep / 4)
+            while not self._stop_event.is_set():
+                self._warm_wanted.wait(timeout=max(0.05, wait))
+                wait = keep / 4
+                self._warm_wanted.clear()
+                if self._stop_event.is_set():
+                    return
+                with self._lock:
+                    busy = bool(self._schedule.inflight)
+                if not busy:  # uploads running: their connections are warm, and a burst needs no more
+                    store.warm(idle_after=keep)
+        except Exception:  # noqa: BLE001 - only a speed-up: uploads connect by themselves
+            log.debug("the connection warmer stopped", exc_info=True, extra={"event": "watch.warmer_failed"})
 
     def _write_status(self, *, final: bool = False) -> None:
         self._status.write(self.stats(), final=final)
