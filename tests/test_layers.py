@@ -96,6 +96,11 @@ LAYERS = {
     "demo": ORCH,
     "demo.run": ORCH,
     "demo.app": ORCH,
+    "jobs": ORCH,
+    "jobs.request": PURE,
+    "jobs.comfy": IO,
+    "jobs.scope": ORCH,
+    "jobs.worker": ORCH,
     # command line
     "cli": CLI,
     "cli.common": CLI,

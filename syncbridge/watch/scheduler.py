@@ -92,6 +92,7 @@ class Item:
     closed: bool = False  # a close (or rename into place) said it is finished; a scan alone does not
     quiet_sig: tuple[int, int, int, int] | None = None  # the stat last seen while waiting to be quiet
     quiet_since: float = 0.0  # since when (monotonic) it has looked like that
+    route: Any = None  # where it goes when not the watcher's own prefix (a job's: watch.upload.Route)
 
 
 @attrs.frozen
@@ -178,6 +179,14 @@ class Schedule:
         self.recent: collections.deque[Any] = collections.deque(maxlen=RECENT_OUTPUTS)
 
     # -- intake ------------------------------------------------------------------------------------
+
+    def find(self, rel: str) -> Item | None:
+        """The item of ``rel`` in whichever table holds it (None: not known)."""
+        for table in (self.inflight, self.ready, self.batched, self.waiting, self.failed):
+            item = table.get(rel)
+            if item is not None:
+                return item
+        return None
 
     def mark_ready(self, rel: str, *, trust_owner: bool, now: float, wall: float, seen_wall: float | None = None,
                    closed: bool = False) -> bool:

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import attrs
+
 from ..config import Config, WatchConfig
 from ..errors import PreconditionFailedError, SourceChangedError, StoreError, UnsafePathError
 from ..fsutil import open_for_writing
@@ -42,7 +44,7 @@ from .journal import DONE, Journal, Row
 from .notify import PushedOutput
 from .scheduler import Item, Outcome, Unfinished, quiet_by_mtime, quiet_left
 
-__all__ = ["Uploader", "FinishCheck", "uploaded_already", "connect_store", "check_store", "ORIGIN_META", "INMEMORY_MAX"]
+__all__ = ["Uploader", "Route", "FinishCheck", "uploaded_already", "connect_store", "check_store", "ORIGIN_META", "INMEMORY_MAX"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,23 @@ def check_store(store: Store, prefix: str) -> None:
             raise
         log.warning("the bucket does not answer yet (%s); watching anyway: outputs wait in the journal and are "
                     "pushed when it does", exc, extra={"event": "watch.store_unreachable"})
+
+
+@attrs.frozen(eq=False)
+class Route:
+    """Where the files of one scope go instead of ``<watcher prefix>/<relpath>`` (a job's, see
+    :mod:`syncbridge.jobs`): ``<prefix>/<relpath>`` in ``store``.
+
+    ``conditional``: whether ``store`` enforces ``If-None-Match`` (None: the watcher's own answer, for
+    a route on the watcher's store; a bucket of the job's own is never probed: it is checked with a
+    HEAD before each first upload). ``tracker`` is told how each of its files went (under the
+    watcher's lock: it must only take notes).
+    """
+
+    store: Store
+    prefix: str
+    tracker: Any
+    conditional: bool | None = None
 
 
 def _sig(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -177,8 +196,9 @@ class Uploader:
         self._fatal_seen: dict[str, tuple[float, int]] = {}  # failure kind -> (last logged, files since)
         self._fatal_lock = threading.Lock()
 
-    def push(self, item: Item) -> tuple[Outcome, Any]:
-        """Upload one file. Returns (outcome, detail); never raises for store or file errors."""
+    def push(self, item: Item, route: Route | None = None) -> tuple[Outcome, Any]:
+        """Upload one file (to ``route`` when given). Returns (outcome, detail); never raises for store or
+        file errors."""
         journal = self.journal
         path = self.directory / item.rel
         try:
@@ -190,15 +210,25 @@ class Uploader:
         if not stat.S_ISREG(before.st_mode):
             return self._gone(item)  # replaced by a symlink or a folder: never followed
         row = journal.get(item.rel)
-        if uploaded_already(row, before):
-            return Outcome.SKIPPED, None
+        try:
+            route_key = object_key(route.prefix, item.rel) if route is not None else None
+        except UnsafePathError as exc:
+            return self._fatal(item, None, f"{item.rel!r} cannot be an object key: {exc}")
+        if uploaded_already(row, before) and (route is None or row.key == route_key):  # type: ignore[union-attr]
+            if route is None:
+                return Outcome.SKIPPED, None
+            return self._in_place(item, route, route_key, before)  # type: ignore[arg-type]
         if not item.closed:
             wait = self._finished.wait_for(item, path, before)
             if wait.seconds > 0:
                 return Outcome.UNFINISHED, wait
         owned = bool(item.trust_owner and row is not None and row.etag and row.key)
+        if route is not None:
+            # A route's file overwrites only what it put at the route's own key, never an older key of the
+            # same name (an earlier job's, or the watcher's own prefix).
+            owned = owned and row.key == route_key  # type: ignore[union-attr]
         try:
-            key = row.key if owned else object_key(self._prefix(), item.rel)  # type: ignore[union-attr]
+            key = row.key if owned else route_key or object_key(self._prefix(), item.rel)  # type: ignore
         except UnsafePathError as exc:
             return self._fatal(item, None, f"{item.rel!r} cannot be an object key: {exc}")
         try:
@@ -214,7 +244,7 @@ class Uploader:
                 elif len(data) != before.st_size or _sig(mid) != _sig(before):
                     return Outcome.CHANGED, None  # changed while read: these bytes are not one version of it
             key, info, uploaded = self._upload(path, key, owned_etag=row.etag if owned else None,  # type: ignore
-                                               data=data, before=before)
+                                               data=data, before=before, route=route)
         except SourceChangedError:
             return Outcome.CHANGED, None  # the upload was abandoned: the object is as it was
         except FileNotFoundError:
@@ -227,10 +257,24 @@ class Uploader:
             return self._fatal(item, key, str(exc), same=exc.setting and f"{exc.code}:{exc.setting}")
         except OSError as exc:
             return self._fatal(item, key, f"cannot read {path}: {exc.strerror or exc}")
-        return self._after(item, path, key, info, uploaded=uploaded, before=before)
+        return self._after(item, path, key, info, uploaded=uploaded, before=before, route=route)
+
+    def _in_place(self, item: Item, route: Route, key: str, before: os.stat_result) -> tuple[Outcome, Any]:
+        """A route's file that the journal says is at its key already (a second event for an unchanged
+        file): its record, so the route's tracker has it too."""
+        try:
+            info = route.store.head(key)
+        except StoreError as exc:
+            return (Outcome.RETRY, str(exc)) if exc.retryable else self._fatal(item, key, str(exc))
+        if info is None or info.size != before.st_size:
+            with contextlib.suppress(Exception):
+                self.journal.forget([item.rel])  # not there after all: the next try uploads it
+            return Outcome.CHANGED, None
+        return Outcome.PUSHED, self._output_record(item.rel, key, before.st_size, info,
+                                                   time.monotonic() - item.event_mono, store=route.store)
 
     def _after(self, item: Item, path: Path, key: str, info: ObjectInfo, *, uploaded: bool,
-               before: os.stat_result) -> tuple[Outcome, Any]:
+               before: os.stat_result, route: Route | None = None) -> tuple[Outcome, Any]:
         """Journal the object, then look again: a file changed during its upload goes again."""
         journal = self.journal
         try:
@@ -260,17 +304,22 @@ class Uploader:
                       extra={"event": "watch.changed_during_upload"})
             item.trust_owner = True  # we just put that object there
             return Outcome.CHANGED, None
-        if not uploaded:
-            return Outcome.SKIPPED, None
+        if not uploaded and route is None:
+            return Outcome.SKIPPED, None  # a route's tracker needs the record of an identical object adopted
         latency = time.monotonic() - item.event_mono
-        output = self._output_record(item.rel, key, before.st_size, info, latency)
+        output = self._output_record(item.rel, key, before.st_size, info, latency,
+                                     store=route.store if route is not None else None)
         log.debug("pushed %s -> %s (%d bytes, %s, %.3fs)%s", item.rel, key, before.st_size, output.content_type,
                   latency, f" {output.url}" if output.url else "", extra={"event": "watch.pushed"})
         return Outcome.PUSHED, output
 
-    def _output_record(self, rel: str, key: str, size: int, info: ObjectInfo, latency: float) -> PushedOutput:
+    def _output_record(self, rel: str, key: str, size: int, info: ObjectInfo, latency: float, *,
+                       store: Store | None = None) -> PushedOutput:
         etag = info.etag or ""
         md5 = etag if len(etag) == 32 and all(c in "0123456789abcdef" for c in etag) else None
+        if store is not None and store is not self.store:
+            # Another bucket (a job's own): the public URL and the presigned links are its tracker's business.
+            return PushedOutput(rel, key, size, md5, info.content_type or content_type(rel), latency, time.time())
         url = public_url(self.settings.public_url, key) if self.settings.public_url else None
         presigned = None
         if url is None and self.settings.presign_seconds and self._presign:
@@ -297,13 +346,15 @@ class Uploader:
         return self._conditional
 
     def _upload(self, path: Path, key: str, *, owned_etag: str | None, data: bytes | None,
-                before: os.stat_result) -> tuple[str, ObjectInfo, bool]:
+                before: os.stat_result, route: Route | None = None) -> tuple[str, ObjectInfo, bool]:
         """Put ``path`` at ``key`` without overwriting anyone else's object.
 
         Returns:
             (key actually used, ObjectInfo, whether bytes were sent).
         """
-        store = self.store
+        store = route.store if route is not None else self.store
+        conditional = self._conditional_writes if route is None or route.conditional is None \
+            else (lambda: route.conditional)
         canonical = key
         local_md5: str | None = None
         meta = {ORIGIN_META: self.origin}
@@ -325,7 +376,7 @@ class Uploader:
                 remote = store.head(key)
                 if remote is None or remote.etag == owned_etag:
                     return key, put(key), True
-            elif self._conditional_writes():
+            elif conditional():
                 try:
                     return key, put(key, if_none_match=True), True
                 except PreconditionFailedError:

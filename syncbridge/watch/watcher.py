@@ -32,7 +32,7 @@ from .journal import JOURNAL_NAME, Journal
 from .notify import Notifier, PushedOutput, Webhook
 from .scheduler import FATAL_RETRY_SECONDS, Item, Outcome, Schedule
 from .status import DrainResult, StateLockedError, StatusFile, WatchStats, percentile, take_state_lock
-from .upload import FinishCheck, Uploader, check_store, connect_store
+from .upload import FinishCheck, Route, Uploader, check_store, connect_store
 
 __all__ = ["OutputWatcher", "WatchError", "run_watch"]
 
@@ -106,6 +106,7 @@ class OutputWatcher:
         self._prefix = ""
         self.origin = config.pod_id
         self._heartbeat: Heartbeat | None = None
+        self._route: Route | None = None  # where files seen from now on go (a job's scope), under self._lock
 
     @property
     def fatal_retry_seconds(self) -> float:
@@ -226,6 +227,109 @@ class OutputWatcher:
         if self._state != "new":
             raise WatchError("add listeners before the watcher starts")
         self._listeners.append(listener)
+
+    @property
+    def store(self) -> Store | None:
+        """The store outputs go to (None before :meth:`start`)."""
+        return self._store
+
+    @property
+    def prefix(self) -> str:
+        """The rendered key prefix of this watcher's own outputs (set by :meth:`start`)."""
+        return self._current_prefix() if self._state != "new" else ""
+
+    def job(self, job_id: str, **kwargs: Any) -> Any:
+        """A job's scope on this watcher: see :class:`syncbridge.jobs.Job` (``kwargs`` go to it)."""
+        from ..jobs.scope import Job
+
+        return Job(self, job_id, **kwargs)
+
+    def catch_up(self, timeout: float) -> bool:
+        """Take in every event the kernel queued before this call and finish the folder scans queued so
+        far (their files are marked). True when done within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        intake = self._intake
+        with self._cond:
+            intake.sync_requested += 1
+            ticket = intake.sync_requested
+        if intake.tree is not None and self._schedule.accepting:
+            intake.tree.wake()
+        with self._cond:
+            while self._schedule.accepting and not (intake.sync_done >= ticket and intake.idle):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(timeout=min(remaining, 0.5))
+        return True
+
+    def open_route(self, route: Route, *, timeout: float = 5.0) -> None:
+        """Send the files written from now on to ``route`` (one at a time) until :meth:`close_route`.
+
+        Events already queued are taken in first, so a file finished before this call keeps the
+        watcher's own prefix. ``route.tracker`` gets ``expect(rel)`` for each file the route takes
+        and ``finished(rel, outcome, detail)`` for each upload attempt, under the watcher's lock.
+
+        Raises:
+            WatchError: the watcher is not running, or another route is open.
+        """
+        if self._state != "running":
+            raise WatchError("the watcher is not running: start it before a job")
+        self.catch_up(timeout)
+        with self._cond:
+            if self._route is not None:
+                raise WatchError("another job is open on this watcher: one job at a time")
+            self._route = route
+
+    def close_route(self, route: Route, *, timeout: float = 5.0) -> bool:
+        """Stop sending new files to ``route``: the events queued so far are taken in first (a file
+        finished before this call is the route's). True when they were within ``timeout``."""
+        done = self.catch_up(timeout) if self._route is route else True
+        with self._cond:
+            if self._route is route:
+                self._route = None
+        return done
+
+    def add_to_route(self, route: Route, rel: str) -> bool:
+        """Push ``rel`` (relative to the watched folder) to ``route`` now, whenever it was written. False
+        when it is not a file to push (missing, or left out by the filters)."""
+        path = self.directory / rel
+        if not path.is_file() or path.is_symlink() or not self._intake.selected(rel):
+            return False
+        with self._cond:
+            if not self._schedule.mark_ready(rel, trust_owner=True, now=time.monotonic(), wall=time.time(),
+                                             closed=False) and self._schedule.find(rel) is None:
+                return False
+            self._take(rel, route)
+            self._cond.notify_all()
+        return True
+
+    def wait_route(self, rels: Callable[[], Any], timeout: float) -> tuple[set[str], set[str]]:
+        """Wait until none of the files ``rels()`` names is waiting or in flight, or ``timeout`` seconds pass.
+
+        A file failing fatally (403, NoSuchBucket: retried only minutes later) counts as settled.
+        Returns the files still pending and those failing fatally.
+        """
+        deadline = time.monotonic() + timeout
+        schedule = self._schedule
+        with self._cond:
+            while True:
+                pending, failed = set(), set()
+                for rel in rels():
+                    item = schedule.find(rel)
+                    if item is None:
+                        continue
+                    (failed if rel in schedule.failed else pending).add(rel)
+                remaining = deadline - time.monotonic()
+                if not pending or remaining <= 0 or self._state == "stopped":
+                    return pending, failed
+                self._cond.wait(timeout=min(remaining, 0.5))
+
+    def _take(self, rel: str, route: Route) -> None:
+        """``rel`` belongs to ``route`` (under the lock)."""
+        item = self._schedule.find(rel)
+        if item is not None:
+            item.route = route
+            route.tracker.expect(rel)
 
     def _current_prefix(self) -> str:
         """The prefix for a new key: ``{date}`` follows the clock, so a watcher running past
@@ -398,8 +502,11 @@ class OutputWatcher:
         """A file to push (from an event, a scan or the journal). Cheap: only enqueues (see
         :meth:`Schedule.mark_ready <syncbridge.watch.scheduler.Schedule.mark_ready>`)."""
         with self._cond:
-            if self._schedule.mark_ready(rel, trust_owner=trust_owner, now=now, wall=time.time(), seen_wall=seen_wall,
-                                         closed=closed):
+            news = self._schedule.mark_ready(rel, trust_owner=trust_owner, now=now, wall=time.time(),
+                                             seen_wall=seen_wall, closed=closed)
+            if self._route is not None:
+                self._take(rel, self._route)
+            if news:
                 self._cond.notify_all()
 
     def _mark_gone(self, rel: str) -> None:
@@ -448,18 +555,25 @@ class OutputWatcher:
             item = self._work.get()
             if item is None:
                 return
+            route = item.route  # a new event may move it to another route while this upload runs
             try:
-                outcome, detail = uploader.push(item)
+                outcome, detail = uploader.push(item, route)
             except Exception as exc:  # noqa: BLE001 - a bug must not kill a worker: retry, loudly
                 log.exception("unexpected error pushing %s", item.rel, extra={"event": "watch.bug", "path": item.rel})
                 outcome, detail = Outcome.RETRY, f"{type(exc).__name__}: {exc}"
-            self._finish(item, outcome, detail)
+            self._finish(item, outcome, detail, route)
 
-    def _finish(self, item: Item, outcome: Outcome, detail: Any) -> None:
+    def _finish(self, item: Item, outcome: Outcome, detail: Any, route: Route | None = None) -> None:
         now = time.monotonic()
         with self._cond:
             notes = self._schedule.finish(item, outcome, detail, now=now, stopped=self._state == "stopped")
-            if outcome is Outcome.PUSHED and self._notifier is not None:
+            if route is not None:
+                try:
+                    route.tracker.finished(item.rel, outcome, detail)
+                except Exception:  # noqa: BLE001 - a tracker's bug must not stop the uploads
+                    log.exception("a job's tracker failed for %s", item.rel, extra={"event": "watch.bug"})
+            if outcome is Outcome.PUSHED and self._notifier is not None and (route is None or route.store is
+                                                                             self._store):
                 self._notifier(detail)
             self._cond.notify_all()
         for note in notes:  # logged after the lock is released
