@@ -69,18 +69,15 @@ def job_prefix(template: str, *, prefix: str, job_id: str, pod_id: str, now: dt.
     if "{job_id}" not in template:
         raise JobError(f"SYNCBRIDGE_JOB_KEY must contain {{job_id}} (two jobs would share keys), got {template!r}",
                        kind="input")
+    marks = {"prefix": "SBJOBPREFIXMARK", "job_id": "SBJOBIDMARK"}
     try:
-        out = render_prefix(_JOB_FIELDS.sub(lambda m: "\0" + m.group(1) + "\0", template), pod_id=pod_id,
+        out = render_prefix(_JOB_FIELDS.sub(lambda m: marks[m.group(1)], template), pod_id=pod_id,
                             now=now or dt.datetime.now())
+        out = out.replace(marks["prefix"], prefix).replace(marks["job_id"], safe_id)
+        out = "/".join(part for part in out.split("/") if part)
+        render_prefix(out, pod_id=pod_id, now=dt.datetime.now())  # the segment checks, once filled in
     except UnsafePathError:
         out = None
-    if out is not None:
-        out = out.replace("\0prefix\0", prefix).replace("\0job_id\0", safe_id)
-        out = "/".join(part for part in out.split("/") if part)
-        try:
-            render_prefix(out, pod_id=pod_id, now=dt.datetime.now())  # the segment checks
-        except UnsafePathError:
-            out = None
     if not out:
         raise JobError(f"SYNCBRIDGE_JOB_KEY {template!r} does not render to a key prefix for job {job_id!r}",
                        kind="input")
@@ -306,11 +303,16 @@ class Job:
         missing = [rel for rel in rels if rel in pending or rel in failed or (rel not in pushed and
                                                                              (self.watcher.directory / rel).exists())]
         if missing:
+            if self.bucket is not None:  # the settings to fix are the request's, not the worker's
+                for rel, text in errors.items():
+                    for name, setting in S3_CONFIG_FIELDS.items():
+                        text = text.replace(setting, f"s3Config.{name}")
+                    errors[rel] = text
             details = [{"path": rel, "error": errors.get(rel) or ("not pushed within the time allowed" if rel in
                                                                   pending else "not pushed")} for rel in missing]
             shown = ", ".join(f"{d['path']} ({d['error']})" for d in details[:5])
             more = f" and {len(details) - 5} more" if len(details) > 5 else ""
-            raise JobError(f"{len(missing)} output(s) of job {self.job_id} not in the bucket "
+            raise JobError(f"{len(missing)} output(s) of job {self.job_id} not pushed to "
                            f"{self.store.description}: {shown}{more}", kind="not_pushed", details=details)
         return [self._output(rel, pushed[rel], wait_hash=True, deadline=deadline) for rel in rels if rel in pushed]
 
