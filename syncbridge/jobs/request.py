@@ -73,7 +73,8 @@ def parse_input(job_input: Any, *, allow_urls: bool, allow_http: bool = False, m
         bad = next(str(k) for k, v in workflow.items() if not (isinstance(v, Mapping)
                                                                and isinstance(v.get("class_type"), str)))
         raise _bad(f"input.workflow[{bad!r}]", "is not a node {class_type, inputs} (ComfyUI's API format)")
-    raw_images = job_input.get("images") or []
+    raw_images = job_input.get("images")
+    raw_images = [] if raw_images is None else raw_images
     if not isinstance(raw_images, list):
         raise _bad("input.images", "must be a list of {name, image}")
     images: list[InputImage] = []

@@ -1,0 +1,161 @@
+"""The job scope on one long-lived watcher (real inotify, moto's server): which files are the job's,
+what wait() says, the job prefix, s3Config checks; and the job input's checks (pure)."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from syncbridge.config import load_config
+from syncbridge.errors import JobError, WatchError
+from syncbridge.jobs.request import parse_input
+from syncbridge.jobs.scope import JobBucket, job_prefix
+from syncbridge.watch import OutputWatcher
+
+from ..conftest import SECRET_KEY, new_bucket, server_env
+
+
+@pytest.fixture
+def running(moto_s3, tmp_path):
+    env = server_env(moto_s3, new_bucket(moto_s3), tmp_path)
+    env["SYNCBRIDGE_HEARTBEAT_SECONDS"] = "0"
+    out = Path(env["COMFYUI_OUTPUT_DIR"])
+    out.mkdir(parents=True)
+    config = load_config(env)
+    with OutputWatcher(config) as watcher:
+        yield watcher, out
+
+
+def test_only_files_finished_inside_the_scope_are_the_jobs(running):
+    watcher, out = running
+    (out / "before.png").write_bytes(b"before")  # finished before the scope: its event may still be queued
+    with watcher.job("j1") as job:
+        (out / "sub").mkdir()
+        (out / "sub" / "in.png").write_bytes(b"inside")
+        (out / "in2.webp").write_bytes(b"inside too")
+        outputs = job.wait(20)
+        (out / "after.png").write_bytes(b"after")  # the scope is closed: the watcher's own prefix
+    assert sorted(o.path for o in outputs) == ["in2.webp", "sub/in.png"]
+    assert {o.key for o in outputs} == {"outputs/jobs/j1/sub/in.png", "outputs/jobs/j1/in2.webp"}
+    assert watcher.wait_idle(20)
+    store = watcher.store
+    assert store.get_bytes("outputs/before.png")[0] == b"before"
+    assert store.get_bytes("outputs/after.png")[0] == b"after"
+    assert store.head("outputs/jobs/j1/before.png") is None and store.head("outputs/jobs/j1/after.png") is None
+    for o in outputs:
+        assert o.checksum.startswith("md5:") and o.url and "X-Amz-Signature" in o.url
+
+
+def test_one_scope_at_a_time(running):
+    watcher, _ = running
+    with watcher.job("first"):
+        with pytest.raises(WatchError, match="one job at a time"):
+            watcher.job("second").open()
+    with watcher.job("second"):  # once the first is closed
+        pass
+
+
+def test_wait_names_an_output_still_being_written_when_time_is_up(running):
+    watcher, out = running
+    with watcher.job("slow") as job:
+        (out / "done.png").write_bytes(b"ok")
+        fh = open(out / "growing.mp4", "wb")  # ffmpeg still writing: no close event yet
+        fh.write(b"x" * 1000)
+        fh.flush()
+        job.add("growing.mp4")  # as if /history reported it
+        with pytest.raises(JobError) as caught:
+            job.wait(1.5)
+        fh.close()
+    assert caught.value.kind == "not_pushed"
+    assert [d["path"] for d in caught.value.details] == ["growing.mp4"]
+    assert "growing.mp4" in str(caught.value)
+
+
+def test_a_file_rewritten_during_the_job_ends_as_its_last_version(running):
+    watcher, out = running
+    with watcher.job("rw") as job:
+        path = out / "clip.mp4"
+        path.write_bytes(b"first pass")
+
+        def second_pass() -> None:
+            time.sleep(0.3)
+            path.write_bytes(b"second pass, with metadata")  # VideoHelperSuite's rewrite of the same path
+        thread = threading.Thread(target=second_pass)
+        thread.start()
+        thread.join()
+        outputs = job.wait(20)
+    assert [o.path for o in outputs] == ["clip.mp4"]
+    assert watcher.store.get_bytes(outputs[0].key)[0] == b"second pass, with metadata"
+    assert outputs[0].size == len(b"second pass, with metadata")
+
+
+def test_job_prefix_template():
+    assert job_prefix("{prefix}/jobs/{job_id}", prefix="outputs", job_id="abc-1", pod_id="p") == "outputs/jobs/abc-1"
+    assert job_prefix("runs/{pod_id}/{job_id}", prefix="o", job_id="a/../b", pod_id="p") == "runs/p/a-..-b"
+    with pytest.raises(JobError, match="job_id"):
+        job_prefix("{prefix}/fixed", prefix="o", job_id="x", pod_id="p")
+    with pytest.raises(JobError, match="cannot be part of a key"):
+        job_prefix("{prefix}/{job_id}", prefix="o", job_id="///", pod_id="p")
+
+
+def test_bad_settings_are_named(local_env):
+    with pytest.raises(Exception, match="SYNCBRIDGE_JOB_KEY"):
+        load_config({**local_env, "SYNCBRIDGE_JOB_KEY": "outputs/fixed"})
+    with pytest.raises(Exception, match="COMFYUI_URL"):
+        load_config({**local_env, "COMFYUI_URL": "localhost:8188"})
+
+
+def test_s3config_problems_are_named_as_the_request_names_them(local_env):
+    base = load_config(local_env)
+    with pytest.raises(JobError, match="accessSecret") as caught:
+        JobBucket.from_s3_config({"endpointUrl": "https://x.r2.cloudflarestorage.com", "accessId": "a",
+                                  "bucketName": "b-1"}, base=base)
+    assert caught.value.kind == "bucket"
+    with pytest.raises(JobError, match="s3Config.bucketName") as caught:
+        JobBucket.from_s3_config({"endpointUrl": "https://x.r2.cloudflarestorage.com", "accessId": "a",
+                                  "accessSecret": SECRET_KEY, "bucketName": "Not A Bucket"}, base=base)
+    assert SECRET_KEY not in str(caught.value) and SECRET_KEY not in repr(caught.value.details)
+    bucket = JobBucket.from_s3_config({"endpointUrl": "https://x.r2.cloudflarestorage.com/", "accessId": "a",
+                                       "accessSecret": SECRET_KEY, "bucketName": "b-1"}, base=base)
+    assert SECRET_KEY not in repr(bucket) and bucket.remote.provider == "Cloudflare"
+
+
+@pytest.mark.parametrize("job_input, field", [
+    (None, "input"),
+    ({}, "input.workflow"),
+    ({"workflow": {"nodes": []}}, "UI format"),
+    ({"workflow": {"1": {"inputs": {}}}}, "input.workflow['1']"),
+    ({"workflow": {"1": {"class_type": "A"}}, "images": {}}, "input.images"),
+    ({"workflow": {"1": {"class_type": "A"}}, "images": [{"name": "a/b.png", "image": "aGk="}]}, "images[0].name"),
+    ({"workflow": {"1": {"class_type": "A"}}, "images": [{"name": ".x", "image": "aGk="}]}, "images[0].name"),
+    ({"workflow": {"1": {"class_type": "A"}}, "images": [{"name": "a.png", "image": "not base64!"}]},
+     "images[0].image"),
+    ({"workflow": {"1": {"class_type": "A"}}, "images": [{"name": "a.png", "image": "https://e.com/a.png"}]},
+     "base64 images only"),
+    ({"workflow": {"1": {"class_type": "A"}}, "images": [{"name": "a.png", "image": "aGk="},
+                                                         {"name": "a.png", "image": "aGk="}]}, "twice"),
+    ({"workflow": {"1": {"class_type": "A"}}, "images": [{"name": "a.png",
+                                                          "image": base64.b64encode(b"x" * 2000).decode()}]},
+     "larger than"),
+])
+def test_job_input_problems_name_the_field(job_input, field):
+    with pytest.raises(JobError, match=field.replace("[", r"\[").replace("]", r"\]")) as caught:
+        parse_input(job_input, allow_urls=False, max_bytes=1000)
+    assert caught.value.kind == "input"
+
+
+def test_job_input_accepted():
+    request = parse_input({"workflow": {"prompt": {"3": {"class_type": "SaveImage", "inputs": {}}}},
+                           "images": [{"name": "in.png", "image": "data:image/png;base64,aGk="},
+                                      {"name": "u.png", "image": "https://example.com/u.png"}]},
+                          allow_urls=True, max_bytes=1000)
+    assert list(request.workflow) == ["3"]
+    assert request.images[0].data == b"hi" and request.images[1].url == "https://example.com/u.png"
+    with pytest.raises(JobError, match="only https"):
+        parse_input({"workflow": {"1": {"class_type": "A"}}, "images": [{"name": "u.png",
+                                                                        "image": "http://example.com/u"}]},
+                    allow_urls=True, max_bytes=1000)
