@@ -51,6 +51,7 @@ LAYERS = {
     "watch.notify": IO,
     "watch.status": IO,
     "watch.upload": IO,
+    "watch.early": IO,
     "watch.intake": IO,
     "system": IO,
     "models.sources": IO,

@@ -44,6 +44,7 @@ from ..keys import public_url, render_prefix
 from ..store import S3Store, Store
 from ..watch.notify import PushedOutput
 from ..watch.scheduler import Outcome
+from ..watch.early import tail_supported
 from ..watch.upload import S3_CONNECT_TIMEOUT, S3_MAX_ATTEMPTS, S3_READ_TIMEOUT, Route
 
 __all__ = ["Job", "JobOutput", "JobBucket", "job_prefix", "DEFAULT_JOB_KEY"]
@@ -214,7 +215,8 @@ class Job:
             self._store = self.watcher.store
         # A bucket of the job's own is never probed for conditional writes (that writes a probe object
         # into the caller's bucket): a HEAD before each first upload instead.
-        self._route = Route(self._store, self.prefix, tracker=self, conditional=False if own else None)
+        self._route = Route(self._store, self.prefix, tracker=self, conditional=False if own else None,
+                            early=tail_supported(self._store))
         try:
             self.watcher.open_route(self._route)
         except BaseException:
@@ -250,7 +252,7 @@ class Job:
             self._pushed[rel] = detail
             self._errors.pop(rel, None)
             self._landed.put(rel)
-            if detail.md5 is None:
+            if detail.md5 is None and detail.sha256 is None:
                 self._hash_later(rel, detail)
         elif outcome in (Outcome.RETRY, Outcome.FATAL):
             self._errors[rel] = str(detail)
@@ -296,6 +298,8 @@ class Job:
             self.watcher.close_route(self._route, timeout=max(0.1, min(5.0, timeout)))
             self._open = False
         pending, failed = self.watcher.wait_route(self._rel_list, max(0.0, deadline - time.monotonic()))
+        if self._route is not None and not pending:
+            self.watcher.drop_tails(self._route)
         with self.watcher._lock:
             rels = list(self._rels)
             pushed = dict(self._pushed)
@@ -327,6 +331,8 @@ class Job:
     def _output(self, rel: str, pushed: PushedOutput, *, wait_hash: bool, deadline: float | None = None) -> JobOutput:
         if pushed.md5:
             checksum = f"md5:{pushed.md5}"
+        elif pushed.sha256:
+            checksum = f"sha256:{pushed.sha256}"
         else:
             with self._hash_lock:
                 future = self._hashes.get((rel, pushed.key))

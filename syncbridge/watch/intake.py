@@ -79,6 +79,7 @@ class Intake:
         self.tree: TreeWatcher | None = None
         self.journal: Journal | None = None
         self.on_catch_up: Callable[[], None] = lambda: None  # after the first catch-up scan (the heap trim)
+        self.on_created: Callable[[str], None] | None = None  # a new regular file (a job's growing file)
         self._last_rescan = self._last_fallback = 0.0
 
     def open(self, journal: Journal) -> TreeWatcher:
@@ -192,6 +193,9 @@ class Intake:
             if not self._never.excluded(rel):
                 with contextlib.suppress(OSError):
                     st = os.lstat(self.directory / rel)
+                    if self.on_created is not None and stat.S_ISREG(st.st_mode) and st.st_nlink == 1 \
+                            and self.selected(rel):
+                        self.on_created(rel)
                     if stat.S_ISREG(st.st_mode) and self.selected(rel):
                         if st.st_nlink > 1:
                             self._mark_ready(rel, trust_owner=True, now=now, closed=True)

@@ -93,6 +93,7 @@ class Item:
     quiet_sig: tuple[int, int, int, int] | None = None  # the stat last seen while waiting to be quiet
     quiet_since: float = 0.0  # since when (monotonic) it has looked like that
     route: Any = None  # where it goes when not the watcher's own prefix (a job's: watch.upload.Route)
+    verified_mono: float = 0.0  # when its last upload looked at the file after sending it (unchanged then)
 
 
 @attrs.frozen
@@ -361,6 +362,10 @@ class Schedule:
     def _next_for(self, item: Item, outcome: Outcome, detail: Any, *, now: float, stopped: bool) -> None:
         if outcome is Outcome.GONE and not item.dirty:
             pass  # nothing left to push
+        elif item.dirty and outcome in (Outcome.PUSHED, Outcome.SKIPPED) and item.event_mono <= item.verified_mono:
+            # The event that came during the upload (its close, a scan finding it) is older than the upload's
+            # last look at the file, which found it as it was sent: the bucket has its newest content already.
+            item.dirty = False
         elif item.dirty and not stopped:
             # Changed again during the upload: push the newest content, but at most about once a
             # second to one key (R2 answers 429 beyond that; a job rewriting a file 10 times a

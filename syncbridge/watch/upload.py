@@ -112,6 +112,8 @@ class Route:
     prefix: str
     tracker: Any
     conditional: bool | None = None
+    early: bool = False  # send a growing file's parts while it is written (watch.early.Tail)
+    tails: dict[str, Any] = attrs.field(factory=dict)  # rel -> its Tail, under the watcher's lock
 
 
 def _sig(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -231,6 +233,10 @@ class Uploader:
             key = row.key if owned else route_key or object_key(self._prefix(), item.rel)  # type: ignore
         except UnsafePathError as exc:
             return self._fatal(item, None, f"{item.rel!r} cannot be an object key: {exc}")
+        if route is not None and route.tails:
+            early = self._finish_tail(item, route, key, before, path)
+            if early is not None:
+                return early
         try:
             data = None
             if before.st_size <= INMEMORY_MAX:
@@ -259,6 +265,44 @@ class Uploader:
             return self._fatal(item, key, f"cannot read {path}: {exc.strerror or exc}")
         return self._after(item, path, key, info, uploaded=uploaded, before=before, route=route)
 
+    def _finish_tail(self, item: Item, route: Route, key: str, before: os.stat_result,
+                     path: Path) -> tuple[Outcome, Any] | None:
+        """Complete the upload a :class:`~syncbridge.watch.early.Tail` made while the file was written; None
+        when there is none to complete (the file is uploaded as usual)."""
+        tail = route.tails.pop(item.rel, None)
+        if tail is None:
+            return None
+        if tail.key != key:
+            tail.abort()
+            return None
+        conditional = self._conditional_writes() if route.conditional is None else route.conditional
+        try:
+            if not conditional and route.store.head(key) is not None:
+                tail.abort()  # something is there already: the usual path decides (adopt, or a sibling key)
+                return None
+
+            def unchanged() -> bool:
+                try:
+                    return _sig(os.lstat(path)) == _sig(before)
+                except OSError:
+                    return False
+            done = tail.finish(before, unchanged, if_none_match=conditional)
+        except PreconditionFailedError:
+            return None  # created meanwhile by someone else: the usual path decides
+        except SourceChangedError:
+            return Outcome.CHANGED, None
+        except StoreError as exc:
+            if exc.retryable:
+                return Outcome.RETRY, str(exc)
+            return self._fatal(item, key, str(exc))
+        if done is None:
+            return None
+        info, sha256 = done
+        outcome, detail = self._after(item, path, key, info, uploaded=True, before=before, route=route)
+        if outcome is Outcome.PUSHED:
+            detail = attrs.evolve(detail, sha256=sha256)
+        return outcome, detail
+
     def _in_place(self, item: Item, route: Route, key: str, before: os.stat_result) -> tuple[Outcome, Any]:
         """A route's file that the journal says is at its key already (a second event for an unchanged
         file): its record, so the route's tracker has it too."""
@@ -277,6 +321,7 @@ class Uploader:
                before: os.stat_result, route: Route | None = None) -> tuple[Outcome, Any]:
         """Journal the object, then look again: a file changed during its upload goes again."""
         journal = self.journal
+        verified = time.monotonic()  # before the look: an event older than this is reflected in it
         try:
             after = os.lstat(path)
         except FileNotFoundError:
@@ -299,6 +344,8 @@ class Uploader:
                         "bucket by content)", item.rel, journal.path, exc, extra={"event": "watch.journal_error"})
         if after is None:
             return self._gone(item)
+        if _sig(after) == _sig(before):
+            item.verified_mono = verified
         if _sig(after) != _sig(before):
             log.debug("%s changed during its upload; uploading it again", item.rel,
                       extra={"event": "watch.changed_during_upload"})

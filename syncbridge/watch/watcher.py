@@ -25,19 +25,22 @@ from ..errors import WatchError, StoreError, UnsafePathError
 from ..fleet import Heartbeat
 from ..system import trim_heap
 from ..fsutil import make_output_dir, private_state_dir
-from ..keys import render_prefix
-from ..store import Store
+from ..keys import object_key, render_prefix
+from ..mediatypes import content_type
+from ..store import PutHeaders, Store
 from .intake import Intake
 from .journal import JOURNAL_NAME, Journal
 from .notify import Notifier, PushedOutput, Webhook
 from .scheduler import FATAL_RETRY_SECONDS, Item, Outcome, Schedule
 from .status import DrainResult, StateLockedError, StatusFile, WatchStats, percentile, take_state_lock
-from .upload import FinishCheck, Route, Uploader, check_store, connect_store
+from .early import Tail
+from .upload import ORIGIN_META, FinishCheck, Route, Uploader, check_store, connect_store
 
 __all__ = ["OutputWatcher", "WatchError", "run_watch"]
 
 log = logging.getLogger(__name__)
 
+MAX_TAILS = 4  # growing files followed at once (watch.early)
 LOCK_NAME = "watch.lock"
 STATUS_INTERVAL = 1.0
 
@@ -96,6 +99,7 @@ class OutputWatcher:
         self._intake = Intake(self.directory, config.watch, cond=self._cond, stop=self._stop_event,
                               mark_ready=self._mark_ready, mark_gone=self._mark_gone)
         self._intake.on_catch_up = trim_heap  # what building the S3 client and the scan allocated and freed
+        self._intake.on_created = self._on_created
         self._work: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._journal: Journal | None = None
@@ -289,6 +293,14 @@ class OutputWatcher:
                 self._route = None
         return done
 
+    def drop_tails(self, route: Route) -> None:
+        """Abort what ``route`` sent early of files whose upload never claimed it (deleted, left behind)."""
+        with self._cond:
+            tails = list(route.tails.values())
+            route.tails.clear()
+        for tail in tails:
+            tail.abort()
+
     def add_to_route(self, route: Route, rel: str) -> bool:
         """Push ``rel`` (relative to the watched folder) to ``route`` now, whenever it was written. False
         when it is not a file to push (missing, or left out by the filters)."""
@@ -323,6 +335,24 @@ class OutputWatcher:
                 if not pending or remaining <= 0 or self._state == "stopped":
                     return pending, failed
                 self._cond.wait(timeout=min(remaining, 0.5))
+
+    def _on_created(self, rel: str) -> None:
+        """A new file while a route that sends growing files early is open: follow it (see watch.early)."""
+        route = self._route
+        if route is None or not route.early or len(route.tails) >= MAX_TAILS:
+            return
+        try:
+            key = object_key(route.prefix, rel)
+        except UnsafePathError:
+            return
+        with self._cond:
+            old = route.tails.pop(rel, None)
+        if old is not None:
+            old.abort()  # the name was created again: a new file
+        tail = Tail(route.store, key, self.directory / rel, metadata={ORIGIN_META: self.origin},
+                    headers=PutHeaders(content_type(rel), self.settings.cache_control))
+        with self._cond:
+            route.tails[rel] = tail
 
     def _take(self, rel: str, route: Route) -> None:
         """``rel`` belongs to ``route`` (under the lock)."""
@@ -561,6 +591,9 @@ class OutputWatcher:
             except Exception as exc:  # noqa: BLE001 - a bug must not kill a worker: retry, loudly
                 log.exception("unexpected error pushing %s", item.rel, extra={"event": "watch.bug", "path": item.rel})
                 outcome, detail = Outcome.RETRY, f"{type(exc).__name__}: {exc}"
+            if outcome is Outcome.UNFINISHED and route is not None and route.early and item.rel not in route.tails \
+                    and getattr(detail, "writing", False):
+                self._on_created(item.rel)  # found by a scan while being written (a new folder's file): follow it
             self._finish(item, outcome, detail, route)
 
     def _finish(self, item: Item, outcome: Outcome, detail: Any, route: Route | None = None) -> None:
