@@ -232,6 +232,8 @@ class Job:
         if self._route is not None and self._open:
             self.watcher.close_route(self._route)
             self._open = False
+        if self._route is not None:
+            self.watcher.drop_tails(self._route)
         if self._hasher is not None:
             self._hasher.shutdown(wait=False, cancel_futures=True)
             self._hasher = None
@@ -269,6 +271,11 @@ class Job:
         (an output the app reports that the scope did not see written). False if it is not a file to push."""
         assert self._route is not None, "open the job first"
         return self.watcher.add_to_route(self._route, rel)
+
+    def pushed_count(self) -> int:
+        """How many of the job's files are in the bucket so far."""
+        with self.watcher._lock:
+            return len(self._pushed)
 
     def expected(self) -> list[str]:
         """The files of this job so far (relative paths), in the order they were first seen."""

@@ -165,6 +165,7 @@ class Worker:
             emitted: set[str] = set()
             result = None
             executing = False
+            pushed = 0
             for result in self.comfy.poll(prompt_id, request.workflow, timeout=self.settings.timeout,
                                           interval=POLL_SECONDS):
                 if result is not None:
@@ -172,10 +173,13 @@ class Worker:
                 if not executing:
                     executing = True
                     self._say(job, "executing")
+                count = scope.pushed_count()
+                if count != pushed:
+                    pushed = count
+                    self._say(job, f"outputs pushed: {count}")
                 while stream and (landed := scope.next_landed(0)) is not None:
                     if landed.path not in emitted:
                         emitted.add(landed.path)
-                        self._say(job, f"pushed {landed.path}")
                         yield "output", self._entry(landed, None)
             assert result is not None
             files = [f for f in result.files if f.type == "output"]

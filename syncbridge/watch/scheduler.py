@@ -94,6 +94,7 @@ class Item:
     quiet_since: float = 0.0  # since when (monotonic) it has looked like that
     route: Any = None  # where it goes when not the watcher's own prefix (a job's: watch.upload.Route)
     verified_mono: float = 0.0  # when its last upload looked at the file after sending it (unchanged then)
+    pushed_sig: tuple[int, int, int, int] | None = None  # the stat of what that upload sent
 
 
 @attrs.frozen

@@ -44,7 +44,7 @@ from .journal import DONE, Journal, Row
 from .notify import PushedOutput
 from .scheduler import Item, Outcome, Unfinished, quiet_by_mtime, quiet_left
 
-__all__ = ["Uploader", "Route", "FinishCheck", "uploaded_already", "connect_store", "check_store", "ORIGIN_META", "INMEMORY_MAX"]
+__all__ = ["Uploader", "Route", "FinishCheck", "file_sig", "uploaded_already", "connect_store", "check_store", "ORIGIN_META", "INMEMORY_MAX"]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,9 @@ class Route:
 
 def _sig(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
+
+
+file_sig = _sig
 
 
 def uploaded_already(row: Row | None, st: os.stat_result) -> bool:
@@ -345,7 +348,7 @@ class Uploader:
         if after is None:
             return self._gone(item)
         if _sig(after) == _sig(before):
-            item.verified_mono = verified
+            item.verified_mono, item.pushed_sig = verified, _sig(before)
         if _sig(after) != _sig(before):
             log.debug("%s changed during its upload; uploading it again", item.rel,
                       extra={"event": "watch.changed_during_upload"})

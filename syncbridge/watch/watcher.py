@@ -34,7 +34,7 @@ from .notify import Notifier, PushedOutput, Webhook
 from .scheduler import FATAL_RETRY_SECONDS, Item, Outcome, Schedule
 from .status import DrainResult, StateLockedError, StatusFile, WatchStats, percentile, take_state_lock
 from .early import Tail
-from .upload import ORIGIN_META, FinishCheck, Route, Uploader, check_store, connect_store
+from .upload import ORIGIN_META, FinishCheck, Route, Uploader, check_store, connect_store, file_sig
 
 __all__ = ["OutputWatcher", "WatchError", "run_watch"]
 
@@ -392,6 +392,10 @@ class OutputWatcher:
                                left_out=self._intake.left_out_count)
         drain = self.settings.drain_seconds if drain_seconds is None else max(0.0, drain_seconds)
         t0 = time.monotonic()
+        route = self._route
+        if route is not None:  # a job still open: its growing files are uploaded whole by the drain
+            self.close_route(route, timeout=0)
+            self.drop_tails(route)
         schedule = self._schedule
         uploaded_before = schedule.counters["uploaded"]
         # 1. Stop accepting: the reader takes in what the kernel already queued (those
@@ -597,6 +601,13 @@ class OutputWatcher:
             self._finish(item, outcome, detail, route)
 
     def _finish(self, item: Item, outcome: Outcome, detail: Any, route: Route | None = None) -> None:
+        if outcome in (Outcome.PUSHED, Outcome.SKIPPED) and item.dirty and item.pushed_sig is not None:
+            # News came during the upload (its close, a scan): if the file is still as it was sent, the bucket
+            # has its newest content; no second upload a second later (see Schedule._next_for).
+            looked = time.monotonic()
+            with contextlib.suppress(OSError):
+                if file_sig(os.lstat(self.directory / item.rel)) == item.pushed_sig:
+                    item.verified_mono = looked
         now = time.monotonic()
         with self._cond:
             notes = self._schedule.finish(item, outcome, detail, now=now, stopped=self._state == "stopped")

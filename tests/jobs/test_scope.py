@@ -4,6 +4,9 @@ what wait() says, the job prefix, s3Config checks; and the job input's checks (p
 from __future__ import annotations
 
 import base64
+import hashlib
+import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -91,6 +94,47 @@ def test_a_file_rewritten_during_the_job_ends_as_its_last_version(running):
     assert [o.path for o in outputs] == ["clip.mp4"]
     assert watcher.store.get_bytes(outputs[0].key)[0] == b"second pass, with metadata"
     assert outputs[0].size == len(b"second pass, with metadata")
+
+
+def _write_like_ffmpeg(path: Path, data: bytes, *, header: bytes | None = None, pause: float = 0.02) -> bytes:
+    """ffmpeg: the final name written in pieces over time, then (mp4) back to the start to fix the header."""
+    with open(path, "wb") as fh:
+        for i in range(0, len(data), 1 << 20):
+            fh.write(data[i:i + (1 << 20)])
+            fh.flush()
+            time.sleep(pause)
+        if header is not None:
+            fh.seek(8)
+            fh.write(header)
+    return path.read_bytes()
+
+
+def test_a_growing_video_is_sent_as_written_and_its_rewritten_header_again(running, caplog):
+    watcher, out = running
+    caplog.set_level(logging.DEBUG, logger="syncbridge.watch.early")
+    data = os.urandom(20 * (1 << 20) + 12345)  # two full 8 MiB parts while written, the rest at the close
+    with watcher.job("vid") as job:
+        final = _write_like_ffmpeg(out / "clip.mp4", data, header=b"moov-size-fixed")
+        outputs = job.wait(30)
+    assert [o.path for o in outputs] == ["clip.mp4"]
+    assert watcher.store.get_bytes(outputs[0].key)[0] == final != data
+    assert outputs[0].checksum == "sha256:" + hashlib.sha256(final).hexdigest()
+    done = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "watch.tail_done"]
+    assert done and "2 parts sent as it was written, 1 sent again at its close" in done[0], done
+
+
+def test_a_growing_file_replaced_midway_is_uploaded_as_it_ends(running):
+    watcher, out = running
+    with watcher.job("repl") as job:
+        path = out / "clip.webm"
+        _write_like_ffmpeg(path, os.urandom(9 * (1 << 20)))  # one part sent early...
+        time.sleep(0.2)
+        other = out / ".clip.tmp"
+        other.write_bytes(b"the real clip")
+        os.replace(other, path)  # ...then another file takes the name
+        outputs = job.wait(30)
+    assert [o.path for o in outputs] == ["clip.webm"]
+    assert watcher.store.get_bytes(outputs[0].key)[0] == b"the real clip"
 
 
 def test_job_prefix_template():
