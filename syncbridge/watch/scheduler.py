@@ -35,10 +35,11 @@ import attrs
 from ..retry import backoff_delay
 from .events import DeadlineBatcher
 
-__all__ = ["Schedule", "Item", "Outcome", "Note", "Unfinished", "quiet_left", "quiet_by_mtime", "SETTLE_SECONDS",
+__all__ = ["Schedule", "Item", "Outcome", "UNSENT", "Note", "Unfinished", "quiet_left", "quiet_by_mtime", "SETTLE_SECONDS",
            "MAX_SETTLE_SECONDS", "KEY_SPACING_SECONDS", "STORE_PROBE_MAX_SECONDS", "FATAL_RETRY_SECONDS"]
 
 FATAL_RETRY_SECONDS = 300.0
+UNSENT = "unsent"  # the detail of a CHANGED upload that wrote nothing (so no write to space from)
 SETTLE_SECONDS = 0.3  # wait after a file changed during its upload, unless its close event comes first
 MAX_SETTLE_SECONDS = 30.0
 KEY_SPACING_SECONDS = 1.0  # R2 takes about one write per second per key (429 beyond)
@@ -60,7 +61,7 @@ class Outcome(enum.Enum):
 
     PUSHED = "pushed"          # in the bucket (the PushedOutput)
     SKIPPED = "skipped"        # already there: unchanged since its upload, or identical bytes
-    CHANGED = "changed"        # changed during the upload: push it again
+    CHANGED = "changed"        # changed during the upload: push it again (UNSENT: nothing was written)
     GONE = "gone"              # deleted, or no longer a regular file
     RETRY = "retry"            # a retryable error (its text)
     FATAL = "fatal"            # no retry fixes it (its text)
@@ -309,7 +310,7 @@ class Schedule:
         if outcome in (Outcome.PUSHED, Outcome.SKIPPED):
             item.changes = 0
             item.attempts = 0
-        if outcome in (Outcome.PUSHED, Outcome.CHANGED):
+        if outcome is Outcome.PUSHED or (outcome is Outcome.CHANGED and detail != UNSENT):
             item.last_put = now
             self._recent_puts[item.rel] = now
             if len(self._recent_puts) > RECENT_PUTS_KEPT:

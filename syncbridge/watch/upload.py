@@ -42,7 +42,7 @@ from ..mediatypes import content_type
 from ..store import LocalStore, ObjectInfo, PutHeaders, S3Store, Store
 from .journal import DONE, Journal, Row
 from .notify import PushedOutput
-from .scheduler import Item, Outcome, Unfinished, quiet_by_mtime, quiet_left
+from .scheduler import UNSENT, Item, Outcome, Unfinished, quiet_by_mtime, quiet_left
 
 __all__ = ["Uploader", "Route", "FinishCheck", "file_sig", "uploaded_already", "connect_store", "check_store", "ORIGIN_META", "INMEMORY_MAX"]
 
@@ -251,11 +251,11 @@ class Uploader:
                 if len(data) > INMEMORY_MAX:
                     data = None
                 elif len(data) != before.st_size or _sig(mid) != _sig(before):
-                    return Outcome.CHANGED, None  # changed while read: these bytes are not one version of it
+                    return Outcome.CHANGED, UNSENT  # changed while read: these bytes are not one version of it
             key, info, uploaded = self._upload(path, key, owned_etag=row.etag if owned else None,  # type: ignore
                                                data=data, before=before, route=route)
         except SourceChangedError:
-            return Outcome.CHANGED, None  # the upload was abandoned: the object is as it was
+            return Outcome.CHANGED, UNSENT  # the upload was abandoned: the object is as it was
         except FileNotFoundError:
             return self._gone(item)
         except StoreError as exc:
@@ -293,7 +293,7 @@ class Uploader:
         except PreconditionFailedError:
             return None  # created meanwhile by someone else: the usual path decides
         except SourceChangedError:
-            return Outcome.CHANGED, None
+            return Outcome.CHANGED, UNSENT
         except StoreError as exc:
             if exc.retryable:
                 return Outcome.RETRY, str(exc)
@@ -316,7 +316,7 @@ class Uploader:
         if info is None or info.size != before.st_size:
             with contextlib.suppress(Exception):
                 self.journal.forget([item.rel])  # not there after all: the next try uploads it
-            return Outcome.CHANGED, None
+            return Outcome.CHANGED, UNSENT
         return Outcome.PUSHED, self._output_record(item.rel, key, before.st_size, info,
                                                    time.monotonic() - item.event_mono, store=route.store)
 
