@@ -11,7 +11,7 @@ tests/jobs/comfystandin.py (its save nodes write as ComfyUI's do: PNGs in place,
     watcher when ComfyUI closes it, and the handler returns once ``/history`` says done and every
     output is in the bucket.
 
-Jobs alternate between the two (``--jobs`` each, default 20); both poll ``/history`` every 50 ms. Two
+Jobs alternate between the two (``--jobs`` each, default 20); both poll ``/history`` as often (20 ms). Two
 orders of the workflow's nodes: the images after the video (``images-last``) and the video last
 (``video-last``: its 50 MB upload can only start when ffmpeg closes it, so it is in the figure).
 Printed: p50/p95 of (return - last output closed) per contender and order, and syncbridge/end-of-job.
@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE.parent))
 from syncbridge.config import load_config  # noqa: E402
 from syncbridge.demo.localserver import serve_rclone_s3  # noqa: E402
 from syncbridge.jobs.comfy import ComfyClient  # noqa: E402
-from syncbridge.jobs.worker import Worker  # noqa: E402
+from syncbridge.jobs.worker import POLL_SECONDS, Worker  # noqa: E402
 from syncbridge.keys import object_key  # noqa: E402
 from syncbridge.store import open_store  # noqa: E402
 from tests.jobs.comfystandin import StandIn  # noqa: E402
@@ -55,7 +55,7 @@ def end_of_job(comfy: ComfyClient, store, flow: dict, job_id: str, work: Path) -
     """worker-comfyui's way: queue, poll, then /view and upload each output (one after the other)."""
     pid = comfy.queue(flow)
     result = None
-    for result in comfy.poll(pid, flow, timeout=600, interval=0.05):
+    for result in comfy.poll(pid, flow, timeout=600, interval=POLL_SECONDS):
         if result is not None:
             break
     outputs = []

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 FIRST_READY_WAIT = 120.0  # ComfyUI starts with the container: the first job may wait for it this long
 READY_WAIT = 5.0
-POLL_SECONDS = 0.05
+POLL_SECONDS = 0.02  # /history on loopback: cheap
 
 Progress = Callable[[Mapping[str, Any], Any], Any]
 

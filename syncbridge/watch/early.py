@@ -26,7 +26,6 @@ import logging
 import os
 import threading
 import time
-import zlib
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -56,7 +55,8 @@ class Tail:
         self.part_size = part_size
         self.upload_id: str | None = None
         self.etags: list[str] = []
-        self._crcs: list[int] = []
+        self._crcs: list[bytes] = []  # a digest of each part sent early
+        self._sha = hashlib.sha256()  # of the parts sent, in order (continued at the close if none changed)
         self._ino: int | None = None
         self.failed: str | None = None
         self._stop = threading.Event()
@@ -96,7 +96,8 @@ class Tail:
                         self.upload_id = self.store.create_multipart(self.key, metadata=self._metadata,
                                                                      headers=self._headers)
                     self.etags.append(self.store.upload_part(self.key, self.upload_id, len(self.etags) + 1, data))
-                    self._crcs.append(zlib.crc32(data))
+                    self._crcs.append(_part_digest(data))
+                    self._sha.update(data)
                     last_growth = time.monotonic()
                     continue
                 if time.monotonic() - last_growth > IDLE_SECONDS:
@@ -135,25 +136,36 @@ class Tail:
             self.abort()
             return None
         try:
-            digest = hashlib.sha256()
+            # One pass: each part sent early is compared with the file as it is now (sha1: fast with the CPU's instructions; an accidental match is out of reach) and sent
+            # again if it changed; the rest is sent. The sha256 of the parts sent early is continued
+            # unless one of them changed (then the file is hashed again from the start).
+            digest = self._sha
+            changed = False
             resent = 0
             with open(self.path, "rb") as fh:
                 if os.fstat(fh.fileno()).st_ino != self._ino:
                     raise SourceChangedError("replaced", key=self.key, code="SourceChanged")
                 number = total = 0
+                early = len(self.etags)
                 while True:
                     data = fh.read(self.part_size)
                     if not data:
                         break
-                    digest.update(data)
                     total += len(data)
                     number += 1
-                    if number <= len(self.etags):
-                        if zlib.crc32(data) != self._crcs[number - 1] or len(data) != self.part_size:
+                    if number <= early:
+                        if _part_digest(data) != self._crcs[number - 1] or len(data) != self.part_size:
                             self.etags[number - 1] = self.store.upload_part(self.key, self.upload_id, number, data)
                             resent += 1
+                            changed = True
                     else:
+                        digest.update(data)
                         self.etags.append(self.store.upload_part(self.key, self.upload_id, number, data))
+            if changed:
+                digest = hashlib.sha256()
+                with open(self.path, "rb") as fh:
+                    while chunk := fh.read(1 << 20):
+                        digest.update(chunk)
             if number < len(self.etags) or total != before.st_size or not unchanged():
                 raise SourceChangedError(f"{self.path} changed while it was uploaded", key=self.key,
                                          code="SourceChanged")
@@ -167,6 +179,10 @@ class Tail:
         info = ObjectInfo(self.key, before.st_size, etag, _now(), dict(self._metadata),
                           self._headers.content_type or "")
         return info, digest.hexdigest()
+
+
+def _part_digest(data: bytes) -> bytes:
+    return hashlib.sha1(data, usedforsecurity=False).digest()
 
 
 def _now() -> dt.datetime:
