@@ -17,7 +17,7 @@ orders of the workflow's nodes: the images after the video (``images-last``) and
 Printed: p50/p95 of (return - last output closed) per contender and order, and syncbridge/end-of-job.
 Target: <= 0.2x.
 
-``python benchmarks/bench_jobs.py [--jobs 20] [--video-mb 50] [--images 8] [--image-mb 1.5]``
+``python benchmarks/bench_jobs.py [--jobs 20] [--video-mb 50] [--images 8] [--image-mb 1.5] [--link-mbps N]``
 """
 
 from __future__ import annotations
@@ -83,10 +83,14 @@ def main() -> int:
     parser.add_argument("--image-mb", type=float, default=1.5)
     parser.add_argument("--video-seconds", type=float, default=2.0)
     parser.add_argument("--orders", default="images-last,video-last")
+    parser.add_argument("--link-mbps", type=float, default=0,
+                        help="limit the bucket server to this many MiB/s (rclone --bwlimit; default: no limit): the "
+                             "link from a worker to R2; /view stays on loopback, as ComfyUI is in the same container")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="sb-bench-jobs-"))
     try:
-        with serve_rclone_s3(root / "s3") as s3:
+        bwlimit = ["--bwlimit", f"{args.link_mbps:g}M"] if args.link_mbps else []
+        with serve_rclone_s3(root / "s3", extra_args=bwlimit) as s3:
             s3.create_bucket("bench")
             out = root / "workspace" / "ComfyUI" / "output"
             out.mkdir(parents=True)
@@ -98,7 +102,8 @@ def main() -> int:
                 store = open_store(config.remote, state_dir=config.state_dir)
                 comfy = ComfyClient(stand_in.url)
                 print(f"job: {args.images} images of {args.image_mb:g} MB + one {args.video_mb:g} MB video written over "
-                      f"{args.video_seconds:g}s; {args.jobs} jobs per contender and order; rclone serve s3 on loopback; "
+                      f"{args.video_seconds:g}s; {args.jobs} jobs per contender and order; rclone serve s3 on loopback"
+                      f"{f' limited to {args.link_mbps:g} MiB/s' if args.link_mbps else ''}; "
                       f"{os.cpu_count()} CPUs")
                 figures: dict[tuple[str, str], list[float]] = {}
                 with Worker(config) as worker:
