@@ -70,6 +70,7 @@ class StandIn:
         self.output_dir = Path(output_dir)
         self.models_dir = Path(models_dir) if models_dir else None
         self.queued: list[dict[str, Any]] = []
+        self.interrupts = 0
         self.history: dict[str, dict[str, Any]] = {}
         self.written_at: dict[str, float] = {}  # prompt id -> when its last output file was closed
         self.lock = threading.Lock()
@@ -126,6 +127,7 @@ class StandIn:
                     status, answer = stand_in.queue(body)
                     self._send(status, answer)
                 elif self.path == "/interrupt":
+                    stand_in.interrupts += 1
                     self._send(200, {})
                 else:
                     self._send(404, {"error": "not found"})

@@ -15,6 +15,7 @@ import pytest
 
 from syncbridge.config import load_config
 from syncbridge.errors import JobError, WatchError
+from syncbridge.jobs.comfy import fetch_image
 from syncbridge.jobs.request import parse_input
 from syncbridge.jobs.scope import JobBucket, job_prefix
 from syncbridge.watch import OutputWatcher
@@ -190,6 +191,41 @@ def test_job_input_problems_name_the_field(job_input, field):
     with pytest.raises(JobError, match=field.replace("[", r"\[").replace("]", r"\]")) as caught:
         parse_input(job_input, allow_urls=False, max_bytes=1000)
     assert caught.value.kind == "input"
+
+
+def test_an_image_url_is_fetched_only_where_allowed(tmp_path):
+    import http.server
+
+    class Serve(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802
+            body = b"pixels" * (1000 if self.path == "/big.png" else 1)
+            if self.path == "/moved.png":
+                self.send_response(302)
+                self.send_header("Location", "/ok.png")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Serve)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(JobError, match=r"input.images\[0\].image: .*loopback.*SYNCBRIDGE_JOB_IMAGE_PRIVATE"):
+            fetch_image(f"{base}/ok.png", max_bytes=1000, allow_private=False, field="input.images[0].image")
+        assert fetch_image(f"{base}/ok.png", max_bytes=1000, allow_private=True, field="f") == b"pixels"
+        with pytest.raises(JobError, match="larger than"):
+            fetch_image(f"{base}/big.png", max_bytes=1000, allow_private=True, field="f")
+        with pytest.raises(JobError, match="302.*redirects are not followed"):
+            fetch_image(f"{base}/moved.png", max_bytes=1000, allow_private=True, field="f")
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_job_input_accepted():

@@ -239,13 +239,29 @@ def test_input_images_are_written_to_comfyuis_input_folder(setup):
     assert (Path(env["COMFYUI_OUTPUT_DIR"]).parent / "input" / "in.png").read_bytes() == b"hello image"
 
 
-def test_stream_mode_yields_each_output_then_the_result(setup):
+def test_stream_mode_yields_each_output_then_the_result_and_progress_is_told(setup):
     env, stand_in, store = setup
-    with Worker(load_config(env)) as worker:
+    said: list[tuple[str, str]] = []
+    progress = lambda job, text: said.append((job["id"], text))  # noqa: E731 - runpod's progress_update
+    with Worker(load_config(env), progress=progress) as worker:
         items = list(worker.stream({"id": "job-stream", "input": {"workflow": every_kind("s", video_size=200_000)}}))
     outputs, final = items[:-1], items[-1]
     assert "error" not in final
     assert sorted(o["output"]["path"] for o in outputs) == sorted(e["path"] for e in final["outputs"])
+    assert all(o["output"]["url"] for o in outputs)
+    texts = [text for job_id, text in said if job_id == "job-stream"]
+    assert texts[0].startswith("models") and texts[1].startswith("queued") and texts[-1].startswith("done: 7")
+    assert "executing" in texts and any(t.startswith("outputs pushed:") for t in texts)
+
+
+def test_a_prompt_past_its_time_is_interrupted_and_said_so(setup):
+    env, stand_in, store = setup
+    env = dict(env, SYNCBRIDGE_JOB_TIMEOUT="1")
+    slow = {"1": {"class_type": "VHS_VideoCombine", "inputs": {"filename_prefix": "v", "seconds": 3, "size": 1000}}}
+    with Worker(load_config(env)) as worker:
+        result = worker.handler({"id": "job-slow", "input": {"workflow": slow}})
+    assert result["error_kind"] == "timeout" and "SYNCBRIDGE_JOB_TIMEOUT" in result["error"]
+    assert stand_in.interrupts == 1
 
 
 def test_through_runpods_local_mode(setup, tmp_path):
