@@ -212,6 +212,11 @@ class ComfyClient:
                 return JobError(f"ComfyUI failed at node #{node} ({kind}): {what}", kind="execution",
                                 details={"node": str(node), "node_type": kind,
                                          "exception_message": info.get("exception_message")})
+            if isinstance(message, list) and message and message[0] == "execution_interrupted":
+                info = message[1] if len(message) > 1 and isinstance(message[1], Mapping) else {}
+                node = info.get("node_id")
+                return JobError(f"the prompt was interrupted in ComfyUI{f' at node #{node}' if node else ''}",
+                                kind="execution", details={"node": node})
         return JobError("ComfyUI reports the prompt failed (no error message given)", kind="execution")
 
     def interrupt(self) -> None:

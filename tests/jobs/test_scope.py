@@ -54,6 +54,19 @@ def test_only_files_finished_inside_the_scope_are_the_jobs(running):
         assert o.checksum.startswith("md5:") and o.url and "X-Amz-Signature" in o.url
 
 
+def test_an_output_written_before_the_scope_is_added_under_the_jobs_prefix(running):
+    """ComfyUI answers a prompt it ran before from its cache: /history names files an earlier job wrote."""
+    watcher, out = running
+    (out / "cached.png").write_bytes(b"from an earlier run")
+    assert watcher.wait_idle(20)
+    with watcher.job("again") as job:
+        assert job.add("cached.png") and not job.add("missing.png")
+        outputs = job.wait(20)
+    assert [(o.path, o.key) for o in outputs] == [("cached.png", "outputs/jobs/again/cached.png")]
+    assert watcher.store.get_bytes("outputs/jobs/again/cached.png")[0] == b"from an earlier run"
+    assert watcher.store.get_bytes("outputs/cached.png")[0] == b"from an earlier run"  # the first push stays
+
+
 def test_one_scope_at_a_time(running):
     watcher, _ = running
     with watcher.job("first"):
