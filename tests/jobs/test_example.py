@@ -34,3 +34,13 @@ def test_a_bad_setting_stops_the_worker_with_a_message(tmp_path) -> None:
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 2 and "SYNCBRIDGE_JOB_KEY" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_shipped_test_input_is_a_valid_job() -> None:
+    import json
+
+    from syncbridge.jobs.request import parse_input
+
+    job = json.loads((EXAMPLE / "test_input.json").read_text())
+    request = parse_input(job["input"], allow_urls=False, max_bytes=1000)
+    assert {n["class_type"] for n in request.workflow.values()} >= {"SaveImage", "SaveAnimatedWEBP", "SaveLatent"}
