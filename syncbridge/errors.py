@@ -24,6 +24,7 @@ __all__ = [
     "UnsafePathError",
     "CancelledError",
     "WatchError",
+    "JobError",
 ]
 
 
@@ -171,4 +172,19 @@ class WatchError(SyncBridgeError, RuntimeError):
 
     def __init__(self, message: str, *, setting: str | None = None) -> None:
         self.setting = setting
+        super().__init__(message)
+
+
+class JobError(SyncBridgeError, RuntimeError):
+    """A serverless job failed; the message is what its caller reads (no traceback, no secret).
+
+    Attributes:
+        kind: what went wrong, stable for clients: ``input``, ``bucket``, ``models``, ``unreachable``,
+            ``refused`` (ComfyUI's ``node_errors``), ``execution``, ``timeout``, ``not_pushed``.
+        details: data to act on (the outputs not pushed, the nodes refused, the models missing...).
+    """
+
+    def __init__(self, message: str, *, kind: str, details: object = None) -> None:
+        self.kind = kind
+        self.details = details
         super().__init__(message)

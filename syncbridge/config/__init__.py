@@ -34,8 +34,8 @@ from typing import Any, Callable, Mapping
 from ..errors import ConfigError, Problem
 from ..fmt import warn_once
 from .build import Host, build_config, infer_provider
-from .model import (BisyncConfig, Config, FleetConfig, Folder, ModelsConfig, RcloneConfig, RemoteConfig, StartConfig,
-                    WatchConfig)
+from .model import (BisyncConfig, Config, FleetConfig, Folder, JobsConfig, ModelsConfig, RcloneConfig, RemoteConfig,
+                    StartConfig, WatchConfig)
 from .settings import (ALWAYS_EXCLUDED, ALWAYS_EXCLUDED_DIRS, DEFAULT_WATCH_INCLUDE, EXTRA_ENV, EXTRA_ENV_PREFIXES,
                        PARTIAL_SUFFIXES, RENAMED_KEYS, SETTINGS, Setting, parse_bool, reference_markdown,
                        secret_values)
@@ -47,7 +47,8 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 __all__ = [
     "Setting", "SETTINGS", "Config", "RemoteConfig", "RcloneConfig", "WatchConfig", "ModelsConfig", "BisyncConfig",
-    "StartConfig", "FleetConfig", "Folder", "Host", "load_config", "build_config", "host_facts", "is_mount_point",
+    "StartConfig", "FleetConfig", "JobsConfig", "Folder", "Host", "load_config", "build_config", "host_facts",
+    "is_mount_point",
     "parse_bool", "secret_values", "infer_provider", "reference_markdown", "DEFAULT_WATCH_INCLUDE",
     "ALWAYS_EXCLUDED", "PARTIAL_SUFFIXES", "ALWAYS_EXCLUDED_DIRS", "RENAMED_KEYS", "EXTRA_ENV",
     "EXTRA_ENV_PREFIXES",

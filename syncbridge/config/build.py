@@ -19,8 +19,8 @@ import attrs
 from ..errors import ConfigError, Problem, UnsafePathError
 from ..keys import render_prefix
 from ..tomlsrc import Lines, did_you_mean as suggest
-from .model import (BisyncConfig, Config, FleetConfig, Folder, ModelsConfig, RcloneConfig, RemoteConfig, StartConfig,
-                    WatchConfig)
+from .model import (BisyncConfig, Config, FleetConfig, Folder, JobsConfig, ModelsConfig, RcloneConfig, RemoteConfig,
+                    StartConfig, WatchConfig)
 from .settings import (BY_KEY, CHECKED_ENV_PREFIXES, EXTRA_ENV, EXTRA_ENV_PREFIXES, FOLDER_KEYS, FOLDER_MODES,
                        RENAMED_KEYS, SECTIONS, SETTINGS, convert, expand_home)
 
@@ -45,7 +45,7 @@ class Host:
 
 # Fields of a section class that are not a setting read as is: computed in build_config.
 SECTION_DERIVED = {RemoteConfig: "*", WatchConfig: ("prefix",), ModelsConfig: ("hf_endpoint", "civitai_endpoint"),
-                   FleetConfig: ("prefix",)}
+                   FleetConfig: ("prefix",), JobsConfig: ("key", "comfyui_url")}
 
 
 def _section(cls: type, get: Callable[[str], Any], **derived: Any) -> Any:
@@ -284,6 +284,12 @@ def build_config(
             shown = repr(url) if key == "watch.public_url" else "a value that is not one"
             col.add(where_of(key), f"must be an http(s) URL, got {shown}")
 
+    job_key = get("jobs.key")
+    if "{job_id}" not in job_key or _check_prefix(job_key.replace("{prefix}", "p").replace("{job_id}", "j")):
+        col.add(where_of("jobs.key"), f"must be a relative key prefix containing {{job_id}}, got {job_key!r}")
+    if not _is_http_url(get("jobs.comfyui_url")):
+        col.add(where_of("jobs.comfyui_url"), f"must be an http(s) URL, got {get('jobs.comfyui_url')!r}")
+
     if col.problems:
         raise ConfigError(col.problems)
 
@@ -313,6 +319,8 @@ def build_config(
         bisync=_section(BisyncConfig, get),
         start=_section(StartConfig, get),
         fleet=_section(FleetConfig, get, prefix=get("fleet.prefix").strip("/")),
+        jobs=_section(JobsConfig, get, key=get("jobs.key").strip("/"),
+                      comfyui_url=get("jobs.comfyui_url").rstrip("/")),
         folders=folders,
         config_file=toml_path,
         notices=tuple(notices),

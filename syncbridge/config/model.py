@@ -12,7 +12,7 @@ from pathlib import Path
 import attrs
 
 __all__ = ["Config", "RemoteConfig", "RcloneConfig", "WatchConfig", "ModelsConfig", "BisyncConfig", "StartConfig",
-           "FleetConfig", "Folder"]
+           "FleetConfig", "JobsConfig", "Folder"]
 
 
 @attrs.frozen
@@ -137,6 +137,23 @@ class FleetConfig:
 
 
 @attrs.frozen
+class JobsConfig:
+    """Serverless jobs (:mod:`syncbridge.jobs`)."""
+
+    key: str = "{prefix}/jobs/{job_id}"
+    comfyui_url: str = "http://127.0.0.1:8188"
+    link_seconds: int = 604800
+    timeout: float = 1800.0
+    push_timeout: float = 120.0
+    models: bool = True
+    image_urls: bool = False
+    image_private: bool = False
+    image_max_mb: float = 50.0
+    input_dir: Path | None = None
+    stream: bool = False
+
+
+@attrs.frozen
 class Config:
     """Everything syncbridge needs, resolved and validated. Build with :func:`load_config`."""
 
@@ -156,6 +173,7 @@ class Config:
     folders: tuple[Folder, ...]
     config_file: Path | None = None
     notices: tuple[str, ...] = ()  # deprecated names in use, said once per process when loaded
+    jobs: JobsConfig = attrs.field(factory=JobsConfig)
 
     @property
     def secrets(self) -> tuple[str, ...]:

@@ -273,6 +273,33 @@ SETTINGS: tuple[Setting, ...] = (
       "its manifest size is at least this; a smaller one (or one of unknown size: always leased) is fetched "
       "by each pod that wants it, which costs less than the lease's round trips (docs/benchmarks.md). "
       "0: every model.", minimum=0),
+    # -- jobs: serverless jobs (examples/runpod-serverless) ------------------------------
+    S("jobs.key", ("SYNCBRIDGE_JOB_KEY",), "str", "{prefix}/jobs/{job_id}",
+      "Key prefix of a job's outputs (each under <this>/<subfolder>/<filename>): {prefix} is the watcher's "
+      "(SYNCBRIDGE_WATCH_PREFIX), {job_id} the job's id (required), {pod_id} and {date} as in the watcher's."),
+    S("jobs.comfyui_url", ("COMFYUI_URL",), "str", "http://127.0.0.1:8188",
+      "Where the serverless worker reaches ComfyUI's HTTP API."),
+    S("jobs.link_seconds", ("SYNCBRIDGE_JOB_LINK_SECONDS",), "int", 604800,
+      "Lifetime of the presigned link of each job output (at most 7 days), given when SYNCBRIDGE_PUBLIC_URL "
+      "is not set or the job brings its own bucket (s3Config).", minimum=1, maximum=604800),
+    S("jobs.timeout", ("SYNCBRIDGE_JOB_TIMEOUT",), "float", 1800.0,
+      "Seconds a job's prompt may run in ComfyUI before the job fails with a timeout.", minimum=1),
+    S("jobs.push_timeout", ("SYNCBRIDGE_JOB_PUSH_TIMEOUT",), "float", 120.0,
+      "Seconds the worker waits, once the prompt is done, for its outputs to be in the bucket.", minimum=0),
+    S("jobs.models", ("SYNCBRIDGE_JOB_MODELS",), "bool", True,
+      "Put the models a job's workflow names in place before queueing it (present, the bucket cache, the "
+      "workflow's URL; verified); a model found nowhere fails the job, naming the node."),
+    S("jobs.image_urls", ("SYNCBRIDGE_JOB_IMAGE_URLS",), "bool", False,
+      "Accept https URLs (not only base64) in a job's input.images."),
+    S("jobs.image_private", ("SYNCBRIDGE_JOB_IMAGE_PRIVATE",), "bool", False,
+      "Let an input image URL reach private, loopback or link-local addresses (and plain http)."),
+    S("jobs.image_max_mb", ("SYNCBRIDGE_JOB_IMAGE_MAX_MB",), "float", 50.0,
+      "Largest input image accepted, in MB (base64 or URL).", minimum=0.001),
+    S("jobs.input_dir", ("COMFYUI_INPUT_DIR",), "path", None,
+      "ComfyUI's input folder, where a job's input.images are written (default: input/ beside the output folder)."),
+    S("jobs.stream", ("SYNCBRIDGE_JOB_STREAM",), "bool", False,
+      "The serverless handler is a generator that yields each output as it lands in the bucket (RunPod's "
+      "/stream), then the whole result."),
 )
 del S
 

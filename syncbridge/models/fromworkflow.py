@@ -29,7 +29,7 @@ from .spec import DEFAULT_CACHE_PREFIX, DEFAULT_MODELS_DIR
 from .workflow import Needed, WorkflowError, needed, refs_of, url_source
 
 __all__ = ["Resolved", "WorkflowModels", "read_workflows", "resolve", "manifest_text", "workflow_models",
-           "write_workflow_manifest", "STATUSES"]
+           "write_workflow_manifest", "document_models", "STATUSES"]
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +217,24 @@ def workflow_models(config: Any, paths: Iterable[str | os.PathLike[str]], *, mod
     text = manifest_text(resolved, models_dir=models_dir, cache_prefix=cache_prefix,
                          workflows=[name for name, _ in workflows])
     return WorkflowModels(tuple(name for name, _ in workflows), tuple(resolved), text, cache_error)
+
+
+def document_models(config: Any, doc: Any, *, name: str, store: Any, models_dir: Path | None = None,
+                    cache_prefix: str = DEFAULT_CACHE_PREFIX) -> WorkflowModels:
+    """:func:`workflow_models` for one workflow already in memory (a serverless job's, API format or UI),
+    against ``store``'s cache. A model present here is checked by size only (no hashing on a job's path).
+
+    Raises:
+        WorkflowError: ``doc`` is not a workflow.
+    """
+    models = needed([("", refs_of(doc))])
+    models_dir = Path(models_dir or config.models.dir or DEFAULT_MODELS_DIR)
+    resolved, cache_error = resolve(models, models_dir=models_dir, cache_prefix=cache_prefix,
+                                    list_keys=lambda prefix: (o.key for o in store.list(prefix)),
+                                    hf_endpoint=config.models.hf_endpoint,
+                                    civitai_endpoint=config.models.civitai_endpoint)
+    text = manifest_text(resolved, models_dir=models_dir, cache_prefix=cache_prefix, workflows=[name])
+    return WorkflowModels((name,), tuple(resolved), text, cache_error)
 
 
 def write_workflow_manifest(config: Any) -> Path:

@@ -338,6 +338,34 @@ class S3Store(Store):
             raise
         return _strip_etag(r.get("ETag"))
 
+    # -- a multipart upload driven by the caller (a growing file's parts sent as they are written) --
+
+    def create_multipart(self, key: str, *, metadata: Mapping[str, str] | None = None,
+                         headers: PutHeaders | None = None) -> str:
+        """Start a multipart upload at ``key``; its upload id. Nothing is visible until it is completed."""
+        extra = headers.s3_kwargs() if headers else {}
+        r = self._call("create multipart upload", key, self.client.create_multipart_upload, Key=key,
+                       Metadata=dict(metadata or {}), **extra)
+        return r["UploadId"]
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        """Send part ``number`` (1-based; sending a number again replaces that part); its ETag."""
+        r = self._call("upload part", key, self.client.upload_part, Key=key, UploadId=upload_id, PartNumber=number,
+                       Body=data)
+        return r["ETag"]
+
+    def complete_multipart(self, key: str, upload_id: str, etags: list[str], *, if_none_match: bool = False) -> str:
+        """Make the parts (ETags in part order) the object at ``key``; its ETag."""
+        parts = [{"PartNumber": i, "ETag": etag} for i, etag in enumerate(etags, 1)]
+        r = self._call("complete multipart upload", key, self.client.complete_multipart_upload, Key=key,
+                       UploadId=upload_id, MultipartUpload={"Parts": parts},
+                       **self._cond_kwargs(if_none_match, None))
+        return _strip_etag(r.get("ETag"))
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        with contextlib.suppress(Exception):
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+
     def check_bucket(self, *, prefix: str = "") -> None:
         self._call(f"list bucket {self.bucket!r}" + (f" under {prefix!r}" if prefix else ""), None,
                    self.client.list_objects_v2, MaxKeys=1, **({"Prefix": prefix} if prefix else {}))

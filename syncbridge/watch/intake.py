@@ -79,7 +79,8 @@ class Intake:
         self.tree: TreeWatcher | None = None
         self.journal: Journal | None = None
         self.on_catch_up: Callable[[], None] = lambda: None  # after the first catch-up scan (the heap trim)
-        self.on_created: Callable[[], None] = lambda: None  # a file was created (the connection warmer)
+        self.on_create: Callable[[], None] = lambda: None  # something was created (the connection warmer)
+        self.on_created: Callable[[str], None] | None = None  # a new regular file (a job's growing file)
         self._last_rescan = self._last_fallback = 0.0
 
     def open(self, journal: Journal) -> TreeWatcher:
@@ -186,7 +187,7 @@ class Intake:
             if self.selected(rel):
                 self._mark_ready(rel, trust_owner=True, now=now, closed=True)
         elif action is Action.CREATED:
-            self.on_created()  # its upload at close should find a connection ready
+            self.on_create()  # its upload at close should find a connection ready
             # A new hard link to a finished file (os.link(tmp, final)) has no close event. When the
             # temp name is already gone by the time we look (link count back to 1), a file that has
             # bytes at its creation event is taken as found by a scan: pushed once nothing writes it
@@ -194,6 +195,9 @@ class Intake:
             if not self._never.excluded(rel):
                 with contextlib.suppress(OSError):
                     st = os.lstat(self.directory / rel)
+                    if self.on_created is not None and stat.S_ISREG(st.st_mode) and st.st_nlink == 1 \
+                            and self.selected(rel):
+                        self.on_created(rel)
                     if stat.S_ISREG(st.st_mode) and self.selected(rel):
                         if st.st_nlink > 1:
                             self._mark_ready(rel, trust_owner=True, now=now, closed=True)

@@ -56,6 +56,7 @@ class PushedOutput:
     pushed_at: float  # wall clock
     url: str | None = None  # public URL (SYNCBRIDGE_PUBLIC_URL), else None
     presigned_url: str | None = attrs.field(default=None, repr=False)  # a credential: never logged
+    sha256: str | None = None  # hex, when the upload hashed the whole file (a growing file sent as written)
 
     def to_dict(self, *, with_presigned: bool = False) -> dict[str, Any]:
         data = attrs.asdict(self)

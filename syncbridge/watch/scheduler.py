@@ -36,10 +36,11 @@ import attrs
 from ..retry import backoff_delay
 from .events import DeadlineBatcher
 
-__all__ = ["Schedule", "Item", "Outcome", "Note", "Unfinished", "quiet_left", "quiet_by_mtime", "SETTLE_SECONDS",
+__all__ = ["Schedule", "Item", "Outcome", "UNSENT", "Note", "Unfinished", "quiet_left", "quiet_by_mtime", "SETTLE_SECONDS",
            "MAX_SETTLE_SECONDS", "KEY_SPACING_SECONDS", "STORE_PROBE_MAX_SECONDS", "FATAL_RETRY_SECONDS"]
 
 FATAL_RETRY_SECONDS = 300.0
+UNSENT = "unsent"  # the detail of a CHANGED upload that wrote nothing (so no write to space from)
 SETTLE_SECONDS = 0.3  # wait after a file changed during its upload, unless its close event comes first
 MAX_SETTLE_SECONDS = 30.0
 KEY_SPACING_SECONDS = 1.0  # R2 takes about one write per second per key (429 beyond)
@@ -63,7 +64,7 @@ class Outcome(enum.Enum):
 
     PUSHED = "pushed"          # in the bucket (the PushedOutput)
     SKIPPED = "skipped"        # already there: unchanged since its upload, or identical bytes
-    CHANGED = "changed"        # changed during the upload: push it again
+    CHANGED = "changed"        # changed during the upload: push it again (UNSENT: nothing was written)
     GONE = "gone"              # deleted, or no longer a regular file
     RETRY = "retry"            # a retryable error (its text)
     FATAL = "fatal"            # no retry fixes it (its text)
@@ -95,6 +96,9 @@ class Item:
     closed: bool = False  # a close (or rename into place) said it is finished; a scan alone does not
     quiet_sig: tuple[int, int, int, int] | None = None  # the stat last seen while waiting to be quiet
     quiet_since: float = 0.0  # since when (monotonic) it has looked like that
+    route: Any = None  # where it goes when not the watcher's own prefix (a job's: watch.upload.Route)
+    verified_mono: float = 0.0  # when its last upload looked at the file after sending it (unchanged then)
+    pushed_sig: tuple[int, int, int, int] | None = None  # the stat of what that upload sent
 
 
 @attrs.frozen
@@ -183,6 +187,14 @@ class Schedule:
         self.latency_sum = 0.0
 
     # -- intake ------------------------------------------------------------------------------------
+
+    def find(self, rel: str) -> Item | None:
+        """The item of ``rel`` in whichever table holds it (None: not known)."""
+        for table in (self.inflight, self.ready, self.batched, self.waiting, self.failed):
+            item = table.get(rel)
+            if item is not None:
+                return item
+        return None
 
     def mark_ready(self, rel: str, *, trust_owner: bool, now: float, wall: float, seen_wall: float | None = None,
                    closed: bool = False) -> bool:
@@ -303,7 +315,7 @@ class Schedule:
         if outcome in (Outcome.PUSHED, Outcome.SKIPPED):
             item.changes = 0
             item.attempts = 0
-        if outcome in (Outcome.PUSHED, Outcome.CHANGED):
+        if outcome is Outcome.PUSHED or (outcome is Outcome.CHANGED and detail != UNSENT):
             item.last_put = now
             self._recent_puts[item.rel] = now
             if len(self._recent_puts) > RECENT_PUTS_KEPT:
@@ -359,6 +371,10 @@ class Schedule:
     def _next_for(self, item: Item, outcome: Outcome, detail: Any, *, now: float, stopped: bool) -> None:
         if outcome is Outcome.GONE and not item.dirty:
             pass  # nothing left to push
+        elif item.dirty and outcome in (Outcome.PUSHED, Outcome.SKIPPED) and item.event_mono <= item.verified_mono:
+            # The event that came during the upload (its close, a scan finding it) is older than the upload's
+            # last look at the file, which found it as it was sent: the bucket has its newest content already.
+            item.dirty = False
         elif item.dirty and not stopped:
             # Changed again during the upload: push the newest content, but at most about once a
             # second to one key (R2 answers 429 beyond that; a job rewriting a file 10 times a

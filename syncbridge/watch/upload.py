@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import attrs
+
 from ..config import Config, WatchConfig
 from ..errors import PreconditionFailedError, SourceChangedError, StoreError, UnsafePathError
 from ..fsutil import open_for_writing
@@ -41,9 +43,9 @@ from ..mediatypes import content_type
 from ..store import LocalStore, ObjectInfo, PutHeaders, S3Store, Store
 from .journal import DONE, Journal, Row
 from .notify import PushedOutput
-from .scheduler import Item, Outcome, Unfinished, quiet_by_mtime, quiet_left
+from .scheduler import UNSENT, Item, Outcome, Unfinished, quiet_by_mtime, quiet_left
 
-__all__ = ["Uploader", "FinishCheck", "uploaded_already", "connect_store", "check_store", "ORIGIN_META", "INMEMORY_MAX"]
+__all__ = ["Uploader", "Route", "FinishCheck", "file_sig", "uploaded_already", "connect_store", "check_store", "ORIGIN_META", "INMEMORY_MAX"]
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +98,30 @@ def check_store(store: Store, prefix: str) -> None:
                     "pushed when it does", exc, extra={"event": "watch.store_unreachable"})
 
 
+@attrs.frozen(eq=False)
+class Route:
+    """Where the files of one scope go instead of ``<watcher prefix>/<relpath>`` (a job's, see
+    :mod:`syncbridge.jobs`): ``<prefix>/<relpath>`` in ``store``.
+
+    ``conditional``: whether ``store`` enforces ``If-None-Match`` (None: the watcher's own answer, for
+    a route on the watcher's store; a bucket of the job's own is never probed: it is checked with a
+    HEAD before each first upload). ``tracker`` is told how each of its files went (under the
+    watcher's lock: it must only take notes).
+    """
+
+    store: Store
+    prefix: str
+    tracker: Any
+    conditional: bool | None = None
+    early: bool = False  # send a growing file's parts while it is written (watch.early.Tail)
+    tails: dict[str, Any] = attrs.field(factory=dict)  # rel -> its Tail, under the watcher's lock
+
+
 def _sig(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
+
+
+file_sig = _sig
 
 
 def uploaded_already(row: Row | None, st: os.stat_result) -> bool:
@@ -178,8 +202,9 @@ class Uploader:
         self._fatal_seen: dict[str, tuple[float, int]] = {}  # failure kind -> (last logged, files since)
         self._fatal_lock = threading.Lock()
 
-    def push(self, item: Item) -> tuple[Outcome, Any]:
-        """Upload one file. Returns (outcome, detail); never raises for store or file errors."""
+    def push(self, item: Item, route: Route | None = None) -> tuple[Outcome, Any]:
+        """Upload one file (to ``route`` when given). Returns (outcome, detail); never raises for store or
+        file errors."""
         journal = self.journal
         path = self.directory / item.rel
         try:
@@ -191,17 +216,31 @@ class Uploader:
         if not stat.S_ISREG(before.st_mode):
             return self._gone(item)  # replaced by a symlink or a folder: never followed
         row = journal.get(item.rel)
-        if uploaded_already(row, before):
-            return Outcome.SKIPPED, None
+        try:
+            route_key = object_key(route.prefix, item.rel) if route is not None else None
+        except UnsafePathError as exc:
+            return self._fatal(item, None, f"{item.rel!r} cannot be an object key: {exc}")
+        if uploaded_already(row, before) and (route is None or row.key == route_key):  # type: ignore[union-attr]
+            if route is None:
+                return Outcome.SKIPPED, None
+            return self._in_place(item, route, route_key, before)  # type: ignore[arg-type]
         if not item.closed:
             wait = self._finished.wait_for(item, path, before)
             if wait.seconds > 0:
                 return Outcome.UNFINISHED, wait
         owned = bool(item.trust_owner and row is not None and row.etag and row.key)
+        if route is not None:
+            # A route's file overwrites only what it put at the route's own key, never an older key of the
+            # same name (an earlier job's, or the watcher's own prefix).
+            owned = owned and row.key == route_key  # type: ignore[union-attr]
         try:
-            key = row.key if owned else object_key(self._prefix(), item.rel)  # type: ignore[union-attr]
+            key = row.key if owned else route_key or object_key(self._prefix(), item.rel)  # type: ignore
         except UnsafePathError as exc:
             return self._fatal(item, None, f"{item.rel!r} cannot be an object key: {exc}")
+        if route is not None and route.tails:
+            early = self._finish_tail(item, route, key, before, path)
+            if early is not None:
+                return early
         try:
             data = None
             if before.st_size <= INMEMORY_MAX:
@@ -213,11 +252,11 @@ class Uploader:
                 if len(data) > INMEMORY_MAX:
                     data = None
                 elif len(data) != before.st_size or _sig(mid) != _sig(before):
-                    return Outcome.CHANGED, None  # changed while read: these bytes are not one version of it
+                    return Outcome.CHANGED, UNSENT  # changed while read: these bytes are not one version of it
             key, info, uploaded = self._upload(path, key, owned_etag=row.etag if owned else None,  # type: ignore
-                                               data=data, before=before)
+                                               data=data, before=before, route=route)
         except SourceChangedError:
-            return Outcome.CHANGED, None  # the upload was abandoned: the object is as it was
+            return Outcome.CHANGED, UNSENT  # the upload was abandoned: the object is as it was
         except FileNotFoundError:
             return self._gone(item)
         except StoreError as exc:
@@ -228,12 +267,65 @@ class Uploader:
             return self._fatal(item, key, str(exc), same=exc.setting and f"{exc.code}:{exc.setting}")
         except OSError as exc:
             return self._fatal(item, key, f"cannot read {path}: {exc.strerror or exc}")
-        return self._after(item, path, key, info, uploaded=uploaded, before=before)
+        return self._after(item, path, key, info, uploaded=uploaded, before=before, route=route)
+
+    def _finish_tail(self, item: Item, route: Route, key: str, before: os.stat_result,
+                     path: Path) -> tuple[Outcome, Any] | None:
+        """Complete the upload a :class:`~syncbridge.watch.early.Tail` made while the file was written; None
+        when there is none to complete (the file is uploaded as usual)."""
+        tail = route.tails.pop(item.rel, None)
+        if tail is None:
+            return None
+        if tail.key != key:
+            tail.abort()
+            return None
+        conditional = self._conditional_writes() if route.conditional is None else route.conditional
+        try:
+            if not conditional and route.store.head(key) is not None:
+                tail.abort()  # something is there already: the usual path decides (adopt, or a sibling key)
+                return None
+
+            def unchanged() -> bool:
+                try:
+                    return _sig(os.lstat(path)) == _sig(before)
+                except OSError:
+                    return False
+            done = tail.finish(before, unchanged, if_none_match=conditional)
+        except PreconditionFailedError:
+            return None  # created meanwhile by someone else: the usual path decides
+        except SourceChangedError:
+            return Outcome.CHANGED, UNSENT
+        except StoreError as exc:
+            if exc.retryable:
+                return Outcome.RETRY, str(exc)
+            return self._fatal(item, key, str(exc))
+        if done is None:
+            return None
+        info, sha256 = done
+        outcome, detail = self._after(item, path, key, info, uploaded=True, before=before, route=route)
+        if outcome is Outcome.PUSHED:
+            detail = attrs.evolve(detail, sha256=sha256)
+        return outcome, detail
+
+    def _in_place(self, item: Item, route: Route, key: str, before: os.stat_result) -> tuple[Outcome, Any]:
+        """A route's file that the journal says is at its key already (a second event for an unchanged
+        file): its record, so the route's tracker has it too."""
+        try:
+            info = route.store.head(key)
+        except StoreError as exc:
+            return (Outcome.RETRY, str(exc)) if exc.retryable else self._fatal(item, key, str(exc))
+        if info is None or info.size != before.st_size:
+            with contextlib.suppress(Exception):
+                self.journal.forget([item.rel])  # not there after all: the next try uploads it
+            return Outcome.CHANGED, UNSENT
+        return Outcome.PUSHED, self._output_record(item.rel, key, before.st_size, info,
+                                                   time.monotonic() - item.event_mono, store=route.store)
 
     def _after(self, item: Item, path: Path, key: str, info: ObjectInfo, *, uploaded: bool,
-               before: os.stat_result) -> tuple[Outcome, Any]:
+               before: os.stat_result, route: Route | None = None) -> tuple[Outcome, Any]:
         """Journal the object, then look again: a file changed during its upload goes again."""
         journal = self.journal
+        verified = time.monotonic()  # before the look: an event older than this is reflected in it
         try:
             after = os.lstat(path)
         except FileNotFoundError:
@@ -256,22 +348,29 @@ class Uploader:
                         "bucket by content)", item.rel, journal.path, exc, extra={"event": "watch.journal_error"})
         if after is None:
             return self._gone(item)
+        if _sig(after) == _sig(before):
+            item.verified_mono, item.pushed_sig = verified, _sig(before)
         if _sig(after) != _sig(before):
             log.debug("%s changed during its upload; uploading it again", item.rel,
                       extra={"event": "watch.changed_during_upload"})
             item.trust_owner = True  # we just put that object there
             return Outcome.CHANGED, None
-        if not uploaded:
-            return Outcome.SKIPPED, None
+        if not uploaded and route is None:
+            return Outcome.SKIPPED, None  # a route's tracker needs the record of an identical object adopted
         latency = time.monotonic() - item.event_mono
-        output = self._output_record(item.rel, key, before.st_size, info, latency)
+        output = self._output_record(item.rel, key, before.st_size, info, latency,
+                                     store=route.store if route is not None else None)
         log.debug("pushed %s -> %s (%d bytes, %s, %.3fs)%s", item.rel, key, before.st_size, output.content_type,
                   latency, f" {output.url}" if output.url else "", extra={"event": "watch.pushed"})
         return Outcome.PUSHED, output
 
-    def _output_record(self, rel: str, key: str, size: int, info: ObjectInfo, latency: float) -> PushedOutput:
+    def _output_record(self, rel: str, key: str, size: int, info: ObjectInfo, latency: float, *,
+                       store: Store | None = None) -> PushedOutput:
         etag = info.etag or ""
         md5 = etag if len(etag) == 32 and all(c in "0123456789abcdef" for c in etag) else None
+        if store is not None and store is not self.store:
+            # Another bucket (a job's own): the public URL and the presigned links are its tracker's business.
+            return PushedOutput(rel, key, size, md5, info.content_type or content_type(rel), latency, time.time())
         url = public_url(self.settings.public_url, key) if self.settings.public_url else None
         presigned = None
         if url is None and self.settings.presign_seconds and self._presign:
@@ -305,13 +404,15 @@ class Uploader:
         return self._conditional
 
     def _upload(self, path: Path, key: str, *, owned_etag: str | None, data: bytes | None,
-                before: os.stat_result) -> tuple[str, ObjectInfo, bool]:
+                before: os.stat_result, route: Route | None = None) -> tuple[str, ObjectInfo, bool]:
         """Put ``path`` at ``key`` without overwriting anyone else's object.
 
         Returns:
             (key actually used, ObjectInfo, whether bytes were sent).
         """
-        store = self.store
+        store = route.store if route is not None else self.store
+        conditional = self._conditional_writes if route is None or route.conditional is None \
+            else (lambda: route.conditional)
         canonical = key
         local_md5: str | None = None
         meta = {ORIGIN_META: self.origin}
@@ -346,7 +447,7 @@ class Uploader:
                 remote = store.head(key)
                 if remote is None or remote.etag == owned_etag:
                     return key, put(key), True
-            elif self._conditional_writes():
+            elif conditional():
                 try:
                     return key, put(key, if_none_match=True), True
                 except PreconditionFailedError:

@@ -25,19 +25,22 @@ from ..errors import WatchError, StoreError, UnsafePathError
 from ..fleet import Heartbeat
 from ..system import trim_heap
 from ..fsutil import make_output_dir, private_state_dir
-from ..keys import render_prefix
-from ..store import Store
+from ..keys import object_key, render_prefix
+from ..mediatypes import content_type
+from ..store import PutHeaders, Store
 from .intake import Intake
 from .journal import JOURNAL_NAME, Journal
 from .notify import Notifier, PushedOutput, Webhook
 from .scheduler import FATAL_RETRY_SECONDS, Item, Outcome, Schedule
 from .status import DrainResult, StateLockedError, StatusFile, WatchStats, percentile, take_state_lock
-from .upload import FinishCheck, Uploader, check_store, connect_store
+from .early import Tail
+from .upload import ORIGIN_META, FinishCheck, Route, Uploader, check_store, connect_store, file_sig
 
 __all__ = ["OutputWatcher", "WatchError", "run_watch"]
 
 log = logging.getLogger(__name__)
 
+MAX_TAILS = 4  # growing files followed at once (watch.early)
 LOCK_NAME = "watch.lock"
 STATUS_INTERVAL = 1.0
 
@@ -96,6 +99,7 @@ class OutputWatcher:
         self._intake = Intake(self.directory, config.watch, cond=self._cond, stop=self._stop_event,
                               mark_ready=self._mark_ready, mark_gone=self._mark_gone)
         self._intake.on_catch_up = trim_heap  # what building the S3 client and the scan allocated and freed
+        self._intake.on_created = self._on_created
         self._work: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._journal: Journal | None = None
@@ -107,7 +111,8 @@ class OutputWatcher:
         self.origin = config.pod_id
         self._heartbeat: Heartbeat | None = None
         self._warm_wanted = threading.Event()
-        self._intake.on_created = self._warm_wanted.set
+        self._intake.on_create = self._warm_wanted.set
+        self._route: Route | None = None  # where files seen from now on go (a job's scope), under self._lock
 
     @property
     def fatal_retry_seconds(self) -> float:
@@ -230,6 +235,135 @@ class OutputWatcher:
             raise WatchError("add listeners before the watcher starts")
         self._listeners.append(listener)
 
+    @property
+    def store(self) -> Store | None:
+        """The store outputs go to (None before :meth:`start`)."""
+        return self._store
+
+    @property
+    def prefix(self) -> str:
+        """The rendered key prefix of this watcher's own outputs (set by :meth:`start`)."""
+        return self._current_prefix() if self._state != "new" else ""
+
+    def job(self, job_id: str, **kwargs: Any) -> Any:
+        """A job's scope on this watcher: see :class:`syncbridge.jobs.Job` (``kwargs`` go to it)."""
+        from ..jobs.scope import Job
+
+        return Job(self, job_id, **kwargs)
+
+    def catch_up(self, timeout: float) -> bool:
+        """Take in every event the kernel queued before this call and finish the folder scans queued so
+        far (their files are marked). True when done within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        intake = self._intake
+        with self._cond:
+            intake.sync_requested += 1
+            ticket = intake.sync_requested
+        if intake.tree is not None and self._schedule.accepting:
+            intake.tree.wake()
+        with self._cond:
+            while self._schedule.accepting and not (intake.sync_done >= ticket and intake.idle):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(timeout=min(remaining, 0.5))
+        return True
+
+    def open_route(self, route: Route, *, timeout: float = 5.0) -> None:
+        """Send the files written from now on to ``route`` (one at a time) until :meth:`close_route`.
+
+        Events already queued are taken in first, so a file finished before this call keeps the
+        watcher's own prefix. ``route.tracker`` gets ``expect(rel)`` for each file the route takes
+        and ``finished(rel, outcome, detail)`` for each upload attempt, under the watcher's lock.
+
+        Raises:
+            WatchError: the watcher is not running, or another route is open.
+        """
+        if self._state != "running":
+            raise WatchError("the watcher is not running: start it before a job")
+        self.catch_up(timeout)
+        with self._cond:
+            if self._route is not None:
+                raise WatchError("another job is open on this watcher: one job at a time")
+            self._route = route
+
+    def close_route(self, route: Route, *, timeout: float = 5.0) -> bool:
+        """Stop sending new files to ``route``: the events queued so far are taken in first (a file
+        finished before this call is the route's). True when they were within ``timeout``."""
+        done = self.catch_up(timeout) if self._route is route else True
+        with self._cond:
+            if self._route is route:
+                self._route = None
+        return done
+
+    def drop_tails(self, route: Route) -> None:
+        """Abort what ``route`` sent early of files whose upload never claimed it (deleted, left behind)."""
+        with self._cond:
+            tails = list(route.tails.values())
+            route.tails.clear()
+        for tail in tails:
+            tail.abort()
+
+    def add_to_route(self, route: Route, rel: str) -> bool:
+        """Push ``rel`` (relative to the watched folder) to ``route`` now, whenever it was written. False
+        when it is not a file to push (missing, or left out by the filters)."""
+        path = self.directory / rel
+        if not path.is_file() or path.is_symlink() or not self._intake.selected(rel):
+            return False
+        with self._cond:
+            if not self._schedule.mark_ready(rel, trust_owner=True, now=time.monotonic(), wall=time.time(),
+                                             closed=False) and self._schedule.find(rel) is None:
+                return False
+            self._take(rel, route)
+            self._cond.notify_all()
+        return True
+
+    def wait_route(self, rels: Callable[[], Any], timeout: float) -> tuple[set[str], set[str]]:
+        """Wait until none of the files ``rels()`` names is waiting or in flight, or ``timeout`` seconds pass.
+
+        A file failing fatally (403, NoSuchBucket: retried only minutes later) counts as settled.
+        Returns the files still pending and those failing fatally.
+        """
+        deadline = time.monotonic() + timeout
+        schedule = self._schedule
+        with self._cond:
+            while True:
+                pending, failed = set(), set()
+                for rel in rels():
+                    item = schedule.find(rel)
+                    if item is None:
+                        continue
+                    (failed if rel in schedule.failed else pending).add(rel)
+                remaining = deadline - time.monotonic()
+                if not pending or remaining <= 0 or self._state == "stopped":
+                    return pending, failed
+                self._cond.wait(timeout=min(remaining, 0.5))
+
+    def _on_created(self, rel: str) -> None:
+        """A new file while a route that sends growing files early is open: follow it (see watch.early)."""
+        route = self._route
+        if route is None or not route.early or len(route.tails) >= MAX_TAILS:
+            return
+        try:
+            key = object_key(route.prefix, rel)
+        except UnsafePathError:
+            return
+        with self._cond:
+            old = route.tails.pop(rel, None)
+        if old is not None:
+            old.abort()  # the name was created again: a new file
+        tail = Tail(route.store, key, self.directory / rel, metadata={ORIGIN_META: self.origin},
+                    headers=PutHeaders(content_type(rel), self.settings.cache_control))
+        with self._cond:
+            route.tails[rel] = tail
+
+    def _take(self, rel: str, route: Route) -> None:
+        """``rel`` belongs to ``route`` (under the lock)."""
+        item = self._schedule.find(rel)
+        if item is not None:
+            item.route = route
+            route.tracker.expect(rel)
+
     def _current_prefix(self) -> str:
         """The prefix for a new key: ``{date}`` follows the clock, so a watcher running past
         midnight files the next day's outputs under the next day (a rewrite keeps its key)."""
@@ -261,6 +395,10 @@ class OutputWatcher:
                                left_out=self._intake.left_out_count)
         drain = self.settings.drain_seconds if drain_seconds is None else max(0.0, drain_seconds)
         t0 = time.monotonic()
+        route = self._route
+        if route is not None:  # a job still open: its growing files are uploaded whole by the drain
+            self.close_route(route, timeout=0)
+            self.drop_tails(route)
         schedule = self._schedule
         uploaded_before = schedule.counters["uploaded"]
         # 1. Stop accepting: the reader takes in what the kernel already queued (those
@@ -406,8 +544,11 @@ class OutputWatcher:
         """A file to push (from an event, a scan or the journal). Cheap: only enqueues (see
         :meth:`Schedule.mark_ready <syncbridge.watch.scheduler.Schedule.mark_ready>`)."""
         with self._cond:
-            if self._schedule.mark_ready(rel, trust_owner=trust_owner, now=now, wall=time.time(), seen_wall=seen_wall,
-                                         closed=closed):
+            news = self._schedule.mark_ready(rel, trust_owner=trust_owner, now=now, wall=time.time(),
+                                             seen_wall=seen_wall, closed=closed)
+            if self._route is not None:
+                self._take(rel, self._route)
+            if news:
                 self._cond.notify_all()
 
     def _mark_gone(self, rel: str) -> None:
@@ -456,18 +597,35 @@ class OutputWatcher:
             item = self._work.get()
             if item is None:
                 return
+            route = item.route  # a new event may move it to another route while this upload runs
             try:
-                outcome, detail = uploader.push(item)
+                outcome, detail = uploader.push(item, route)
             except Exception as exc:  # noqa: BLE001 - a bug must not kill a worker: retry, loudly
                 log.exception("unexpected error pushing %s", item.rel, extra={"event": "watch.bug", "path": item.rel})
                 outcome, detail = Outcome.RETRY, f"{type(exc).__name__}: {exc}"
-            self._finish(item, outcome, detail)
+            if outcome is Outcome.UNFINISHED and route is not None and route.early and item.rel not in route.tails \
+                    and getattr(detail, "writing", False):
+                self._on_created(item.rel)  # found by a scan while being written (a new folder's file): follow it
+            self._finish(item, outcome, detail, route)
 
-    def _finish(self, item: Item, outcome: Outcome, detail: Any) -> None:
+    def _finish(self, item: Item, outcome: Outcome, detail: Any, route: Route | None = None) -> None:
+        if outcome in (Outcome.PUSHED, Outcome.SKIPPED) and item.dirty and item.pushed_sig is not None:
+            # News came during the upload (its close, a scan): if the file is still as it was sent, the bucket
+            # has its newest content; no second upload a second later (see Schedule._next_for).
+            looked = time.monotonic()
+            with contextlib.suppress(OSError):
+                if file_sig(os.lstat(self.directory / item.rel)) == item.pushed_sig:
+                    item.verified_mono = looked
         now = time.monotonic()
         with self._cond:
             notes = self._schedule.finish(item, outcome, detail, now=now, stopped=self._state == "stopped")
-            if outcome is Outcome.PUSHED and self._notifier is not None:
+            if route is not None:
+                try:
+                    route.tracker.finished(item.rel, outcome, detail)
+                except Exception:  # noqa: BLE001 - a tracker's bug must not stop the uploads
+                    log.exception("a job's tracker failed for %s", item.rel, extra={"event": "watch.bug"})
+            if outcome is Outcome.PUSHED and self._notifier is not None and (route is None or route.store is
+                                                                             self._store):
                 self._notifier(detail)
             self._cond.notify_all()
         for note in notes:  # logged after the lock is released

@@ -505,10 +505,10 @@ def test_section_classes_and_the_settings_table_agree() -> None:
 
     from syncbridge.config import SETTINGS
     from syncbridge.config.build import SECTION_DERIVED
-    from syncbridge.config.model import BisyncConfig, FleetConfig, ModelsConfig, RcloneConfig, StartConfig, \
-        WatchConfig
+    from syncbridge.config.model import BisyncConfig, FleetConfig, JobsConfig, ModelsConfig, RcloneConfig, \
+        StartConfig, WatchConfig
 
-    for cls in (RcloneConfig, WatchConfig, ModelsConfig, BisyncConfig, StartConfig, FleetConfig):
+    for cls in (RcloneConfig, WatchConfig, ModelsConfig, BisyncConfig, StartConfig, FleetConfig, JobsConfig):
         section = cls.__name__.removesuffix("Config").lower()
         fields = {f.name for f in attrs.fields(cls)}
         settings = {s.name for s in SETTINGS if s.section == section and s.key != "start.folders_spec"}

@@ -14,7 +14,7 @@ import pytest
 
 from syncbridge.watch.scheduler import (KEY_SPACING_SECONDS, MAX_SETTLE_SECONDS, SETTLE_SECONDS,
                                         STORE_PROBE_MAX_SECONDS, Item, Outcome, Schedule, Unfinished, quiet_by_mtime,
-                                        quiet_left)
+                                        quiet_left, UNSENT)
 
 T0 = 1000.0  # a monotonic clock far from zero, as on a real machine
 
@@ -94,6 +94,34 @@ def test_an_event_during_the_upload_pushes_again_spaced_one_second_from_the_last
     assert due(s, T0 + 0.2 + KEY_SPACING_SECONDS - 0.01) == []
     assert s.next_wake() == pytest.approx(T0 + 0.2 + KEY_SPACING_SECONDS)
     assert due(s, T0 + 0.2 + KEY_SPACING_SECONDS) == ["a.png"]
+
+
+def test_an_event_older_than_the_uploads_last_look_at_an_unchanged_file_pushes_nothing_more() -> None:
+    s = schedule()
+    ready(s, "a.png", T0, closed=False)  # found by a scan
+    [rel] = due(s, T0)
+    ready(s, "a.png", T0 + 0.1)  # its close event, read while the upload runs
+    item = s.inflight[rel]
+    item.verified_mono = T0 + 0.15  # the upload looked at the file after that: as it was sent
+    s.finish(item, Outcome.PUSHED, Pushed(), now=T0 + 0.2)
+    assert not s.pending() and "a.png" not in s.waiting
+    # an event newer than the last look still pushes again (spaced)
+    ready(s, "b.png", T0)
+    [rel] = due(s, T0)
+    ready(s, "b.png", T0 + 0.3)
+    item = s.inflight[rel]
+    item.verified_mono = T0 + 0.25
+    s.finish(item, Outcome.PUSHED, Pushed(), now=T0 + 0.4)
+    assert s.waiting["b.png"].why == "spacing"
+
+
+def test_a_change_seen_before_anything_was_sent_does_not_space_the_next_try() -> None:
+    s = schedule()
+    ready(s, "a.png", T0, closed=False)
+    [rel] = due(s, T0)
+    ready(s, "a.png", T0 + 0.05)  # its close, during the read that saw it change
+    s.finish(s.inflight[rel], Outcome.CHANGED, UNSENT, now=T0 + 0.1)
+    assert due(s, T0 + 0.1) == ["a.png"]  # nothing was written to its key: no second to wait
 
 
 def test_a_rewrite_right_after_a_push_waits_for_key_spacing() -> None:
