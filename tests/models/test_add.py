@@ -4,7 +4,6 @@ plain URL; the manifest keeps its comments; duplicates are refused; --pull puts 
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import pytest
 

@@ -65,7 +65,7 @@ def test_doctor(mistake) -> None:
     text = _clean(proc, env["R2_SECRET_KEY"])
     assert proc.returncode == 1
     assert f"[FAIL] bucket access: listing '{env['R2_BUCKET']}': {words}" in text, text
-    assert f"fix: " in text and setting in text.split("[FAIL] bucket access", 1)[1]
+    assert "fix: " in text and setting in text.split("[FAIL] bucket access", 1)[1]
 
 
 def test_start_stops_before_anything_runs(mistake, tmp_path) -> None:
