@@ -14,8 +14,11 @@ fi
 if [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "scripts/test.sh: installing Debian's chromium for the status page's browser tests" >&2
-    if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null &&
-           DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }; then
+    install_chromium() {
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+    }
+    # the package lists a fresh machine comes with first; refreshed only when they do not have it
+    if ! { install_chromium 2>/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null; install_chromium; }; }; then
       echo "scripts/test.sh: apt-get could not install chromium (needed by tests/statuspage)" >&2
       exit 1
     fi
