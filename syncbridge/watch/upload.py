@@ -430,8 +430,10 @@ class Uploader:
                 return store.put_bytes(target, data, metadata=meta, headers=headers, **kwargs)
             return store.put_file(path, target, metadata=meta, headers=headers, unchanged=unchanged, **kwargs)
         for attempt in range(KEY_ATTEMPTS):
-            if owned_etag is not None and data is not None and self._conditional_writes():
-                # A rewrite of our own object in one request: replaced only if it is still the one we put.
+            if owned_etag is not None and data is not None and conditional():
+                # A rewrite of our own object in one request: replaced only if it is still the one we put
+                # (only where the store the file goes to enforces conditional writes: a job's own bucket
+                # is never probed, and one that ignores If-Match would let this PUT replace another's object).
                 try:
                     return key, put(key, if_match=owned_etag), True
                 except PreconditionFailedError:

@@ -252,3 +252,32 @@ def test_job_input_accepted():
         parse_input({"workflow": {"1": {"class_type": "A"}}, "images": [{"name": "u.png",
                                                                         "image": "http://example.com/u"}]},
                     allow_urls=True, max_bytes=1000)
+
+
+def test_a_rewrite_never_clobbers_another_object_in_a_jobs_bucket_that_ignores_if_match(running, tmp_path):
+    """The watcher's bucket enforces conditional writes (moto), the job's own does not (rclone serve s3): a
+    rewrite of a job's output whose object someone else replaced meanwhile keeps theirs (a sibling key)."""
+    from syncbridge.demo.localserver import serve_rclone_s3
+    from syncbridge.store import open_store
+
+    watcher, out = running
+    with serve_rclone_s3(tmp_path / "job-s3", access_key="sbJOBaccessIDra01", secret_key="sbJOBsecret-ra-77c1") \
+            as other:
+        other.create_bucket("job-bucket")
+        s3config = {"endpointUrl": other.endpoint, "accessId": "sbJOBaccessIDra01",
+                    "accessSecret": "sbJOBsecret-ra-77c1", "bucketName": "job-bucket"}
+        theirs = open_store(load_config({**os.environ, **other.environ("job-bucket"),
+                                         "SYNCBRIDGE_STATE_DIR": str(tmp_path / "s2")}).remote,
+                            state_dir=tmp_path / "s2")
+        with watcher.job("cas", bucket=s3config) as job:
+            path = out / "img.png"
+            path.write_bytes(b"ours, first")
+            first = job.next_landed(20)
+            assert first is not None and first.key == "outputs/jobs/cas/img.png"
+            theirs.put_bytes(first.key, b"someone else's object")  # replaced in the bucket behind our back
+            time.sleep(1.1)  # past the key spacing
+            path.write_bytes(b"ours, rewritten")
+            outputs = job.wait(20)
+        assert theirs.get_bytes("outputs/jobs/cas/img.png")[0] == b"someone else's object"
+        assert [o.path for o in outputs] == ["img.png"] and outputs[0].key != "outputs/jobs/cas/img.png"
+        assert theirs.get_bytes(outputs[0].key)[0] == b"ours, rewritten"
