@@ -99,6 +99,7 @@ class Item:
     route: Any = None  # where it goes when not the watcher's own prefix (a job's: watch.upload.Route)
     verified_mono: float = 0.0  # when its last upload looked at the file after sending it (unchanged then)
     pushed_sig: tuple[int, int, int, int] | None = None  # the stat of what that upload sent
+    gone_in_flight: bool = False  # deleted or moved away during its current upload
 
 
 @attrs.frozen
@@ -247,7 +248,7 @@ class Schedule:
         Returns whether the dispatcher has news."""
         item = self.inflight.get(rel)
         if item is not None:
-            item.dirty, item.trust_owner = True, False
+            item.dirty, item.trust_owner, item.gone_in_flight = True, False, True
             return False
         for table in (self.ready, self.batched, self.waiting, self.failed):
             table.pop(rel, None)
@@ -280,6 +281,7 @@ class Schedule:
                 limit = 1 if now >= self.gate_until else 0
             while self.ready and len(self.inflight) < limit:
                 rel, item = self.ready.popitem(last=False)
+                item.gone_in_flight = False
                 self.inflight[rel] = item
                 uploads.append(item)
         return uploads, to_journal, to_forget
@@ -371,9 +373,12 @@ class Schedule:
     def _next_for(self, item: Item, outcome: Outcome, detail: Any, *, now: float, stopped: bool) -> None:
         if outcome is Outcome.GONE and not item.dirty:
             pass  # nothing left to push
-        elif item.dirty and outcome in (Outcome.PUSHED, Outcome.SKIPPED) and item.event_mono <= item.verified_mono:
+        elif item.dirty and outcome in (Outcome.PUSHED, Outcome.SKIPPED) and not item.gone_in_flight \
+                and item.event_mono <= item.verified_mono:
             # The event that came during the upload (its close, a scan finding it) is older than the upload's
             # last look at the file, which found it as it was sent: the bucket has its newest content already.
+            # (Not when it was deleted meanwhile: the next try finds it gone and forgets its journal row, so
+            # a new file of that name is a new output, not a rewrite of the object this one left.)
             item.dirty = False
         elif item.dirty and not stopped:
             # Changed again during the upload: push the newest content, but at most about once a

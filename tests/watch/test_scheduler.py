@@ -115,6 +115,26 @@ def test_an_event_older_than_the_uploads_last_look_at_an_unchanged_file_pushes_n
     assert s.waiting["b.png"].why == "spacing"
 
 
+def test_a_file_deleted_after_the_uploads_last_look_is_tried_again_and_forgotten() -> None:
+    """Deleted between the upload's look at it (as sent) and the end of that upload: its journal row must go
+    (a new file of that name is a new output, not a rewrite of the object the deleted one left)."""
+    s = schedule()
+    ready(s, "a.png", T0)
+    [rel] = due(s, T0)
+    item = s.inflight[rel]
+    item.verified_mono, item.pushed_sig = T0 + 0.15, (10, 1, 2, 3)  # the upload looked: as it was sent
+    s.mark_gone("a.png")  # then it was deleted, before the upload ended
+    s.finish(item, Outcome.PUSHED, Pushed(), now=T0 + 0.2)
+    assert s.find("a.png") is not None  # tried again: that try finds it gone and forgets its row
+    # the next upload of that name starts afresh: the shortcut applies again
+    [rel] = due(s, T0 + 2)
+    ready(s, "a.png", T0 + 2.1)
+    item = s.inflight[rel]
+    item.verified_mono = T0 + 2.2
+    s.finish(item, Outcome.PUSHED, Pushed(), now=T0 + 2.3)
+    assert s.find("a.png") is None
+
+
 def test_a_change_seen_before_anything_was_sent_does_not_space_the_next_try() -> None:
     s = schedule()
     ready(s, "a.png", T0, closed=False)
