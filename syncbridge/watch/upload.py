@@ -296,6 +296,7 @@ class Uploader:
         except SourceChangedError:
             return Outcome.CHANGED, UNSENT
         except StoreError as exc:
+            tail.abort()  # the look before completing failed: the parts sent early must not stay in the bucket
             if exc.retryable:
                 return Outcome.RETRY, str(exc)
             return self._fatal(item, key, str(exc))

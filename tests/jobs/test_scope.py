@@ -281,3 +281,29 @@ def test_a_rewrite_never_clobbers_another_object_in_a_jobs_bucket_that_ignores_i
         assert theirs.get_bytes("outputs/jobs/cas/img.png")[0] == b"someone else's object"
         assert [o.path for o in outputs] == ["img.png"] and outputs[0].key != "outputs/jobs/cas/img.png"
         assert theirs.get_bytes(outputs[0].key)[0] == b"ours, rewritten"
+
+
+def test_a_failed_look_before_completing_a_growing_files_upload_leaves_no_multipart_upload(running, moto_s3):
+    """A job's own bucket (no conditional writes probed: a HEAD before completing) answering 503 to that HEAD:
+    the file is pushed on the next try, and the multipart upload sent while it was written is aborted, not
+    left in the bucket (R2 bills its parts until it drops them after days)."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    from ..faultproxy import FaultProxy, Rule
+
+    watcher, out = running
+    name = new_bucket(moto_s3)
+    with FaultProxy(moto_s3.endpoint) as proxy:
+        proxy.add(Rule("error", method="HEAD", path=r"clip\.mp4", status=503, code="ServiceUnavailable", times=1))
+        s3config = {"endpointUrl": proxy.endpoint, "accessId": "sbJOBaccessIDra02",
+                    "accessSecret": "sbJOBsecret-ra-9d3e", "bucketName": name}
+        with watcher.job("mp", bucket=s3config) as job:
+            final = _write_like_ffmpeg(out / "clip.mp4", os.urandom(9 * (1 << 20)))  # one part sent early
+            outputs = job.wait(30)
+        assert proxy.count("error") == 1
+    client = boto3.client("s3", endpoint_url=moto_s3.endpoint, aws_access_key_id="a", aws_secret_access_key="b",
+                          region_name="us-east-1", config=BotoConfig(request_checksum_calculation="when_required",
+                                                                     response_checksum_validation="when_required"))
+    assert client.get_object(Bucket=name, Key=outputs[0].key)["Body"].read() == final
+    assert client.list_multipart_uploads(Bucket=name).get("Uploads", []) == []
