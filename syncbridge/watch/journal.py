@@ -260,6 +260,16 @@ class Journal:
                 (self._root, self._template, _b(rel), FAILED if fatal else PENDING, key, attempts, error[:2000], now,
                  now))
 
+    def disown(self, rels: Iterable[str], *, prefix: str) -> None:
+        """The objects these files were put at under ``prefix/`` (a job's outputs, once the job's scope is
+        closed) are no longer theirs to replace: a later version of the file is a new output."""
+        head = prefix.rstrip("/") + "/"
+        data = [(len(head), head, self._root, self._template, _b(rel)) for rel in rels]
+        if data:
+            with self._tx() as conn:
+                conn.executemany("UPDATE files SET etag=NULL WHERE substr(key, 1, ?) = ? AND root=? AND template=? "
+                                 "AND rel=?", data)
+
     def forget(self, rels: Iterable[str]) -> None:
         """Drop rows (the files were deleted or moved away: a new file of that name is a new output)."""
         data = [(self._root, self._template, _b(rel)) for rel in rels]

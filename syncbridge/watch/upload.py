@@ -115,6 +115,7 @@ class Route:
     conditional: bool | None = None
     early: bool = False  # send a growing file's parts while it is written (watch.early.Tail)
     tails: dict[str, Any] = attrs.field(factory=dict)  # rel -> its Tail, under the watcher's lock
+    rels: set[str] = attrs.field(factory=set)  # the files it took, under the watcher's lock
 
 
 def _sig(st: os.stat_result) -> tuple[int, int, int, int]:

@@ -294,7 +294,21 @@ class OutputWatcher:
         with self._cond:
             if self._route is route:
                 self._route = None
+            # Those still waiting or in flight are the route's until their uploads end (see _finish).
+            self._disown(route, [rel for rel in route.rels if self._schedule.find(rel) is None])
         return done
+
+    def _disown(self, route: Route, rels: list[str]) -> None:
+        """The scope is closed: its objects are the job's, not for a later version of the file to replace
+        (that goes under the watcher's own prefix, as a new output). Under the lock: before a new event of
+        the file can start an upload that reads its journal row."""
+        if self._journal is None or not rels:
+            return
+        try:
+            self._journal.disown(rels, prefix=route.prefix)
+        except Exception as exc:  # noqa: BLE001 - the journal is an optimisation: the store is the truth
+            log.warning("cannot update the journal %s after a job: %s", self._journal.path, exc,
+                        extra={"event": "watch.journal_error"})
 
     def drop_tails(self, route: Route) -> None:
         """Abort what ``route`` sent early of files whose upload never claimed it (deleted, left behind)."""
@@ -362,6 +376,7 @@ class OutputWatcher:
         item = self._schedule.find(rel)
         if item is not None:
             item.route = route
+            route.rels.add(rel)
             route.tracker.expect(rel)
 
     def _current_prefix(self) -> str:
@@ -619,6 +634,8 @@ class OutputWatcher:
         now = time.monotonic()
         with self._cond:
             notes = self._schedule.finish(item, outcome, detail, now=now, stopped=self._state == "stopped")
+            if route is not None and self._route is not route and self._schedule.find(item.rel) is None:
+                self._disown(route, [item.rel])  # its last upload for a scope already closed
             if route is not None:
                 try:
                     route.tracker.finished(item.rel, outcome, detail)

@@ -307,3 +307,28 @@ def test_a_failed_look_before_completing_a_growing_files_upload_leaves_no_multip
                                                                      response_checksum_validation="when_required"))
     assert client.get_object(Bucket=name, Key=outputs[0].key)["Body"].read() == final
     assert client.list_multipart_uploads(Bucket=name).get("Uploads", []) == []
+
+
+def test_a_file_rewritten_after_the_scope_leaves_the_jobs_output_as_it_was_returned(running):
+    """A job's output of a fixed name written again after the job (a later run outside any job): the job's
+    object stays what the job returned; the new version goes under the watcher's own prefix."""
+    watcher, out = running
+    with watcher.job("fixed") as job:
+        (out / "result.png").write_bytes(b"the job's result")
+        outputs = job.wait(20)
+    assert [o.key for o in outputs] == ["outputs/jobs/fixed/result.png"]
+    time.sleep(1.1)
+    (out / "result.png").write_bytes(b"a later run, no job")
+    assert watcher.wait_idle(20)
+    assert watcher.store.get_bytes("outputs/jobs/fixed/result.png")[0] == b"the job's result"
+    assert wait_for_key(watcher.store, "outputs/result.png")
+    assert watcher.store.get_bytes("outputs/result.png")[0] == b"a later run, no job"
+
+
+def wait_for_key(store, key: str, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if store.head(key) is not None:
+            return True
+        time.sleep(0.05)
+    return False
