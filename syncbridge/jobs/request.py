@@ -1,6 +1,7 @@
 """A serverless job's input, checked before anything runs. Pure: the job's JSON in, a request or an error out.
 
 The input is worker-comfyui's: ``{"workflow": {API format}, "images": [{"name", "image"}]}``, where
+``input`` and ``workflow`` may each be given as JSON text (worker-comfyui takes the input so), and
 ``image`` is base64 (a ``data:`` URI prefix is accepted) or, when ``SYNCBRIDGE_JOB_IMAGE_URLS`` allows
 it, an https URL (fetched by :mod:`~syncbridge.jobs.comfy`, which checks the address). Every problem
 is a :class:`~syncbridge.errors.JobError` of kind ``input`` naming the field (``input.images[2].name``).
