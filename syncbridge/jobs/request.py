@@ -1,6 +1,7 @@
 """A serverless job's input, checked before anything runs. Pure: the job's JSON in, a request or an error out.
 
 The input is worker-comfyui's: ``{"workflow": {API format}, "images": [{"name", "image"}]}``, where
+``input`` and ``workflow`` may each be given as JSON text (worker-comfyui takes the input so), and
 ``image`` is base64 (a ``data:`` URI prefix is accepted) or, when ``SYNCBRIDGE_JOB_IMAGE_URLS`` allows
 it, an https URL (fetched by :mod:`~syncbridge.jobs.comfy`, which checks the address). Every problem
 is a :class:`~syncbridge.errors.JobError` of kind ``input`` naming the field (``input.images[2].name``).
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from typing import Any, Mapping
 from urllib.parse import urlsplit
@@ -42,6 +44,14 @@ def _bad(field: str, message: str) -> JobError:
     return JobError(f"{field}: {message}", kind="input")
 
 
+def _json_text(text: str, field: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise _bad(field, f"is a string that is not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+                   if isinstance(exc, json.JSONDecodeError) else "is a string that is not JSON") from None
+
+
 def _is_api(doc: Mapping[str, Any]) -> bool:
     return bool(doc) and all(isinstance(v, Mapping) and isinstance(v.get("class_type"), str)
                              and isinstance(v.get("inputs", {}), Mapping) for v in doc.values())
@@ -58,11 +68,15 @@ def parse_input(job_input: Any, *, allow_urls: bool, allow_http: bool = False, m
     Raises:
         JobError: (``input``) naming the field at fault.
     """
+    if isinstance(job_input, str):  # worker-comfyui takes the input as a JSON string too
+        job_input = _json_text(job_input, "input")
     if not isinstance(job_input, Mapping):
         raise _bad("input", "must be an object with a workflow (ComfyUI's API format)")
     workflow = job_input.get("workflow")
     if workflow is None:
         raise _bad("input.workflow", "missing: the workflow in ComfyUI's API format (Export (API) in ComfyUI)")
+    if isinstance(workflow, str):  # the exported file's text
+        workflow = _json_text(workflow, "input.workflow")
     if isinstance(workflow, Mapping) and isinstance(workflow.get("prompt"), Mapping) and _is_api(workflow["prompt"]):
         workflow = workflow["prompt"]
     if not isinstance(workflow, Mapping) or not workflow:

@@ -114,8 +114,9 @@ class JobBucket:
         except ConfigError as exc:
             lines = [str(p) for p in exc.problems]
             text = "; ".join(lines)
-            for name, setting in S3_CONFIG_FIELDS.items():
-                text = text.replace(setting, f"s3Config.{name}")
+            for name, setting in S3_CONFIG_FIELDS.items():  # the request's field, not the worker's setting
+                text = re.sub(rf"(?:environment variable )?\b{setting}\b(?: \(or TOML key [^)]*\))?",
+                              f"s3Config.{name}", text)
             raise JobError(f"invalid s3Config: {text}", kind="bucket") from None
         return cls(config.remote)
 

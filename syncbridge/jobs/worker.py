@@ -184,6 +184,10 @@ class Worker:
             assert result is not None
             files = [f for f in result.files if f.type == "output"]
             for file in files:
+                if not _inside(file):
+                    raise JobError(f"ComfyUI reports the output {file.subfolder + '/' if file.subfolder else ''}"
+                                   f"{file.filename} (node #{file.node}) outside the output folder: not pushed",
+                                   kind="not_pushed", details=[{"path": file.rel, "error": "outside the output folder"}])
                 if file.rel not in scope.expected() and not scope.add(file.rel):
                     raise JobError(f"ComfyUI reports the output {file.rel} (node #{file.node}) but it is not in its "
                                    f"output folder {self.watcher.directory} (COMFYUI_OUTPUT_DIR)", kind="not_pushed",
@@ -198,12 +202,20 @@ class Worker:
                 emitted.add(entry["path"])
                 yield "output", entry
         self._say(job, f"done: {len(entries)} output(s) in the bucket")
-        yield "result", {
+        final: dict[str, Any] = {
             "outputs": entries,
             "images": [{"filename": e["filename"], "type": "s3_url", "data": e["url"]} for e in entries],
             "prompt_id": prompt_id,
             "prefix": scope.prefix,
         }
+        if not entries:  # a success, as worker-comfyui's "success_no_images", but said
+            temp = sum(1 for f in result.files if f.type == "temp")
+            final["warning"] = ("the prompt wrote no output file to the output folder" +
+                                (f" ({temp} preview(s) went to ComfyUI's temp folder, which is not kept: save them "
+                                 "with SaveImage or another save node)" if temp else
+                                 " (does the workflow have a save node such as SaveImage?)"))
+            log.warning("job %s: %s", job.get("id"), final["warning"], extra={"event": "job.no_outputs"})
+        yield "result", final
 
     @staticmethod
     def _entry(out: JobOutput, file: HistoryFile | None) -> dict[str, Any]:
@@ -262,3 +274,9 @@ class Worker:
                                    field=f"input.images[{index}].image", ca_file=ca)
             atomic_write_bytes(folder / image.name, data, mode=0o644)
 
+
+def _inside(file: HistoryFile) -> bool:
+    """Whether a file ``/history`` reports names a place below the output folder (a custom node may say anything)."""
+    parts = file.rel.split("/")
+    return not (file.subfolder.startswith(("/", "\\")) or file.filename.startswith(("/", "\\"))
+                or any(p in ("", ".", "..") for p in parts) or "\\" in file.rel or "\x00" in file.rel)

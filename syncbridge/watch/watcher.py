@@ -321,6 +321,8 @@ class OutputWatcher:
     def add_to_route(self, route: Route, rel: str) -> bool:
         """Push ``rel`` (relative to the watched folder) to ``route`` now, whenever it was written. False
         when it is not a file to push (missing, or left out by the filters)."""
+        if rel.startswith("/") or any(part in ("", ".", "..") for part in rel.split("/")):
+            return False  # not a path below the watched folder
         path = self.directory / rel
         if not path.is_file() or path.is_symlink() or not self._intake.selected(rel):
             return False

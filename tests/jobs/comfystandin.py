@@ -13,7 +13,12 @@ writing into the output folder the way the real save nodes do (tests/watch/test_
 * ``SaveLatent``: the same, ``.latent``;
 * ``CheckpointLoaderSimple`` / ``LoraLoader``: at ``/prompt`` a model file missing from the models
   folder is refused (``Value not in list``), as ComfyUI validates against its folder listing;
-* ``Fail``: an execution error at that node.
+* ``Fail``: an execution error at that node;
+* ``SaveGLB``: a 3D file, reported under ``3d`` as ComfyUI's SaveGLB does;
+* ``PreviewImage``: a PNG written into ComfyUI's temp folder (beside the output folder), reported with
+  ``type: "temp"``;
+* ``PreviewAny``: a text output (``{"text": ["..."]}``), no file;
+* ``Report``: no file; its ``ui`` input is reported verbatim as the node's outputs (what a custom node may say).
 
 Names follow ComfyUI's counter: ``<prefix>_<counter:05>_.<ext>``, the counter found by scanning the
 folder. Each node's ``inputs`` may give ``size`` (bytes per file), ``count`` and ``seconds``; the bytes
@@ -46,6 +51,10 @@ NODE_CLASSES = {
     "LoraLoader": None,
     "KSampler": None,
     "Fail": None,
+    "SaveGLB": ("3d", "glb"),
+    "PreviewImage": ("images", "png"),
+    "PreviewAny": None,
+    "Report": None,
 }
 MODEL_INPUTS = {"CheckpointLoaderSimple": ("ckpt_name", "checkpoints"), "LoraLoader": ("lora_name", "loras")}
 
@@ -66,8 +75,9 @@ def save_audio(path: Path, data: bytes) -> None:
 class StandIn:
     """The server; ``queued`` lists every prompt that reached the queue."""
 
-    def __init__(self, output_dir: Path, models_dir: Path | None = None) -> None:
+    def __init__(self, output_dir: Path, models_dir: Path | None = None, *, port: int = 0) -> None:
         self.output_dir = Path(output_dir)
+        self.temp_dir = self.output_dir.parent / "temp"  # ComfyUI's temp folder: PreviewImage writes there
         self.models_dir = Path(models_dir) if models_dir else None
         self.queued: list[dict[str, Any]] = []
         self.interrupts = 0
@@ -132,7 +142,7 @@ class StandIn:
                 else:
                     self._send(404, {"error": "not found"})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -203,14 +213,25 @@ class StandIn:
                                                      "exception_message": str(inputs.get("message", "boom"))}])
                 status = "error"
                 break
+            if kind == "PreviewAny":
+                outputs[node_id] = {"text": [str(inputs.get("source", "hello"))]}
+                continue
+            if kind == "Report":
+                outputs[node_id] = inputs.get("ui", {})
+                continue
             spec = NODE_CLASSES.get(kind)
             if spec is None:
                 continue
             list_name, ext = spec
             items = []
             for _ in range(int(inputs.get("count", 1))):
-                subfolder, filename = self._next_name(str(inputs.get("filename_prefix", "ComfyUI")), ext)
-                path = self.output_dir / subfolder / filename
+                temp = kind == "PreviewImage"
+                if temp:
+                    subfolder, filename = "", f"ComfyUI_temp_{uuid.uuid4().hex[:5]}_{len(items) + 1:05}_.png"
+                    path = self.temp_dir / filename
+                else:
+                    subfolder, filename = self._next_name(str(inputs.get("filename_prefix", "ComfyUI")), ext)
+                    path = self.output_dir / subfolder / filename
                 data = content_of(f"{inputs.get('seed', '')}:{filename}", int(inputs.get("size", 50_000)))
                 if kind == "VHS_VideoCombine":
                     ffmpeg_write(path, data, seconds=float(inputs.get("seconds", 1.0)))
@@ -221,7 +242,7 @@ class StandIn:
                     (save_audio if kind == "SaveAudio" else save_latent)(path, data)
                 else:
                     pil_save(path, data)
-                items.append({"filename": filename, "subfolder": subfolder, "type": "output"})
+                items.append({"filename": filename, "subfolder": subfolder, "type": "temp" if temp else "output"})
             outputs[node_id] = {list_name: items}
             if kind == "SaveAnimatedWEBP":
                 outputs[node_id]["animated"] = [True]

@@ -61,6 +61,9 @@ def test_an_output_written_before_the_scope_is_added_under_the_jobs_prefix(runni
     assert watcher.wait_idle(20)
     with watcher.job("again") as job:
         assert job.add("cached.png") and not job.add("missing.png")
+        (out.parent / "beside.png").write_bytes(b"not an output")  # a name that leaves the folder is no output
+        assert not job.add("../beside.png") and not job.add(str(out.parent / "beside.png"))
+        assert not job.add("./cached.png") and not job.add("sub//x.png")
         outputs = job.wait(20)
     assert [(o.path, o.key) for o in outputs] == [("cached.png", "outputs/jobs/again/cached.png")]
     assert watcher.store.get_bytes("outputs/jobs/again/cached.png")[0] == b"from an earlier run"

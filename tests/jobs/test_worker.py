@@ -285,3 +285,124 @@ def test_through_runpods_local_mode(setup, tmp_path):
     assert proc.returncode == 1 and "loras/gone.safetensors" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     assert os.path.exists(HANDLER)
+
+
+def test_input_and_workflow_sent_as_json_strings_are_taken(setup):
+    """worker-comfyui takes ``input`` as a JSON string; clients also send ``input.workflow`` as the exported file's
+    text. Both are parsed, and text that is not JSON is an error naming the field."""
+    env, stand_in, store = setup
+    workflow = {"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "js"}}}
+    with Worker(load_config(env)) as worker:
+        whole = worker.handler({"id": "job-str1", "input": json.dumps({"workflow": workflow})})
+        inner = worker.handler({"id": "job-str2", "input": {"workflow": json.dumps(workflow)}})
+        bad = worker.handler({"id": "job-str3", "input": {"workflow": "{not json"}})
+    for result in (whole, inner):
+        assert "error" not in result, result
+        assert [e["filename"] for e in result["outputs"]] and result["outputs"][0]["key"].startswith("outputs/jobs/")
+    assert bad["error_kind"] == "input" and "input.workflow" in bad["error"] and "JSON" in bad["error"], bad
+
+
+def test_every_history_kind_temp_previews_and_text_outputs(setup):
+    """3D files, text outputs (no file), a custom node's odd shapes and PreviewImage's temp files: the files of the
+    output folder are the outputs, the rest neither crashes the job nor makes it wait."""
+    env, stand_in, store = setup
+    workflow = {
+        "1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "k"}},
+        "2": {"class_type": "SaveGLB", "inputs": {"filename_prefix": "3d/mesh"}},
+        "3": {"class_type": "PreviewImage", "inputs": {"count": 2}},
+        "4": {"class_type": "PreviewAny", "inputs": {"source": "a caption"}},
+        "5": {"class_type": "Report", "inputs": {"ui": {"text": "not a list", "images": ["a string", None, 3],
+                                                         "mesh": [{"filename": None}], "animated": [True],
+                                                         "value": [1.5], "empty": []}}},
+    }
+    output = Path(env["COMFYUI_OUTPUT_DIR"])
+    with Worker(load_config(env)) as worker:
+        result = worker.handler({"id": "job-kinds", "input": {"workflow": workflow}})
+    got = _check_outputs(result, output, store, "outputs/jobs/job-kinds")
+    assert set(got) == {"k_00001_.png", "3d/mesh_00001_.glb"}, result
+    kinds = {e["path"]: (e["node"], e["kind"]) for e in result["outputs"]}
+    assert kinds["3d/mesh_00001_.glb"] == ("2", "3d")
+    assert len(list(stand_in.temp_dir.glob("*.png"))) == 2  # the previews were written, in the temp folder
+    assert "warning" not in result
+
+
+def test_a_prompt_without_outputs_is_a_success_that_says_so(setup):
+    """Only previews (temp files) and text: nothing is kept, the job succeeds (as worker-comfyui's does) with empty
+    lists, and a warning says why rather than leaving the user with nothing."""
+    env, stand_in, store = setup
+    workflow = {"3": {"class_type": "PreviewImage", "inputs": {}},
+                "4": {"class_type": "PreviewAny", "inputs": {}}}
+    with Worker(load_config(env)) as worker:
+        result = worker.handler({"id": "job-none", "input": {"workflow": workflow}})
+    assert "error" not in result, result
+    assert result["outputs"] == [] and result["images"] == []
+    assert "no output" in result["warning"] and "temp" in result["warning"] and "SaveImage" in result["warning"]
+
+
+@pytest.mark.parametrize("reported", [
+    {"filename": "../outside.png", "subfolder": "", "type": "output"},
+    {"filename": "outside.png", "subfolder": "..", "type": "output"},
+    {"filename": "passwd", "subfolder": "/etc", "type": "output"},
+    {"filename": "/etc/passwd", "subfolder": "", "type": "output"},
+])
+def test_a_history_file_outside_the_output_folder_is_never_pushed(setup, reported):
+    """A node (a custom one) may report any name: one outside the output folder fails the job naming it, and its
+    bytes never reach the bucket."""
+    env, stand_in, store = setup
+    output = Path(env["COMFYUI_OUTPUT_DIR"])
+    (output.parent / "outside.png").write_bytes(b"not an output")
+    workflow = {"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "t"}},
+                "2": {"class_type": "Report", "inputs": {"ui": {"images": [reported]}}}}
+    with Worker(load_config(env)) as worker:
+        result = worker.handler({"id": "job-out", "input": {"workflow": workflow}})
+    assert result.get("error_kind") == "not_pushed", result
+    assert "outside the output folder" in result["error"] and "#2" in result["error"]
+    for obj in store.list(""):
+        data, _ = store.get_bytes(obj.key)
+        assert data not in (b"not an output", Path("/etc/passwd").read_bytes()), obj.key
+
+
+def test_a_comfyui_still_starting_when_the_first_job_comes(setup, tmp_path):
+    """ComfyUI starts with the container and may answer only seconds after the first job arrives: the job waits."""
+    import socket
+    import threading
+    import time
+
+    env, stand_in, store = setup
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(env, COMFYUI_URL=f"http://127.0.0.1:{port}")
+    late: list[StandIn] = []
+
+    def start_late() -> None:
+        time.sleep(2.0)
+        late.append(StandIn(Path(env["COMFYUI_OUTPUT_DIR"]), port=port).__enter__())
+
+    threading.Thread(target=start_late, daemon=True).start()
+    try:
+        with Worker(load_config(env)) as worker:
+            result = worker.handler({"id": "job-late", "input": {"workflow": {
+                "1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "late"}}}}})
+        assert "error" not in result, result
+        assert [e["filename"] for e in result["outputs"]] == ["late_00001_.png"]
+    finally:
+        for server in late:
+            server.__exit__(None, None, None)
+
+
+def test_s3config_errors_name_the_request_field_not_an_environment_variable(setup):
+    env, stand_in, store = setup
+    workflow = {"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "s"}}}
+    s3 = {"endpointUrl": "bucket.r2.example.test", "accessId": "AKID", "accessSecret": "sbS3CFGsecret-77aa1",
+          "bucketName": "job-bucket"}
+    with Worker(load_config(env)) as worker:
+        result = worker.handler({"id": "job-s3", "input": {"workflow": workflow}, "s3Config": s3})
+        missing = worker.handler({"id": "job-s3b", "input": {"workflow": workflow},
+                                  "s3Config": {k: v for k, v in s3.items() if k != "bucketName"}})
+    assert result["error_kind"] == "bucket" and "s3Config.endpointUrl" in result["error"], result
+    assert "environment variable" not in result["error"] and "R2_" not in result["error"]
+    assert "s3Config" in missing["error"] and "bucketName" in missing["error"]
+    assert stand_in.queued == []
+    for r in (result, missing):
+        assert "sbS3CFGsecret-77aa1" not in json.dumps(r)

@@ -114,3 +114,46 @@ def test_the_page_shows_start_up_models_and_outputs_in_a_real_browser(local_env,
     log = (tmp_path / "start.log").read_text()
     assert code == 0, log
     assert f"status page: http://127.0.0.1:{port}/" in log
+
+
+def test_file_names_render_as_text_in_a_real_browser(local_env, tmp_path) -> None:
+    """An output named like markup is shown as its name: no element made from it, no script run, its thumbnail
+    still loads (its name encoded into the request)."""
+    from .pod import png
+
+    port = free_port()
+    out = Path(local_env["COMFYUI_OUTPUT_DIR"])
+    out.mkdir(parents=True)
+    names = ["<img src=x onerror=alert(1)>.png", "\"><svg onload=alert(2)><script>alert(3).png", "a&amp;b <b>bold<b>.png"]
+    for i, name in enumerate(names):
+        (out / name).write_bytes(png(40 + i, 30, (200, 50 * i, 90)))
+    stop = tmp_path / "stop"
+    env = {**local_env, "ENABLE_R2_SYNC": "true", "SYNCBRIDGE_STATUS_PORT": str(port),
+           "SYNCBRIDGE_STATUS_BIND": "127.0.0.1"}
+    proc = start_pod(env, [sys.executable, "-c", APP, str(out / "app"), "0", "0", str(stop)], tmp_path / "start.log")
+    try:
+        wait_page(port)
+        wait_for(lambda: json.loads(get(port, "/status.json")[2]).get("uploaded", 0) >= len(names), 30, "pushed")
+        with chromium() as browser:
+            page = browser.new_page()
+            dialogs: list[str] = []
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_function("() => document.querySelectorAll('#outputs .card').length >= 3", timeout=15_000)
+            page.wait_for_function("() => [...document.querySelectorAll('#outputs img')]"
+                                   ".every(i => i.complete && i.naturalWidth > 0)", timeout=15_000)
+            text = page.locator("#outputs").inner_text()
+            for name in names:
+                assert f"outputs/{name}" in text, text
+            # Only the cards' own thumbnails are images; no <script>, <b> or src=x came from a name.
+            srcs = page.eval_on_selector_all("#outputs img", "imgs => imgs.map(i => i.getAttribute('src'))")
+            assert len(srcs) == 3 and all(s.startswith("thumb?path=") for s in srcs), srcs
+            assert sorted(page.eval_on_selector_all("#outputs img", "imgs => imgs.map(i => i.naturalWidth)")) == \
+                [40, 41, 42]
+            assert page.locator("#outputs script, #outputs b, #outputs svg").count() == 0
+            assert page.locator("img[src='x']").count() == 0
+            page.wait_for_timeout(500)
+            assert dialogs == []
+    finally:
+        code = stop_pod(proc, stop)
+    assert code == 0, (tmp_path / "start.log").read_text()
