@@ -245,6 +245,17 @@ def build_config(
         if parts.scheme not in ("http", "https") or not parts.hostname:
             col.add(where_of("remote.endpoint"), f"must be an http(s) URL such as https://<account>."
                                                  f"r2.cloudflarestorage.com, got {endpoint!r}")
+        elif parts.path.strip("/") or parts.query or parts.fragment:
+            # Cloudflare's dashboard shows the S3 API address with the bucket on the end. Taken as
+            # an endpoint, every request went to /<that bucket>/<bucket>/<key>: objects under a
+            # stray "<bucket>/" folder, or another bucket, and nothing said so.
+            base = f"{parts.scheme}://{parts.netloc}"
+            tail = parts.path.strip("/")
+            hint = (f"; the bucket goes in R2_BUCKET (R2_BUCKET={tail})" if tail and "/" not in tail
+                    else "")
+            col.add(where_of("remote.endpoint"),
+                    f"must be the service's address alone, with no path or query (such as {base}), "
+                    f"got {endpoint!r}{hint}")
         else:
             inferred_provider, inferred_region = infer_provider(endpoint)
             provider = inferred_provider if provider == "auto" else provider

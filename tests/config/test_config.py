@@ -339,6 +339,23 @@ def test_bad_endpoint(base, endpoint):
         load_config({**base, "R2_ENDPOINT": endpoint, "R2_ACCESS_KEY": ACCESS_KEY, "R2_SECRET_KEY": SECRET_KEY})
 
 
+@pytest.mark.parametrize("endpoint, hint", [
+    ("https://acct.r2.cloudflarestorage.com/my-bucket", "R2_BUCKET=my-bucket"),  # as R2's dashboard shows it
+    ("https://acct.r2.cloudflarestorage.com/my-bucket/", "R2_BUCKET=my-bucket"),
+    ("https://minio.example:9000/a/b", None),
+    ("https://acct.r2.cloudflarestorage.com?x=1", None),
+])
+def test_endpoint_with_a_bucket_or_path_on_it(base, endpoint, hint):
+    """The address with the bucket on the end was taken as the endpoint, and every object went to
+    /<that bucket>/<bucket>/<key> without a word."""
+    with pytest.raises(ConfigError) as caught:
+        load_config({**base, "R2_ENDPOINT": endpoint, "R2_ACCESS_KEY": ACCESS_KEY, "R2_SECRET_KEY": SECRET_KEY})
+    text = str(caught.value)
+    assert "environment variable R2_ENDPOINT: must be the service's address alone" in text, text
+    assert endpoint in text and SECRET_KEY not in text
+    assert (hint in text) if hint else "R2_BUCKET=" not in text
+
+
 # -- state directory, storage mode, embedded default -------------------------------------------
 
 
