@@ -171,15 +171,6 @@ def metrics_text(doc: Mapping[str, Any]) -> str:
         return int(value) if isinstance(value, (int, float)) else 0
 
     out.simple("syncbridge_watcher_running", "gauge", "1 while the output watcher runs.", running)
-    out.simple("syncbridge_uploads_total", "counter", "Outputs pushed to the bucket since the watcher started.",
-               count("uploaded"))
-    out.simple("syncbridge_upload_bytes_total", "counter", "Bytes of outputs pushed since the watcher started.",
-               count("bytes_uploaded"))
-    out.simple("syncbridge_upload_skipped_total", "counter", "Outputs found already in the bucket.", count("skipped"))
-    out.simple("syncbridge_upload_retries_total", "counter", "Retryable upload errors since the watcher started.",
-               count("retries"))
-    out.simple("syncbridge_upload_failures_total", "counter", "Outputs that failed fatally since the watcher started.",
-               count("failures_total"))
     out.simple("syncbridge_uploads_failing", "gauge", "Outputs failing now (kept in the journal).",
                int(doc.get("failed") or 0))
     out.simple("syncbridge_uploads_pending", "gauge", "Outputs waiting or being uploaded.",
@@ -187,18 +178,32 @@ def metrics_text(doc: Mapping[str, Any]) -> str:
     oldest = doc.get("oldest_pending_age")
     out.simple("syncbridge_oldest_pending_seconds", "gauge", "Age of the oldest pending output (0: none).",
                float(oldest) if isinstance(oldest, (int, float)) else 0.0)
-    counts = list(w.get("latency_counts") or [])
-    if len(counts) != len(LATENCY_BUCKETS) + 1:
-        counts = [0] * (len(LATENCY_BUCKETS) + 1)
-    samples: list[tuple[str, Mapping[str, str], Any]] = []
-    cumulative = 0
-    for bound, n in zip((*LATENCY_BUCKETS, math.inf), counts):
-        cumulative += int(n)
-        samples.append(("syncbridge_upload_latency_seconds_bucket", {"le": _num(float(bound))}, cumulative))
-    samples.append(("syncbridge_upload_latency_seconds_sum", {}, float(w.get("latency_sum") or 0.0)))
-    samples.append(("syncbridge_upload_latency_seconds_count", {}, cumulative))
-    out.family("syncbridge_upload_latency_seconds", "histogram",
-               "Seconds from an output's close to its object in the bucket.", samples)
+    # The counters run from the watcher's start. While no watcher runs (or its status file is stale)
+    # they are left out rather than shown as 0: Prometheus would read N -> 0 -> N as two resets and
+    # increase() would count everything again.
+    if running:
+        out.simple("syncbridge_uploads_total", "counter", "Outputs pushed to the bucket since the watcher started.",
+                   count("uploaded"))
+        out.simple("syncbridge_upload_bytes_total", "counter", "Bytes of outputs pushed since the watcher started.",
+                   count("bytes_uploaded"))
+        out.simple("syncbridge_upload_skipped_total", "counter", "Outputs found already in the bucket.",
+                   count("skipped"))
+        out.simple("syncbridge_upload_retries_total", "counter", "Retryable upload errors since the watcher started.",
+                   count("retries"))
+        out.simple("syncbridge_upload_failures_total", "counter",
+                   "Outputs that failed fatally since the watcher started.", count("failures_total"))
+        counts = list(w.get("latency_counts") or [])
+        if len(counts) != len(LATENCY_BUCKETS) + 1:
+            counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        samples: list[tuple[str, Mapping[str, str], Any]] = []
+        cumulative = 0
+        for bound, n in zip((*LATENCY_BUCKETS, math.inf), counts):
+            cumulative += int(n)
+            samples.append(("syncbridge_upload_latency_seconds_bucket", {"le": _num(float(bound))}, cumulative))
+        samples.append(("syncbridge_upload_latency_seconds_sum", {}, float(w.get("latency_sum") or 0.0)))
+        samples.append(("syncbridge_upload_latency_seconds_count", {}, cumulative))
+        out.family("syncbridge_upload_latency_seconds", "histogram",
+                   "Seconds from an output's close to its object in the bucket.", samples)
 
     start = doc.get("start") if isinstance(doc.get("start"), dict) else {}
     models = [m for m in (start.get("models") or {}).values() if isinstance(m, dict)]
