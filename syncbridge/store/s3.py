@@ -363,8 +363,15 @@ class S3Store(Store):
         return _strip_etag(r.get("ETag"))
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
-        with contextlib.suppress(Exception):
+        """Best effort: a failure is logged (its parts stay billable until the bucket's lifecycle rule,
+        7 days by default on R2, drops them), never raised into the upload it ends."""
+        try:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except Exception as exc:  # noqa: BLE001 - any failure: the caller is already ending this upload
+            error = _store_error(exc, key=key, action="abort multipart upload")
+            log.warning("could not abort the unfinished multipart upload of %s (upload id %s): %s; its parts stay "
+                        "in bucket %r until its lifecycle rule removes them", key, upload_id, error, self.bucket,
+                        extra={"event": "store.abort_failed", "key": key})
 
     def check_bucket(self, *, prefix: str = "") -> None:
         self._call(f"list bucket {self.bucket!r}" + (f" under {prefix!r}" if prefix else ""), None,

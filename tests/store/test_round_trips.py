@@ -85,3 +85,23 @@ def test_warm_replaces_a_connection_the_edge_closed_and_an_idle_one(moto_s3, tmp
         store.close()
     assert counts["connections"] == 3
     assert tls.count("request") == 3  # warming sent no request
+
+
+def test_a_failed_abort_of_a_multipart_upload_is_said(moto_s3, tmp_path, caplog):
+    """An abort that fails leaves the upload's parts billable in the bucket: it used to pass without a word."""
+    from ..faultproxy import Rule
+
+    with FaultProxy(moto_s3.endpoint) as proxy:
+        store = _store(moto_s3, tmp_path, proxy.endpoint)
+        upload_id = store.create_multipart("out/clip.mp4")
+        store.upload_part("out/clip.mp4", upload_id, 1, os.urandom(1024))
+        proxy.add(Rule("error", method="DELETE", path=r"clip\.mp4", status=503, code="ServiceUnavailable", times=1))
+        with caplog.at_level("WARNING", logger="syncbridge.store"):
+            store.abort_multipart("out/clip.mp4", upload_id)  # never raises into the upload it ends
+        assert proxy.count("error") == 1
+        said = [r for r in caplog.records if getattr(r, "event", "") == "store.abort_failed"]
+        assert len(said) == 1 and "out/clip.mp4" in said[0].getMessage() and upload_id in said[0].getMessage()
+        assert len(store.client.list_multipart_uploads(Bucket=store.bucket)["Uploads"]) == 1  # still there
+        store.abort_multipart("out/clip.mp4", upload_id)  # the next try ends it, silently
+        assert not store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads")
+        store.close()
