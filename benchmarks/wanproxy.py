@@ -33,6 +33,7 @@ import collections
 import contextlib
 import threading
 import time
+from typing import Awaitable, Callable
 from urllib.parse import urlsplit
 
 __all__ = ["WanProxy", "ConnectionRecord"]
@@ -98,6 +99,41 @@ class ConnectionRecord:
         return f"ConnectionRecord(opened={self.opened:.3f}, closed={self.closed}, by={self.closed_by})"
 
 
+def loop_thread(setup: Callable[[], Awaitable[None]], name: str) -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
+    """An event loop in a daemon thread, ``setup()`` run on it before this returns (its exception raised here).
+    The loop runs until stopped (``loop.call_soon_threadsafe(loop.stop)``); then the tasks left are cancelled
+    and the loop is closed. Shared with tests/faultproxy.py."""
+    ready = threading.Event()
+    failure: list[BaseException] = []
+    loop = asyncio.new_event_loop()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(setup())
+        except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
+            failure.append(exc)
+            ready.set()
+            loop.close()
+            return
+        ready.set()
+        loop.run_forever()
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    if not ready.wait(10):
+        raise TimeoutError(f"{name}: its event loop did not start within 10 s")
+    if failure:
+        raise failure[0]
+    return loop, thread
+
+
 class WanProxy:
     """The proxy; a context manager listening on 127.0.0.1 (a free port unless given).
 
@@ -142,34 +178,12 @@ class WanProxy:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        ready = threading.Event()
-        failure: list[BaseException] = []
+        self._loop, self._thread = loop_thread(self._listen, "wanproxy")
 
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            self._loop = loop
-            try:
-                self._server = loop.run_until_complete(
-                    asyncio.start_server(self._client, "127.0.0.1", self.port, reuse_address=True, backlog=512))
-                self.port = self._server.sockets[0].getsockname()[1]
-            except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
-                failure.append(exc)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-            for task in pending:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="wanproxy", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        if failure:
-            raise failure[0]
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port, reuse_address=True,
+                                                  backlog=512)
+        self.port = self._server.sockets[0].getsockname()[1]
 
     def stop(self) -> None:
         if self._loop is None or self._thread is None:
