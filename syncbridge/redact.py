@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 MASK = "***"
 
@@ -21,6 +21,18 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     text = _HEADER_RE.sub(lambda m: m.group(1) + MASK, text)
     text = _QUERY_RE.sub(lambda m: m.group(1) + MASK, text)
     return text
+
+
+def redact_data(value: Any, secrets: Iterable[str]) -> Any:
+    """``value`` (JSON-like: dicts, lists, strings, numbers) with every string in it redacted."""
+    secrets = list(secrets)
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, Mapping):
+        return {redact(str(k), secrets): redact_data(v, secrets) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_data(v, secrets) for v in value]
+    return value
 
 
 def redact_argv(argv: Sequence[str], secrets: Iterable[str]) -> list[str]:

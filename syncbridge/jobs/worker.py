@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Mapping
 from ..config import Config, load_config
 from ..errors import JobError, SyncBridgeError
 from ..fsutil import atomic_write_bytes, private_state_dir
-from ..redact import redact
+from ..redact import redact, redact_data
 from ..watch import OutputWatcher
 from .comfy import ComfyClient, HistoryFile, fetch_image
 from .request import JobRequest, parse_input
@@ -130,7 +130,7 @@ class Worker:
                         extra={"event": "job.failed", "kind": exc.kind})
             out: dict[str, Any] = {"error": redact(str(exc), self._secrets(job)), "error_kind": exc.kind}
             if exc.details is not None and exc.kind in ("not_pushed", "refused", "models", "execution"):
-                out["details"] = exc.details
+                out["details"] = redact_data(exc.details, self._secrets(job))  # ComfyUI's own text included
             yield "result", out
         except SyncBridgeError as exc:
             text = redact(str(exc), self._secrets(job))

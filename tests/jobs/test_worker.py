@@ -208,8 +208,8 @@ def test_failures_in_the_users_terms(setup, case):
         env = dict(env, COMFYUI_URL="http://127.0.0.1:9")  # discard port: nothing listens
     if case == "refused":
         workflow["2"] = {"class_type": "NoSuchNode", "inputs": {}}
-    if case == "execution":
-        workflow["2"] = {"class_type": "Fail", "inputs": {"message": "CUDA out of memory"}}
+    if case == "execution":  # ComfyUI's message comes back in the details, a secret in it masked
+        workflow["2"] = {"class_type": "Fail", "inputs": {"message": f"CUDA out of memory ({env['R2_SECRET_KEY']})"}}
     job_input: object = {"workflow": workflow}
     if case == "input":
         job_input = {"workflow": workflow, "images": [{"name": "../x.png", "image": "aGk="}]}
@@ -227,6 +227,9 @@ def test_failures_in_the_users_terms(setup, case):
                 "execution": ("execution", "node #2 (Fail)"), "input": ("input", "input.images[0].name"),
                 "ui_format": ("input", "API")}[case]
     assert result["error_kind"] == expected[0] and expected[1] in text, result
+    assert env["R2_SECRET_KEY"] not in json.dumps(result)
+    if case == "execution":
+        assert "CUDA out of memory (***)" in json.dumps(result["details"]), result
 
 
 def test_input_images_are_written_to_comfyuis_input_folder(setup):
