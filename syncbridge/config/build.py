@@ -74,6 +74,19 @@ class _Collector:
         self.problems.append(Problem(where, message))
 
 
+def _endpoint_with_bucket(parts: Any, bucket: str) -> bool:
+    """An endpoint URL that carries a bucket (or a query): R2's own endpoints have no path at all; another
+    service's may have one (a gateway's prefix, the R2 emulator's /cdn-cgi/local/r2/s3), but not one that
+    ends with the bucket's name."""
+    path = parts.path.strip("/")
+    if parts.query or parts.fragment:
+        return True
+    if not path:
+        return False
+    host = (parts.hostname or "").lower()
+    return host.endswith(".r2.cloudflarestorage.com") or path.rsplit("/", 1)[-1] == bucket
+
+
 def infer_provider(endpoint: str) -> tuple[str, str]:
     """(rclone provider, region) for an endpoint URL."""
     host = (urlsplit(endpoint).hostname or "").lower()
@@ -245,17 +258,15 @@ def build_config(
         if parts.scheme not in ("http", "https") or not parts.hostname:
             col.add(where_of("remote.endpoint"), f"must be an http(s) URL such as https://<account>."
                                                  f"r2.cloudflarestorage.com, got {endpoint!r}")
-        elif parts.path.strip("/") or parts.query or parts.fragment:
+        elif _endpoint_with_bucket(parts, get("remote.bucket")):
             # Cloudflare's dashboard shows the S3 API address with the bucket on the end. Taken as
             # an endpoint, every request went to /<that bucket>/<bucket>/<key>: objects under a
             # stray "<bucket>/" folder, or another bucket, and nothing said so.
-            base = f"{parts.scheme}://{parts.netloc}"
             tail = parts.path.strip("/")
-            hint = (f"; the bucket goes in R2_BUCKET (R2_BUCKET={tail})" if tail and "/" not in tail
-                    else "")
+            hint = f"; the bucket goes in R2_BUCKET (R2_BUCKET={tail})" if tail and "/" not in tail else ""
             col.add(where_of("remote.endpoint"),
-                    f"must be the service's address alone, with no path or query (such as {base}), "
-                    f"got {endpoint!r}{hint}")
+                    f"must be the service's address without the bucket or a query (such as "
+                    f"{parts.scheme}://{parts.netloc}), got {endpoint!r}{hint}")
         else:
             inferred_provider, inferred_region = infer_provider(endpoint)
             provider = inferred_provider if provider == "auto" else provider

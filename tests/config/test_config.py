@@ -339,21 +339,30 @@ def test_bad_endpoint(base, endpoint):
         load_config({**base, "R2_ENDPOINT": endpoint, "R2_ACCESS_KEY": ACCESS_KEY, "R2_SECRET_KEY": SECRET_KEY})
 
 
-@pytest.mark.parametrize("endpoint, hint", [
-    ("https://acct.r2.cloudflarestorage.com/my-bucket", "R2_BUCKET=my-bucket"),  # as R2's dashboard shows it
-    ("https://acct.r2.cloudflarestorage.com/my-bucket/", "R2_BUCKET=my-bucket"),
-    ("https://minio.example:9000/a/b", None),
-    ("https://acct.r2.cloudflarestorage.com?x=1", None),
+@pytest.mark.parametrize("endpoint, bucket, hint", [
+    ("https://acct.r2.cloudflarestorage.com/my-bucket", "my-bucket", "R2_BUCKET=my-bucket"),  # as R2's dashboard
+    ("https://acct.r2.cloudflarestorage.com/my-bucket/", "other", "R2_BUCKET=my-bucket"),  # R2 has no path at all
+    ("https://minio.example:9000/gw/my-bucket", "my-bucket", None),  # another service: not ending with the bucket
+    ("https://acct.r2.cloudflarestorage.com?x=1", "my-bucket", None),
 ])
-def test_endpoint_with_a_bucket_or_path_on_it(base, endpoint, hint):
+def test_endpoint_with_the_bucket_on_it(base, endpoint, bucket, hint):
     """The address with the bucket on the end was taken as the endpoint, and every object went to
     /<that bucket>/<bucket>/<key> without a word."""
     with pytest.raises(ConfigError) as caught:
-        load_config({**base, "R2_ENDPOINT": endpoint, "R2_ACCESS_KEY": ACCESS_KEY, "R2_SECRET_KEY": SECRET_KEY})
+        load_config({**base, "R2_ENDPOINT": endpoint, "R2_BUCKET": bucket, "R2_ACCESS_KEY": ACCESS_KEY,
+                     "R2_SECRET_KEY": SECRET_KEY})
     text = str(caught.value)
-    assert "environment variable R2_ENDPOINT: must be the service's address alone" in text, text
+    assert "environment variable R2_ENDPOINT: must be the service's address without the bucket" in text, text
     assert endpoint in text and SECRET_KEY not in text
     assert (hint in text) if hint else "R2_BUCKET=" not in text
+
+
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:8787/cdn-cgi/local/r2/s3", "https://gw.example/s3/"])
+def test_endpoint_with_a_path_that_is_not_the_bucket(base, endpoint):
+    """A gateway's prefix (and the R2 emulator's) is a path, and is kept."""
+    config = load_config({**base, "R2_ENDPOINT": endpoint, "R2_BUCKET": "my-bucket", "R2_ACCESS_KEY": ACCESS_KEY,
+                          "R2_SECRET_KEY": SECRET_KEY})
+    assert config.remote.endpoint == endpoint.rstrip("/")
 
 
 # -- state directory, storage mode, embedded default -------------------------------------------
