@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -118,11 +119,17 @@ class Route:
     rels: set[str] = attrs.field(factory=set)  # the files it took, under the watcher's lock
 
 
-def _sig(st: os.stat_result) -> tuple[int, int, int, int]:
+def file_sig(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What tells one version of a file from another: size, mtime, inode, ctime (no program sets ctime)."""
     return st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
 
 
-file_sig = _sig
+def still_as(path: Path, before: os.stat_result) -> bool:
+    """Whether ``path`` is still the version ``before`` saw (False when it is gone or unreadable)."""
+    try:
+        return file_sig(os.lstat(path)) == file_sig(before)
+    except OSError:
+        return False
 
 
 def uploaded_already(row: Row | None, st: os.stat_result) -> bool:
@@ -168,7 +175,7 @@ class FinishCheck:
                     # next one (at most WRITERS_TTL away; one look serves a whole burst of files).
                     return Unfinished(max(0.01, taken + WRITERS_TTL - now), look=True)
                 return Unfinished(0.0)
-        return Unfinished(quiet_left(item, _sig(st), now=time.monotonic(), quiet=self.quiet))
+        return Unfinished(quiet_left(item, file_sig(st), now=time.monotonic(), quiet=self.quiet))
 
 
 class Uploader:
@@ -252,7 +259,7 @@ class Uploader:
                     mid = os.fstat(fh.fileno())
                 if len(data) > INMEMORY_MAX:
                     data = None
-                elif len(data) != before.st_size or _sig(mid) != _sig(before):
+                elif len(data) != before.st_size or file_sig(mid) != file_sig(before):
                     return Outcome.CHANGED, UNSENT  # changed while read: these bytes are not one version of it
             key, info, uploaded = self._upload(path, key, owned_etag=row.etag if owned else None,  # type: ignore
                                                data=data, before=before, route=route)
@@ -280,18 +287,12 @@ class Uploader:
         if tail.key != key:
             tail.abort()
             return None
-        conditional = self._conditional_writes() if route.conditional is None else route.conditional
+        conditional = self._enforces(route)
         try:
             if not conditional and route.store.head(key) is not None:
                 tail.abort()  # something is there already: the usual path decides (adopt, or a sibling key)
                 return None
-
-            def unchanged() -> bool:
-                try:
-                    return _sig(os.lstat(path)) == _sig(before)
-                except OSError:
-                    return False
-            done = tail.finish(before, unchanged, if_none_match=conditional)
+            done = tail.finish(before, functools.partial(still_as, path, before), if_none_match=conditional)
         except PreconditionFailedError:
             return None  # created meanwhile by someone else: the usual path decides
         except SourceChangedError:
@@ -350,9 +351,10 @@ class Uploader:
                         "bucket by content)", item.rel, journal.path, exc, extra={"event": "watch.journal_error"})
         if after is None:
             return self._gone(item)
-        if _sig(after) == _sig(before):
-            item.verified_mono, item.pushed_sig = verified, _sig(before)
-        if _sig(after) != _sig(before):
+        sig = file_sig(before)
+        if file_sig(after) == sig:
+            item.verified_mono, item.pushed_sig = verified, sig
+        else:
             log.debug("%s changed during its upload; uploading it again", item.rel,
                       extra={"event": "watch.changed_during_upload"})
             item.trust_owner = True  # we just put that object there
@@ -388,6 +390,14 @@ class Uploader:
             with contextlib.suppress(StoreError):
                 self._conditional_writes()
 
+    def _enforces(self, route: Route | None) -> bool:
+        """Whether the store ``route``'s files go to enforces conditional writes: the watcher's probed answer
+        for its own store, the route's for a bucket of a job's own (never probed: one that ignores
+        If-Match would let a rewrite's PUT replace another's object)."""
+        if route is None or route.conditional is None:
+            return self._conditional_writes()
+        return route.conditional
+
     def _conditional_writes(self) -> bool:
         if self._conditional is None:
             with self._conditional_lock:
@@ -413,19 +423,14 @@ class Uploader:
             (key actually used, ObjectInfo, whether bytes were sent).
         """
         store = route.store if route is not None else self.store
-        conditional = self._conditional_writes if route is None or route.conditional is None \
-            else (lambda: route.conditional)
+        conditional = functools.partial(self._enforces, route)
         canonical = key
         local_md5: str | None = None
         meta = {ORIGIN_META: self.origin}
         # The same Content-Type rclone gives the file (push, bisync): a browser shows it, a <video> plays it.
         headers = PutHeaders(content_type(path.name), self.settings.cache_control)
 
-        def unchanged() -> bool:
-            try:
-                return _sig(os.lstat(path)) == _sig(before)
-            except OSError:
-                return False
+        unchanged = functools.partial(still_as, path, before)
 
         def put(target: str, **kwargs: Any) -> ObjectInfo:
             if data is not None:
